@@ -1,0 +1,42 @@
+# Dilu developer entry points. `make run` and `make test` are the README's quick start;
+# each creates the virtual environment and installs what it needs on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run up test test-unit test-integration gen lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+## run: the main job: a throw-away local stack on simulated GPUs with the demo
+run: $(STAMP)
+	$(VENV)/bin/dilu demo
+
+## up: the local stack on the fixed default ports until Ctrl-C
+up: $(STAMP)
+	$(VENV)/bin/dilu up
+
+## test: unit tests, then integration tests with real nats-server and service processes
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+## gen: regenerate gen/python from protos/ (commit the result)
+gen: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+## lint: ruff and mypy
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services tests scripts
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,182 @@
+"""The `dilu` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
+from google.protobuf import json_format
+
+from services.cli.specs import SpecError, load_spec
+from services.cli.tables import render, status_report
+from services.common.config import DEFAULT_PORTS
+
+DEFAULT_SCHEDULER = os.environ.get("DILU_SCHEDULER", f"127.0.0.1:{DEFAULT_PORTS['scheduler']}")
+DEFAULT_STATE_DIR = Path(os.environ.get(
+    "DILU_STATE_DIR", Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "dilu"))
+
+
+def _scheduler(args: argparse.Namespace) -> scheduler_pb2_grpc.SchedulerServiceStub:
+    return scheduler_pb2_grpc.SchedulerServiceStub(grpc.insecure_channel(args.scheduler))
+
+
+def _function_summary(function: object) -> str:
+    f = function  # dilu.v1.Function
+    rows = [(i.id, i.node or "-", i.message) for i in f.status.instances]  # type: ignore[attr-defined]
+    return (f"{f.spec.name}: {f.status.ready_replicas}/{f.status.desired_replicas} ready\n"  # type: ignore[attr-defined]
+            + render(("INSTANCE", "NODE", "STATUS"), rows))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    spec = load_spec(Path(args.file))
+    reply = _scheduler(args).Deploy(scheduler_pb2.DeployRequest(function=spec), timeout=30)
+    print(f"deployed {_function_summary(reply.function)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    stub = _scheduler(args)
+    functions = stub.ListFunctions(scheduler_pb2.ListFunctionsRequest(), timeout=10).functions
+    nodes = stub.ListNodes(scheduler_pb2.ListNodesRequest(), timeout=10).nodes
+    if args.json:
+        print(json_format.MessageToJson(scheduler_pb2.ListFunctionsResponse(functions=functions)))
+    else:
+        print(status_report(functions, nodes))
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    payload = Path(args.file).read_bytes() if args.file else args.data.encode()
+    reply = _scheduler(args).Invoke(scheduler_pb2.InvokeRequest(
+        function=args.name, payload=payload, content_type=args.content_type), timeout=60)
+    sys.stdout.write(reply.payload.decode(errors="replace") + "\n")
+    print(f"(served by {reply.instance_id} in {reply.worker_latency_ms:.1f} ms)", file=sys.stderr)
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    stub = _scheduler(args)
+    if args.out:
+        function = stub.ScaleOut(scheduler_pb2.ScaleOutRequest(
+            function=args.name, count=args.out, reason="dilu scale"), timeout=30).function
+    else:
+        function = stub.ScaleIn(scheduler_pb2.ScaleInRequest(
+            function=args.name, count=args.into, reason="dilu scale"), timeout=30).function
+    print(_function_summary(function))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    reply = _scheduler(args).DeleteFunction(
+        scheduler_pb2.DeleteFunctionRequest(name=args.name), timeout=30)
+    print(f"deleted {args.name} ({reply.stopped_instances} instances stopped)")
+    return 0
+
+
+def _stack_options(args: argparse.Namespace, state_dir: Path):  # type: ignore[no-untyped-def]
+    from services.cli.up import StackOptions
+
+    return StackOptions(state_dir=state_dir, nats_port=args.nats_port,
+                        scheduler_port=args.scheduler_port, node_agent_port=args.node_agent_port,
+                        profiler_port=args.profiler_port, scaler_port=args.scaler_port,
+                        sim_gpus=args.sim_gpus)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.cli.up import run_up
+
+    return run_up(_stack_options(args, Path(args.state_dir)))
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from services.cli.up import run_down
+
+    return run_down(Path(args.state_dir))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from services.cli.demo import run_demo
+
+    with tempfile.TemporaryDirectory(prefix="dilu-demo-") as state_dir:
+        return run_demo(_stack_options(args, Path(state_dir)))
+
+
+def _stack_flags(parser: argparse.ArgumentParser, ports_default: Callable[[str], int]) -> None:
+    parser.add_argument("--nats-port", type=int, default=ports_default("nats"))
+    for service in DEFAULT_PORTS:
+        parser.add_argument(f"--{service}-port", type=int, default=ports_default(service))
+    parser.add_argument("--sim-gpus", type=int, default=2, help="simulated GPUs of the node agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dilu", description="Dilu: serverless DL functions "
+                                     "on shared GPUs with introspective elasticity.")
+    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                        help="scheduler address (env DILU_SCHEDULER; default %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fixed_ports: Callable[[str], int] = lambda s: 4222 if s == "nats" else DEFAULT_PORTS[s]  # noqa: E731
+    up = sub.add_parser("up", help="run the local stack until Ctrl-C")
+    up.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                    help="JetStream store, logs and stack file (env DILU_STATE_DIR)")
+    _stack_flags(up, fixed_ports)
+    up.set_defaults(run=cmd_up)
+
+    down = sub.add_parser("down", help="stop the stack that `dilu up` started")
+    down.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
+    down.set_defaults(run=cmd_down)
+
+    demo = sub.add_parser("demo", help="start a throw-away stack, run the demo, stop")
+    _stack_flags(demo, lambda s: 0)
+    demo.set_defaults(run=cmd_demo)
+
+    deploy = sub.add_parser("deploy", help="deploy a function from a YAML or JSON spec")
+    deploy.add_argument("file")
+    deploy.set_defaults(run=cmd_deploy)
+
+    status = sub.add_parser("status", help="functions, instances, GPUs and shares")
+    status.add_argument("--json", action="store_true", help="print the functions as JSON")
+    status.set_defaults(run=cmd_status)
+
+    invoke = sub.add_parser("invoke", help="send one request to a function")
+    invoke.add_argument("name")
+    invoke.add_argument("--data", default="{}", help="request body (default %(default)s)")
+    invoke.add_argument("--file", help="read the request body from this file")
+    invoke.add_argument("--content-type", default="application/json")
+    invoke.set_defaults(run=cmd_invoke)
+
+    scale = sub.add_parser("scale", help="add or remove instances")
+    scale.add_argument("name")
+    how = scale.add_mutually_exclusive_group(required=True)
+    how.add_argument("--out", type=int, help="instances to add")
+    how.add_argument("--in", dest="into", type=int, help="instances to remove")
+    scale.set_defaults(run=cmd_scale)
+
+    delete = sub.add_parser("delete", help="stop a function's instances and forget it")
+    delete.add_argument("name")
+    delete.set_defaults(run=cmd_delete)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        code = error.code()  # type: ignore[attr-defined]
+        print(f"error: {code.name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

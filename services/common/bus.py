@@ -1,0 +1,224 @@
+"""NATS bus client: connect with backoff, reconnect forever, protobuf events with trace
+context in headers, JetStream key-value buckets of protobuf values."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import nats
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js import errors as js_errors
+from nats.js.kv import KeyValue
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from services.common.errors import Unavailable
+from services.common.tracing import trace_headers
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+class Bus:
+    """A NATS connection shared by one service."""
+
+    def __init__(self, nc: Client, name: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=2.0)
+        self._name = name
+        self._tracer = trace.get_tracer("dilu.bus")
+
+    @classmethod
+    async def connect(cls, url: str, name: str, *, connect_timeout_s: float = 60.0) -> Bus:
+        """Connect, retrying with exponential backoff while the server is not up yet.
+
+        Once connected, nats-py reconnects by itself forever (every ~0.5 s with jitter) and
+        re-creates subscriptions, so a restarted NATS is picked up without our help.
+        """
+
+        async def on_disconnect() -> None:
+            log.warning("bus disconnected; reconnecting")
+
+        async def on_reconnect() -> None:
+            log.info("bus reconnected")
+
+        async def on_error(error: Exception) -> None:
+            log.debug("bus error: %s", error)
+
+        servers = [s.strip() for s in url.split(",") if s.strip()]
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            stop=stop_after_delay(connect_timeout_s),
+            reraise=True,
+        ):
+            with attempt:
+                nc = await nats.connect(
+                    servers=servers,
+                    name=name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    ping_interval=5,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    error_cb=on_error,
+                )
+        log.info("bus connected to %s", nc.connected_url.netloc if nc.connected_url else url)
+        return cls(nc, name)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def publish(self, subject: str, message: Message) -> None:
+        """Publish an event; failures are logged, never raised into business code."""
+        try:
+            await self.nc.publish(subject, message.SerializeToString(), headers=trace_headers())
+        except Exception as error:
+            log.warning("could not publish on %s: %s", subject, error)
+
+    async def subscribe(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Callable[[str, M], Awaitable[None]],
+    ) -> None:
+        """Call `handler(subject, event)` for every event, inside the publisher's trace."""
+
+        async def on_message(msg: Msg) -> None:
+            event = message_type()
+            try:
+                event.ParseFromString(msg.data)
+            except DecodeError:
+                log.warning("dropping undecodable %s on %s", message_type.__name__, msg.subject)
+                return
+            token = otel_context.attach(extract(msg.headers or {}))
+            try:
+                with self._tracer.start_as_current_span(
+                    f"receive {subject}", kind=trace.SpanKind.CONSUMER
+                ):
+                    await handler(msg.subject, event)
+            except Exception:
+                log.exception("handler for %s failed", msg.subject)
+            finally:
+                otel_context.detach(token)
+
+        await self.nc.subscribe(subject, cb=on_message)
+
+    async def kv(self, bucket: str, message_type: type[M], *, ttl_s: float | None = None,
+                 history: int = 1) -> ProtoKV[M]:
+        """Open a key-value bucket, creating it on first use."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((asyncio.TimeoutError, js_errors.ServiceUnavailableError,
+                                           nats.errors.TimeoutError, nats.errors.NoRespondersError)),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            stop=stop_after_delay(30),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    store = await self.js.key_value(bucket)
+                except js_errors.BucketNotFoundError:
+                    store = await self.js.create_key_value(
+                        js_api.KeyValueConfig(bucket=bucket, ttl=ttl_s, history=history)
+                    )
+        return ProtoKV(store, message_type, connected=lambda: self.nc.is_connected)
+
+    async def close(self) -> None:
+        """Drain: deliver what was published, stop subscriptions, close."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout=5)
+        except Exception as error:
+            log.warning("bus drain did not finish cleanly: %s", error)
+            await self.nc.close()
+
+
+_UNAVAILABLE = (
+    asyncio.TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    js_errors.ServiceUnavailableError,
+)
+
+
+class ProtoKV(Generic[M]):
+    """A JetStream KV bucket whose values are one protobuf message type.
+
+    Bus outages surface as `Unavailable`, which callers see as gRPC UNAVAILABLE (retryable).
+    """
+
+    def __init__(self, store: KeyValue, message_type: type[M],
+                 connected: Callable[[], bool] = lambda: True) -> None:
+        self._store = store
+        self._type = message_type
+        self._connected = connected
+
+    def _check_connected(self) -> None:
+        # nats-py buffers publishes while reconnecting; a write the caller was told failed
+        # must not land later, so refuse writes outright while disconnected.
+        if not self._connected():
+            raise Unavailable("state store unavailable: not connected to NATS")
+
+    def _decode(self, data: bytes | None) -> M:
+        message = self._type()
+        message.ParseFromString(data or b"")
+        return message
+
+    async def get(self, key: str) -> M | None:
+        try:
+            entry = await self._store.get(key)
+        except js_errors.KeyNotFoundError:
+            return None
+        except _UNAVAILABLE as error:
+            raise Unavailable(f"state store unavailable: {error!r}") from error
+        return self._decode(entry.value)
+
+    async def put(self, key: str, message: M) -> int:
+        self._check_connected()
+        try:
+            return await self._store.put(key, message.SerializeToString())
+        except _UNAVAILABLE as error:
+            raise Unavailable(f"state store unavailable: {error!r}") from error
+
+    async def delete(self, key: str) -> None:
+        self._check_connected()
+        try:
+            await self._store.purge(key)
+        except js_errors.KeyNotFoundError:
+            return
+        except _UNAVAILABLE as error:
+            raise Unavailable(f"state store unavailable: {error!r}") from error
+
+    async def items(self) -> dict[str, tuple[int, M]]:
+        """Every live key with its revision and value."""
+        try:
+            keys = await self._store.keys()
+        except js_errors.NoKeysError:
+            return {}
+        except _UNAVAILABLE as error:
+            raise Unavailable(f"state store unavailable: {error!r}") from error
+        found: dict[str, tuple[int, M]] = {}
+        for key in keys:
+            try:
+                entry = await self._store.get(key)
+            except js_errors.KeyNotFoundError:
+                continue  # deleted or expired between keys() and get()
+            except _UNAVAILABLE as error:
+                raise Unavailable(f"state store unavailable: {error!r}") from error
+            found[key] = (entry.revision or 0, self._decode(entry.value))
+        return found

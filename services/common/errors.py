@@ -1,0 +1,56 @@
+"""Domain errors shared by every service; one interceptor maps them to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class DiluError(Exception):
+    """Base of every error a Dilu service reports to its caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DiluError):
+    """A request field is malformed; `field` is its path, e.g. `function.resources.sm_limit`."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(DiluError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(DiluError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(DiluError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(DiluError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(DiluError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unimplemented(DiluError):
+    """The RPC exists in the API but the logic behind it has not been built yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class DeadlineExceeded(DiluError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,79 @@
+"""The aio gRPC server every service runs: health, reflection, error mapping, tracing,
+graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.interceptors import ErrorInterceptor, TracingInterceptor
+
+log = logging.getLogger(__name__)
+
+
+class GrpcServer:
+    """One aio server hosting a service's servicers plus health and reflection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._requested = f"{host}:{port}"
+        self._host = host
+        self._server = grpc.aio.server(interceptors=[TracingInterceptor(), ErrorInterceptor()])
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self.port = 0
+
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any,
+            full_name: str) -> None:
+        """Register a servicer, e.g. `add(add_XServicer_to_server, impl, "dilu.v1.XService")`."""
+        register(servicer, self._server)
+        self._service_names.append(full_name)
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self.port}"
+
+    async def start(self) -> int:
+        reflection.enable_server_reflection(self._service_names, self._server)
+        self.port = self._server.add_insecure_port(self._requested)
+        await self._server.start()
+        for name in [*self._service_names, ""]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", ", ".join(self._service_names[2:]), self.address)
+        return self.port
+
+    async def stop(self, grace_s: float) -> None:
+        """Health NOT_SERVING first so balancers move away, then let in-flight RPCs finish."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+
+
+def write_ready_file(path: str | None, address: str) -> None:
+    """Announce the bound address atomically (tests and `dilu up` wait for this file)."""
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    tmp.replace(target)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stop signal received; shutting down")

@@ -1,0 +1,109 @@
+"""Server interceptors: domain errors to status codes, and a server span per RPC."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+
+from services.common.errors import DiluError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _status_for(error: DiluError) -> grpc.Status:
+    details = []
+    if isinstance(error, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=error.field, description=error.problem
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, error.code.name), message=error.message, details=details
+    )
+    return rpc_status.to_status(status)
+
+
+def _wrap_unary(method: str, inner: Handler) -> Handler:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except DiluError as error:
+            await context.abort_with_status(_status_for(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            # Never leak internals to callers; the traceback goes to the log.
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+    return handle
+
+
+def _traced_unary(method: str, inner: Handler) -> Handler:
+    tracer = trace.get_tracer("dilu.grpc")
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        with tracer.start_as_current_span(
+            method, context=extract(carrier), kind=trace.SpanKind.SERVER
+        ) as span:
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("rpc.method", method)
+            return await inner(request, context)
+
+    return handle
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns `DiluError` into its status code (with BadRequest details) and anything else into INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        return _rewrap(handler, handler_call_details.method, _wrap_unary)  # type: ignore[attr-defined]
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):
+    """Continues the caller's W3C trace (from metadata) with a server span per RPC."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        return _rewrap(handler, handler_call_details.method, _traced_unary)  # type: ignore[attr-defined]
+
+
+def _rewrap(
+    handler: grpc.RpcMethodHandler | None,
+    method: str,
+    wrapper: Callable[[str, Handler], Handler],
+) -> grpc.RpcMethodHandler:
+    # Dilu's APIs are unary-unary; health and reflection streams pass through untouched.
+    if handler is None or handler.unary_unary is None:
+        return handler  # type: ignore[return-value]
+    return grpc.unary_unary_rpc_method_handler(
+        wrapper(method, handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -1,0 +1,48 @@
+"""OpenTelemetry setup and W3C trace-context propagation helpers.
+
+Traces export over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (Jaeger accepts
+OTLP on 4317); otherwise spans are created but not exported, so code paths are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+log = logging.getLogger(__name__)
+
+
+def setup_tracing(service_name: str) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint:
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            log.info("exporting traces over OTLP to %s", endpoint)
+        except Exception:  # telemetry never stops a service from starting
+            log.exception("could not set up the OTLP exporter; traces are not exported")
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def trace_headers() -> dict[str, str]:
+    """The current trace context as W3C headers (for NATS headers or gRPC metadata)."""
+    carrier: dict[str, str] = {}
+    try:
+        inject(carrier)
+    except Exception:
+        log.debug("trace context injection failed", exc_info=True)
+    return carrier
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context as gRPC call metadata."""
+    return tuple(trace_headers().items())

@@ -1,0 +1,38 @@
+"""gRPC servicer of dilu.v1.NodeAgentService."""
+
+from __future__ import annotations
+
+import grpc
+from dilu.v1 import node_agent_pb2, node_agent_pb2_grpc
+
+from services.common.errors import InvalidArgument
+from services.node_agent.agent import NodeAgent
+
+
+class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
+    def __init__(self, agent: NodeAgent) -> None:
+        self._agent = agent
+
+    async def StartInstance(self, request: node_agent_pb2.StartInstanceRequest,
+                            context: grpc.aio.ServicerContext) -> node_agent_pb2.StartInstanceResponse:
+        report = await self._agent.start_instance(request.instance_id, request.function,
+                                                  list(request.gpu_uuids), request.quota)
+        return node_agent_pb2.StartInstanceResponse(instance=report)
+
+    async def StopInstance(self, request: node_agent_pb2.StopInstanceRequest,
+                           context: grpc.aio.ServicerContext) -> node_agent_pb2.StopInstanceResponse:
+        if not request.instance_id:
+            raise InvalidArgument("instance_id", "must not be empty")
+        await self._agent.stop_instance(request.instance_id)
+        return node_agent_pb2.StopInstanceResponse()
+
+    async def SetQuota(self, request: node_agent_pb2.SetQuotaRequest,
+                       context: grpc.aio.ServicerContext) -> node_agent_pb2.SetQuotaResponse:
+        if not request.instance_id:
+            raise InvalidArgument("instance_id", "must not be empty")
+        return node_agent_pb2.SetQuotaResponse(
+            quota=self._agent.set_quota(request.instance_id, request.quota))
+
+    async def GetNodeStatus(self, request: node_agent_pb2.GetNodeStatusRequest,
+                            context: grpc.aio.ServicerContext) -> node_agent_pb2.GetNodeStatusResponse:
+        return node_agent_pb2.GetNodeStatusResponse(node=self._agent.status())

@@ -1,0 +1,40 @@
+"""`python -m services.profiler`: the profiler service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dilu.v1 import profiler_pb2, profiler_pb2_grpc
+
+from services.common import subjects
+from services.common.bus import Bus
+from services.common.config import ServerConfig, server_config, service_parser
+from services.common.grpc_server import GrpcServer, wait_for_stop_signal, write_ready_file
+from services.common.logs import setup_logging
+from services.common.tracing import setup_tracing
+from services.profiler.service import ProfilerServicer
+
+
+def main() -> None:
+    args = service_parser("profiler", "Dilu profiler: multi-factor profiling.").parse_args()
+    config = server_config("profiler", args)
+    setup_logging("profiler", config.log_level)
+    setup_tracing("dilu-profiler")
+    asyncio.run(run(config))
+
+
+async def run(config: ServerConfig) -> None:
+    bus = await Bus.connect(config.nats_url, "dilu-profiler")
+    profiles = await bus.kv(subjects.PROFILES_BUCKET, profiler_pb2.Profile)
+    server = GrpcServer(config.host, config.port)
+    server.add(profiler_pb2_grpc.add_ProfilerServiceServicer_to_server,
+               ProfilerServicer(profiles), "dilu.v1.ProfilerService")
+    await server.start()
+    write_ready_file(config.ready_file, server.address)
+    await wait_for_stop_signal()
+    await server.stop(config.grace_s)
+    await bus.close()
+
+
+if __name__ == "__main__":
+    main()

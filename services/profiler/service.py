@@ -1,0 +1,31 @@
+"""gRPC servicer of dilu.v1.ProfilerService. Stored profiles are served from JetStream KV;
+the profiling search itself is not built yet and says so."""
+
+from __future__ import annotations
+
+import grpc
+from dilu.v1 import profiler_pb2, profiler_pb2_grpc
+
+from services.common.bus import ProtoKV
+from services.common.errors import InvalidArgument, NotFound, Unimplemented
+
+
+class ProfilerServicer(profiler_pb2_grpc.ProfilerServiceServicer):
+    def __init__(self, profiles: ProtoKV[profiler_pb2.Profile]) -> None:
+        self._profiles = profiles
+
+    async def ProfileFunction(self, request: profiler_pb2.ProfileFunctionRequest,
+                              context: grpc.aio.ServicerContext) -> profiler_pb2.ProfileFunctionResponse:
+        if not request.function.name:
+            raise InvalidArgument("function.name", "must not be empty")
+        raise Unimplemented("the multi-factor profiling search (SM request, SM limit and batch "
+                            "size for an SLO) is not built yet")
+
+    async def GetProfile(self, request: profiler_pb2.GetProfileRequest,
+                         context: grpc.aio.ServicerContext) -> profiler_pb2.GetProfileResponse:
+        if not request.function:
+            raise InvalidArgument("function", "must not be empty")
+        profile = await self._profiles.get(request.function)
+        if profile is None:
+            raise NotFound(f"no profile stored for function {request.function!r}")
+        return profiler_pb2.GetProfileResponse(profile=profile)

@@ -1,0 +1,52 @@
+"""`python -m services.scaler`: the scaler service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dilu.events.v1 import events_pb2
+from dilu.v1 import scaler_pb2_grpc
+
+from services.common import subjects
+from services.common.bus import Bus
+from services.common.config import ServerConfig, server_config, service_parser
+from services.common.grpc_server import GrpcServer, wait_for_stop_signal, write_ready_file
+from services.common.logs import setup_logging
+from services.common.tracing import setup_tracing
+from services.scaler.observer import QosObserver
+from services.scaler.service import ScalerServicer
+
+
+def main() -> None:
+    args = service_parser("scaler", "Dilu scaler: adaptive 2D co-scaling.").parse_args()
+    config = server_config("scaler", args)
+    setup_logging("scaler", config.log_level)
+    setup_tracing("dilu-scaler")
+    asyncio.run(run(config))
+
+
+async def run(config: ServerConfig) -> None:
+    bus = await Bus.connect(config.nats_url, "dilu-scaler")
+    observer = QosObserver()
+
+    async def on_qos(_subject: str, report: events_pb2.QosReport) -> None:
+        observer.on_qos(report, time.time())
+
+    async def on_decision(_subject: str, decision: events_pb2.ScalingDecision) -> None:
+        observer.on_decision(decision)
+
+    await bus.subscribe(subjects.QOS_ALL, events_pb2.QosReport, on_qos)
+    await bus.subscribe(subjects.SCALING_EVENTS_ALL, events_pb2.ScalingDecision, on_decision)
+    server = GrpcServer(config.host, config.port)
+    server.add(scaler_pb2_grpc.add_ScalerServiceServicer_to_server,
+               ScalerServicer(observer), "dilu.v1.ScalerService")
+    await server.start()
+    write_ready_file(config.ready_file, server.address)
+    await wait_for_stop_signal()
+    await server.stop(config.grace_s)
+    await bus.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`python -m services.scheduler`: the scheduler service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dilu.v1 import scheduler_pb2_grpc, types_pb2
+
+from services.common import subjects
+from services.common.bus import Bus
+from services.common.config import server_config, service_parser
+from services.common.grpc_server import GrpcServer, wait_for_stop_signal, write_ready_file
+from services.common.logs import setup_logging
+from services.common.tracing import setup_tracing
+from services.scheduler.placement import POLICIES, PlacementBounds, make_placement
+from services.scheduler.scheduler import Scheduler, SchedulerSettings
+from services.scheduler.service import SchedulerServicer
+from services.scheduler.store import Store
+
+log = logging.getLogger("services.scheduler")
+
+
+def main() -> None:
+    parser = service_parser("scheduler", "Dilu scheduler: deploys, places and routes.")
+    parser.add("--placement", default="first-fit", help=f"placement policy: {', '.join(POLICIES)}")
+    parser.add("--max-limited", default=1.5, type=float,
+               help="bound on the sum of SM limits per GPU (limits are over-subscribed)")
+    parser.add("--node-timeout-s", default=10.0, type=float,
+               help="a node without a heartbeat for this long is lost")
+    parser.add("--reconcile-interval-s", default=1.0, type=float, help="reconcile period")
+    parser.add("--agent-grace-s", default=10.0, type=float,
+               help="how long an agent may omit a placed instance before it counts as failed")
+    args = parser.parse_args()
+    config = server_config("scheduler", args)
+    setup_logging("scheduler", config.log_level)
+    setup_tracing("dilu-scheduler")
+    settings = SchedulerSettings(node_timeout_s=args.node_timeout_s,
+                                 reconcile_interval_s=args.reconcile_interval_s,
+                                 agent_grace_s=args.agent_grace_s)
+    placement = make_placement(args.placement, PlacementBounds(max_limited=args.max_limited))
+    asyncio.run(run(config, settings, placement))
+
+
+async def run(config, settings, placement) -> None:  # type: ignore[no-untyped-def]
+    bus = await Bus.connect(config.nats_url, "dilu-scheduler")
+    store = Store(await bus.kv(subjects.FUNCTIONS_BUCKET, types_pb2.Function),
+                  await bus.kv(subjects.INSTANCES_BUCKET, types_pb2.Instance))
+    # The TTL garbage-collects nodes gone for good; liveness itself is judged by node_timeout_s.
+    nodes_kv = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
+    scheduler = Scheduler(bus, store, nodes_kv, placement, settings)
+    await scheduler.start()
+    server = GrpcServer(config.host, config.port)
+    server.add(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+               SchedulerServicer(scheduler), "dilu.v1.SchedulerService")
+    await server.start()
+    write_ready_file(config.ready_file, server.address)
+    await wait_for_stop_signal()
+    await server.stop(config.grace_s)
+    await scheduler.close()
+    await bus.close()
+    log.info("scheduler stopped")
+
+
+if __name__ == "__main__":
+    main()
