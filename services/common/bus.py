@@ -88,13 +88,9 @@ class Bus:
         except Exception as error:
             log.warning("could not publish on %s: %s", subject, error)
 
-    async def subscribe(
-        self,
-        subject: str,
-        message_type: type[M],
-        handler: Callable[[str, M], Awaitable[None]],
-    ) -> None:
-        """Call `handler(subject, event)` for every event, inside the publisher's trace."""
+    def _handler(self, message_type: type[M],
+                 handler: Callable[[str, M], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+        """Decode, continue the publisher's trace, call the handler, never raise."""
 
         async def on_message(msg: Msg) -> None:
             event = message_type()
@@ -106,7 +102,7 @@ class Bus:
             token = otel_context.attach(extract(msg.headers or {}))
             try:
                 with self._tracer.start_as_current_span(
-                    f"receive {subject}", kind=trace.SpanKind.CONSUMER
+                    f"receive {msg.subject}", kind=trace.SpanKind.CONSUMER
                 ):
                     await handler(msg.subject, event)
             except Exception:
@@ -114,14 +110,47 @@ class Bus:
             finally:
                 otel_context.detach(token)
 
-        await self.nc.subscribe(subject, cb=on_message)
+        return on_message
+
+    async def subscribe(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Callable[[str, M], Awaitable[None]],
+    ) -> None:
+        """Call `handler(subject, event)` for every event published from now on."""
+        await self.nc.subscribe(subject, cb=self._handler(message_type, handler))
+
+    async def ensure_stream(self, name: str, subject: str, max_msgs: int) -> None:
+        """Keep the last `max_msgs` events on `subject` in a JetStream stream."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_UNAVAILABLE),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            stop=stop_after_delay(30),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    await self.js.stream_info(name)
+                except js_errors.NotFoundError:
+                    await self.js.add_stream(name=name, subjects=[subject], max_msgs=max_msgs)
+
+    async def replay(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Callable[[str, M], Awaitable[None]],
+    ) -> None:
+        """Call `handler` for every event a stream holds on `subject`, then for new ones
+        (an ordered consumer: it resumes where it was after a NATS restart)."""
+        await self.js.subscribe(subject, cb=self._handler(message_type, handler),
+                                ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
 
     async def kv(self, bucket: str, message_type: type[M], *, ttl_s: float | None = None,
                  history: int = 1) -> ProtoKV[M]:
         """Open a key-value bucket, creating it on first use."""
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((asyncio.TimeoutError, js_errors.ServiceUnavailableError,
-                                           nats.errors.TimeoutError, nats.errors.NoRespondersError)),
+            retry=retry_if_exception_type(_UNAVAILABLE),
             wait=wait_exponential(multiplier=0.1, max=2.0),
             stop=stop_after_delay(30),
             reraise=True,

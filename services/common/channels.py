@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
+
+# Node-agent RPCs are idempotent (start/stop are keyed by instance id), so a call that
+# finds the agent briefly unreachable is retried by the channel itself.
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "dilu.v1.NodeAgentService"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
 
 
 class ChannelPool:
@@ -21,6 +31,8 @@ class ChannelPool:
                 options=[
                     ("grpc.initial_reconnect_backoff_ms", 200),
                     ("grpc.max_reconnect_backoff_ms", 2000),
+                    ("grpc.enable_retries", 1),
+                    ("grpc.service_config", _SERVICE_CONFIG),
                 ],
             )
             self._channels[address] = channel

@@ -7,6 +7,10 @@ INSTANCES_BUCKET = "dilu-instances"
 NODES_BUCKET = "dilu-nodes"
 PROFILES_BUCKET = "dilu-profiles"
 
+# Scaling decisions are kept in a stream so the scaler recovers its history on restart.
+SCALING_STREAM = "DILU_SCALING"
+SCALING_STREAM_MAX_MSGS = 100_000
+
 INSTANCE_EVENTS_ALL = "dilu.events.instance.>"
 SCALING_EVENTS_ALL = "dilu.events.scaling.>"
 QOS_ALL = "dilu.qos.>"

@@ -1,7 +1,9 @@
 """OpenTelemetry setup and W3C trace-context propagation helpers.
 
 Traces export over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (Jaeger accepts
-OTLP on 4317); otherwise spans are created but not exported, so code paths are the same.
+OTLP on 4317), and as JSON lines to `DILU_TRACE_FILE` when that is set (handy without a
+collector, and how the tests follow one trace across processes). Otherwise spans are
+created but not exported, so the code paths are the same.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,11 @@ def setup_tracing(service_name: str) -> TracerProvider:
             log.info("exporting traces over OTLP to %s", endpoint)
         except Exception:  # telemetry never stops a service from starting
             log.exception("could not set up the OTLP exporter; traces are not exported")
+    trace_file = os.environ.get("DILU_TRACE_FILE")
+    if trace_file:
+        out = open(trace_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(
+            out=out, formatter=lambda span: span.to_json(indent=None) + "\n")))
     trace.set_tracer_provider(provider)
     return provider
 

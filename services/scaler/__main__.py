@@ -37,7 +37,9 @@ async def run(config: ServerConfig) -> None:
         observer.on_decision(decision)
 
     await bus.subscribe(subjects.QOS_ALL, events_pb2.QosReport, on_qos)
-    await bus.subscribe(subjects.SCALING_EVENTS_ALL, events_pb2.ScalingDecision, on_decision)
+    await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
+                            subjects.SCALING_STREAM_MAX_MSGS)
+    await bus.replay(subjects.SCALING_EVENTS_ALL, events_pb2.ScalingDecision, on_decision)
     server = GrpcServer(config.host, config.port)
     server.add(scaler_pb2_grpc.add_ScalerServiceServicer_to_server,
                ScalerServicer(observer), "dilu.v1.ScalerService")

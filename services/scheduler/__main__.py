@@ -48,6 +48,9 @@ async def run(config, settings, placement) -> None:  # type: ignore[no-untyped-d
                   await bus.kv(subjects.INSTANCES_BUCKET, types_pb2.Instance))
     # The TTL garbage-collects nodes gone for good; liveness itself is judged by node_timeout_s.
     nodes_kv = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
+    # Created here too so decisions made before the scaler first starts are kept.
+    await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
+                            subjects.SCALING_STREAM_MAX_MSGS)
     scheduler = Scheduler(bus, store, nodes_kv, placement, settings)
     await scheduler.start()
     server = GrpcServer(config.host, config.port)

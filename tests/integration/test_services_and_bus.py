@@ -39,7 +39,7 @@ def test_profiler_serves_health_and_says_what_is_not_built(cluster: Cluster):
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_scaler_records_scaling_decisions_published_by_the_scheduler(cluster: Cluster):
+def test_scaler_records_scaling_decisions_and_recovers_them_after_a_restart(cluster: Cluster):
     scaler = cluster.start_service("scaler")
     cluster.start_scheduler()
     cluster.start_agent("n1")
@@ -57,6 +57,14 @@ def test_scaler_records_scaling_decisions_published_by_the_scheduler(cluster: Cl
     assert decisions[0].reason == "load test" and decisions[0].source == "manual"
     status = stub.GetStatus(scaler_pb2.GetStatusRequest())
     assert status.co_scaling_active is False
+
+    scaler.kill()  # the history lives in JetStream, not in the process
+    restarted = cluster.start_service("scaler")
+    stub = scaler_pb2_grpc.ScalerServiceStub(cluster.channel(restarted.address))
+    recovered = assert_eventually(
+        lambda: stub.ListDecisions(scaler_pb2.ListDecisionsRequest(function="grow")).decisions,
+        message="restarted scaler recovered the decision")
+    assert list(recovered) == list(decisions)
 
 
 async def test_instance_lifecycle_events_reach_a_bus_subscriber(cluster: Cluster):
