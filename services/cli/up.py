@@ -1,4 +1,5 @@
-"""`dilu up`: run nats-server, the four services and one node agent until Ctrl-C."""
+"""`dilu up`: run nats-server, the four services and one node agent until Ctrl-C,
+restarting any that dies (as systemd's Restart=on-failure would)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher
+from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher, StackError
 from services.common.config import DEFAULT_PORTS
+
+# A service that keeps dying is given up on: this many restarts within the window.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +33,59 @@ class StackOptions:
     node_id: str = "local"
 
 
+@dataclass(frozen=True, slots=True)
+class _ServiceSpec:
+    service: str
+    port: int
+    extra: tuple[str, ...] = ()
+
+
 @dataclass
 class RunningStack:
     nats: NatsServer
-    services: dict[str, ManagedProcess]
+    launcher: ServiceLauncher
+    specs: dict[str, _ServiceSpec]
+    services: dict[str, ManagedProcess] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)
 
     def endpoints(self) -> dict[str, str]:
         return {"nats": self.nats.url, **{n: p.address for n, p in self.services.items()}}
 
-    def dead(self) -> list[str]:
-        procs = [*self.services.values(), *([self.nats.proc] if self.nats.proc else [])]
-        return [p.name for p in procs if not p.alive()]
+    def pids(self) -> dict[str, int]:
+        procs = {n: p.pid for n, p in self.services.items()}
+        return {"nats": self.nats.proc.pid, **procs} if self.nats.proc else procs
+
+    def start(self, name: str) -> ManagedProcess:
+        spec = self.specs[name]
+        # Re-binding the same port right after a crash may briefly fail; the launcher
+        # reports that as a StackError and the supervisor tries again.
+        process = self.launcher.start(spec.service, *spec.extra, port=spec.port)
+        self.services[name] = process
+        return process
+
+    def revive(self) -> list[str]:
+        """Restart whatever died; returns what was restarted. Raises StackError when a
+        process keeps dying."""
+        revived = []
+        now = time.monotonic()
+        dead = ([] if self.nats.proc is None or self.nats.proc.alive() else ["nats"]) + [
+            n for n, p in self.services.items() if not p.alive()]
+        for name in dead:
+            recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+            if len(recent) >= MAX_RESTARTS:
+                raise StackError(f"{name} died {len(recent)} times within {RESTART_WINDOW_S:.0f} s")
+            self.restarts[name] = [*recent, now]
+            if name == "nats":
+                self.nats.start()  # same port, same JetStream store
+            else:
+                self.start(name)
+            revived.append(name)
+        return revived
+
+    def stop(self) -> None:
+        for process in reversed(list(self.services.values())):
+            process.stop()
+        self.nats.stop()
 
 
 @contextmanager
@@ -46,50 +93,62 @@ def running_stack(options: StackOptions) -> Iterator[RunningStack]:
     """Start everything, yield, then stop in reverse order (services first, NATS last)."""
     options.state_dir.mkdir(parents=True, exist_ok=True)
     nats = NatsServer(options.state_dir / "nats", port=options.nats_port)
-    started: dict[str, ManagedProcess] = {}
+    specs = {
+        "scheduler": _ServiceSpec("scheduler", options.scheduler_port),
+        "node-agent": _ServiceSpec("node-agent", options.node_agent_port, (
+            "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus))),
+        "profiler": _ServiceSpec("profiler", options.profiler_port),
+        "scaler": _ServiceSpec("scaler", options.scaler_port),
+    }
+    stack = RunningStack(nats, ServiceLauncher(options.state_dir, ""), specs)
     try:
         nats.start()
-        launcher = ServiceLauncher(options.state_dir, nats.url)
-        started["scheduler"] = launcher.start(
-            "scheduler", port=options.scheduler_port)
-        started["node-agent"] = launcher.start(
-            "node-agent", "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus),
-            port=options.node_agent_port)
-        started["profiler"] = launcher.start("profiler", port=options.profiler_port)
-        started["scaler"] = launcher.start("scaler", port=options.scaler_port)
-        yield RunningStack(nats, started)
+        stack.launcher.nats_url = nats.url
+        for name in specs:
+            stack.start(name)
+        yield stack
     finally:
-        for process in reversed(list(started.values())):
-            process.stop()
-        nats.stop()
+        stack.stop()
 
 
 def stack_file(state_dir: Path) -> Path:
     return state_dir / "stack.json"
 
 
+def _write_stack_file(state_dir: Path, stack: RunningStack) -> None:
+    stack_file(state_dir).write_text(json.dumps(
+        {"pid": os.getpid(), "endpoints": stack.endpoints(), "pids": stack.pids()}, indent=2))
+
+
 def run_up(options: StackOptions) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with running_stack(options) as stack:
-        stack_file(options.state_dir).write_text(
-            json.dumps({"pid": os.getpid(), "endpoints": stack.endpoints()}, indent=2))
-        print("Dilu is up:")
-        for name, address in stack.endpoints().items():
-            print(f"  {name:<11} {address}")
-        print(f"logs in {options.state_dir / 'logs'}; Ctrl-C or `dilu down` stops everything",
-              flush=True)
-        while not stop.wait(0.5):
-            dead = stack.dead()
-            if dead:
-                print(f"stopping: {', '.join(dead)} exited; see {options.state_dir / 'logs'}")
-                stack_file(options.state_dir).unlink(missing_ok=True)
-                return 1
-        print("stopping Dilu ...", flush=True)
-    stack_file(options.state_dir).unlink(missing_ok=True)
+    code = 0
+    try:
+        with running_stack(options) as stack:
+            _write_stack_file(options.state_dir, stack)
+            print("Dilu is up:")
+            for name, address in stack.endpoints().items():
+                print(f"  {name:<11} {address:<24} pid {stack.pids()[name]}")
+            print(f"logs in {options.state_dir / 'logs'}; Ctrl-C or `dilu down` stops everything",
+                  flush=True)
+            while not stop.wait(0.5):
+                try:
+                    revived = stack.revive()
+                except StackError as error:
+                    print(f"giving up: {error}; see {options.state_dir / 'logs'}", flush=True)
+                    code = 1
+                    break
+                for name in revived:
+                    print(f"{name} exited; restarted as pid {stack.pids()[name]}", flush=True)
+                if revived:
+                    _write_stack_file(options.state_dir, stack)
+            print("stopping Dilu ...", flush=True)
+    finally:
+        stack_file(options.state_dir).unlink(missing_ok=True)
     print("stopped")
-    return 0
+    return code
 
 
 def run_down(state_dir: Path, timeout_s: float = 30.0) -> int:

@@ -236,7 +236,9 @@ class ProtoKV(Generic[M]):
     async def items(self) -> dict[str, tuple[int, M]]:
         """Every live key with its revision and value."""
         try:
-            keys = await self._store.keys()
+            # keys() waits on a watcher with no deadline of its own; a bus that drops
+            # mid-listing must not hang the caller.
+            keys = await asyncio.wait_for(self._store.keys(), timeout=5.0)
         except js_errors.NoKeysError:
             return {}
         except _UNAVAILABLE as error:

@@ -54,3 +54,12 @@ class Unimplemented(DiluError):
 
 class DeadlineExceeded(DiluError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class PeerError(DiluError):
+    """An error a peer (a worker, an agent) answered with, passed on with its own code so
+    callers keep the retry semantics of that code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

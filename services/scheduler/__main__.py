@@ -29,8 +29,8 @@ def main() -> None:
     parser.add("--node-timeout-s", default=10.0, type=float,
                help="a node without a heartbeat for this long is lost")
     parser.add("--reconcile-interval-s", default=1.0, type=float, help="reconcile period")
-    parser.add("--agent-grace-s", default=10.0, type=float,
-               help="how long an agent may omit a placed instance before it counts as failed")
+    parser.add("--agent-grace-s", default=2.0, type=float,
+               help="minimum age of a placement before agent heartbeats that omit it fail it")
     args = parser.parse_args()
     config = server_config("scheduler", args)
     setup_logging("scheduler", config.log_level)

@@ -17,6 +17,9 @@ class _Seen:
     revision: int
     seen_at: float
     lost: bool = False
+    # False for entries found in the registry at start-up until they change: an entry
+    # written by an agent that has since died must not attract placements.
+    confirmed: bool = True
 
 
 class NodeTracker:
@@ -24,11 +27,14 @@ class NodeTracker:
         self.timeout_s = timeout_s
         self._nodes: dict[str, _Seen] = {}
 
-    def observe(self, node: types_pb2.Node, revision: int, now: float) -> None:
+    def observe(self, node: types_pb2.Node, revision: int, now: float, *,
+                trusted: bool = True) -> None:
         seen = self._nodes.get(node.id)
-        if seen is None or seen.revision != revision:
+        if seen is None:
             self._nodes[node.id] = _Seen(node=node, revision=revision, seen_at=now,
-                                         lost=seen.lost if seen else False)
+                                         confirmed=trusted)
+        elif seen.revision != revision:
+            seen.node, seen.revision, seen.seen_at, seen.confirmed = node, revision, now, True
 
     def pardon(self, now: float) -> None:
         """Restart every node's clock: called when the scheduler could not see heartbeats
@@ -37,8 +43,8 @@ class NodeTracker:
             seen.seen_at = max(seen.seen_at, now)
 
     def sweep(self, now: float) -> tuple[list[str], list[str]]:
-        """Update states; returns (nodes that came up or back, nodes just lost)."""
-        up, lost = [], []
+        """Update states; returns (nodes that came back, nodes just lost)."""
+        back, lost = [], []
         for node_id, seen in sorted(self._nodes.items()):
             stale = now - seen.seen_at > self.timeout_s
             if stale and not seen.lost:
@@ -46,20 +52,26 @@ class NodeTracker:
                 lost.append(node_id)
             elif not stale and seen.lost:
                 seen.lost = False
-                up.append(node_id)
-        return up, lost
+                back.append(node_id)
+        return back, lost
 
     def ready(self) -> list[str]:
-        return sorted(n for n, s in self._nodes.items() if not s.lost)
+        return sorted(n for n, s in self._nodes.items() if not s.lost and s.confirmed)
 
-    def is_ready(self, node_id: str) -> bool:
+    def state(self, node_id: str) -> types_pb2.NodeState.ValueType:
         seen = self._nodes.get(node_id)
-        return seen is not None and not seen.lost
+        if seen is None or seen.lost:
+            return types_pb2.NODE_STATE_LOST
+        return types_pb2.NODE_STATE_READY if seen.confirmed else types_pb2.NODE_STATE_UNCONFIRMED
+
+    def revision(self, node_id: str) -> int:
+        seen = self._nodes.get(node_id)
+        return seen.revision if seen else 0
 
     def node(self, node_id: str) -> types_pb2.Node | None:
         seen = self._nodes.get(node_id)
         return seen.node if seen else None
 
-    def all(self) -> list[tuple[types_pb2.Node, bool]]:
-        """Every node ever seen since start, with whether it is lost."""
-        return [(s.node, s.lost) for _, s in sorted(self._nodes.items())]
+    def all(self) -> list[types_pb2.Node]:
+        """Every node seen since start, lost ones included."""
+        return [s.node for _, s in sorted(self._nodes.items())]

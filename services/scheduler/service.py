@@ -56,7 +56,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                       context: grpc.aio.ServicerContext) -> scheduler_pb2.ScaleInResponse:
         function = await self._scheduler.scale(
             _name("function", request.function), -_count(request.count),
-            request.reason or "manual", source="manual")
+            request.reason or "manual", source="manual", instance_ids=request.instance_ids)
         return scheduler_pb2.ScaleInResponse(function=function)
 
     async def Invoke(self, request: scheduler_pb2.InvokeRequest,

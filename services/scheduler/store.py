@@ -1,6 +1,8 @@
 """The scheduler's durable state: functions and instances in JetStream KV, mirrored in
-memory. Writes that fail while the bus is down are kept and retried (an outbox), so
-nothing already accepted is lost to a NATS restart."""
+memory. Memory is authoritative: every change is marked and written by `flush()`, and
+writes that fail while the bus is down stay marked and are retried (an outbox), so
+nothing already accepted is lost to a NATS restart. Callers hold the scheduler's lock
+around changes and flushes, so flushes never race."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ class Store:
         self._instances_kv = instances
         self.functions: dict[str, types_pb2.Function] = {}
         self.instances: dict[str, types_pb2.Instance] = {}
-        self._pending_functions: set[str] = set()
-        self._pending_instances: set[str] = set()
+        self._dirty_functions: set[str] = set()
+        self._dirty_instances: set[str] = set()
 
     async def load(self) -> None:
         self.functions = {k: v for k, (_, v) in (await self._functions_kv.items()).items()}
@@ -35,42 +37,48 @@ class Store:
                       key=lambda i: i.id)
 
     async def put_function_now(self, function: types_pb2.Function) -> None:
-        """Persist before accepting: raises Unavailable and changes nothing on failure."""
-        await self._functions_kv.put(function.spec.name, function)
-        self.functions[function.spec.name] = function
+        """Persist a function before accepting the change; raises Unavailable and leaves
+        memory as it was when the store cannot be reached."""
+        name = function.spec.name
+        try:
+            await self._functions_kv.put(name, function)
+        except Unavailable:
+            # The put may still land after its timeout; make the store follow memory again.
+            self._dirty_functions.add(name)
+            raise
+        self.functions[name] = function
 
-    async def save_function(self, name: str) -> None:
-        self._pending_functions.add(name)
-        await self.flush()
+    async def delete_function_now(self, name: str) -> None:
+        try:
+            await self._functions_kv.delete(name)
+        except Unavailable:
+            self._dirty_functions.add(name)
+            raise
+        self.functions.pop(name, None)
 
-    async def save_instance(self, instance_id: str) -> None:
-        self._pending_instances.add(instance_id)
-        await self.flush()
+    def mark_instance(self, instance_id: str) -> None:
+        """Note an instance changed (or was removed from `instances`); `flush()` writes it."""
+        self._dirty_instances.add(instance_id)
 
     async def flush(self) -> bool:
-        """Write every pending change; returns False while the store is unreachable."""
+        """Write every marked change; returns False while the store is unreachable."""
         try:
-            for name in sorted(self._pending_functions):
+            for name in sorted(self._dirty_functions):
                 function = self.functions.get(name)
                 if function is None:
                     await self._functions_kv.delete(name)
                 else:
                     await self._functions_kv.put(name, function)
-                self._pending_functions.discard(name)
-            for iid in sorted(self._pending_instances):
+                self._dirty_functions.discard(name)
+            for iid in sorted(self._dirty_instances):
                 instance = self.instances.get(iid)
                 if instance is None:
                     await self._instances_kv.delete(iid)
                 else:
                     await self._instances_kv.put(iid, instance)
-                self._pending_instances.discard(iid)
+                self._dirty_instances.discard(iid)
         except Unavailable as error:
             log.warning("state store unreachable, %d writes kept for retry: %s",
-                        len(self._pending_functions) + len(self._pending_instances), error)
+                        len(self._dirty_functions) + len(self._dirty_instances), error)
             return False
         return True
-
-    async def delete_function_now(self, name: str) -> None:
-        await self._functions_kv.delete(name)
-        self.functions.pop(name, None)
-        self._pending_functions.discard(name)

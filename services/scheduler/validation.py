@@ -111,13 +111,13 @@ def _validate_resources(spec: types_pb2.FunctionSpec, prefix: str) -> None:
 
 def _validate_replicas(spec: types_pb2.FunctionSpec, prefix: str) -> None:
     rep = spec.replicas
+    if not rep.HasField("min"):
+        rep.min = 1
     if not 0 <= rep.min <= MAX_REPLICAS:
         raise InvalidArgument(f"{prefix}.replicas.min", f"must be in [0, {MAX_REPLICAS}], got {rep.min}")
     if not 0 <= rep.max <= MAX_REPLICAS:
         raise InvalidArgument(f"{prefix}.replicas.max", f"must be in [0, {MAX_REPLICAS}], got {rep.max}")
-    if rep.min == 0:
-        rep.min = 1
     if rep.max == 0:
-        rep.max = rep.min
+        rep.max = max(rep.min, 1)
     if rep.max < rep.min:
         raise InvalidArgument(f"{prefix}.replicas.max", f"must be at least min ({rep.max} < {rep.min})")

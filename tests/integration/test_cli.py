@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +114,21 @@ def test_dilu_up_serves_until_dilu_down_and_stops_every_child(tmp_path: Path):
             (state / "stack.json").read_text()), timeout=60, message="dilu up wrote stack.json")
         scheduler = stack["endpoints"]["scheduler"]
         assert scheduler == f"127.0.0.1:{ports['--scheduler-port']}"
-        assert dilu("status", scheduler=scheduler).returncode == 0
+        deployed = dilu("deploy", str(ROOT / "examples" / "resnet152.yaml"), scheduler=scheduler)
+        assert deployed.returncode == 0, deployed.stderr
+        before = dilu("status", scheduler=scheduler).stdout
+        instance = next(w for w in before.split() if w.startswith("resnet152-"))
+
+        # Kill the scheduler: `dilu up` restarts it and it recovers its state.
+        os.kill(stack["pids"]["scheduler"], signal.SIGKILL)
+        restarted = assert_eventually(
+            lambda: json.loads((state / "stack.json").read_text())["pids"]["scheduler"]
+            != stack["pids"]["scheduler"], timeout=30, message="scheduler restarted")
+        assert restarted
+        after = assert_eventually(
+            lambda: (r := dilu("status", scheduler=scheduler)).returncode == 0 and r,
+            timeout=20, message="restarted scheduler answers")
+        assert instance in after.stdout
         children = [json.loads(p.read_text())["pid"] for p in (state / "run").glob("*.json")]
         assert len(children) == 4
 
@@ -121,7 +136,8 @@ def test_dilu_up_serves_until_dilu_down_and_stops_every_child(tmp_path: Path):
         assert down.returncode == 0, down.stdout + down.stderr
         assert up.wait(timeout=30) == 0
         output = up.stdout.read() if up.stdout else ""
-        assert "Dilu is up" in output and "stopped" in output
+        assert "Dilu is up" in output and "scheduler exited; restarted" in output
+        assert "stopped" in output
         for pid in children:
             assert not Path(f"/proc/{pid}").exists() or \
                 Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -121,3 +121,13 @@ def test_placement_never_exceeds_requests_limits_or_memory_and_gangs_are_whole(o
     for instance_id in live:
         book.release(instance_id)
     assert all(g.sm_requested == 0 and g.memory_allocated_mib == 0 for g in book.gpus())
+
+
+def test_a_node_that_loses_a_gpu_evicts_what_was_on_it_and_never_offers_it_again():
+    book = ledger(nodes=1, gpus=2)
+    book.commit("a", shape(), Assignment("n0", ("n0-g0",)))
+    book.commit("b", shape(), Assignment("n0", ("n0-g1",)))
+    assert book.set_node("n0", [("n0-g1", 40960)]) == ["a"]
+    assert [g.uuid for g in book.gpus()] == ["n0-g1"]
+    assert book.holds("b") and not book.holds("a")
+    assert FirstFit().place(shape(request=0.9, limit=0.9), book.gpus()) is None

@@ -63,7 +63,18 @@ def test_a_node_is_lost_when_its_revision_stops_changing_and_back_when_it_change
     assert tracker.sweep(now=3.0) == ([], [])  # reported once
     tracker.observe(node("n1"), revision=7, now=3.1)
     assert tracker.sweep(now=3.2) == (["n1"], [])
-    assert tracker.is_ready("n1")
+    assert tracker.state("n1") == types_pb2.NODE_STATE_READY
+
+
+def test_registry_entries_found_at_start_get_no_placements_until_they_change():
+    tracker = NodeTracker(timeout_s=2)
+    tracker.observe(node("dead"), revision=4, now=0, trusted=False)
+    tracker.observe(node("alive"), revision=9, now=0, trusted=False)
+    assert tracker.ready() == []
+    assert tracker.state("dead") == types_pb2.NODE_STATE_UNCONFIRMED
+    tracker.observe(node("alive"), revision=10, now=0.5)
+    assert tracker.ready() == ["alive"]
+    assert tracker.sweep(now=2.5) == ([], ["dead"])
 
 
 def test_pardon_after_a_blind_spell_keeps_nodes_up():

@@ -99,3 +99,11 @@ def test_training_may_omit_the_slo_and_span_gpus():
 
 def test_torch_runtime_accepts_models_the_sim_tables_lack():
     assert validate_spec(good(runtime=S.RUNTIME_TORCH, model="my-cnn")).model == "my-cnn"
+
+
+def test_an_explicit_zero_minimum_allows_scale_to_zero():
+    spec = good()
+    spec.replicas.min = 0
+    validated = validate_spec(spec)
+    assert validated.replicas.HasField("min") and validated.replicas.min == 0
+    assert validated.replicas.max == 1

@@ -16,14 +16,27 @@ class Ledger:
         self._gpus: dict[str, GpuSlot] = {}
         self._instances: dict[str, tuple[InstanceShape, Assignment]] = {}
 
-    def set_node(self, node: str, gpus: Iterable[tuple[str, int]]) -> None:
-        """Declare a node's GPUs as (uuid, memory MiB); keeps what is already placed on them."""
-        for uuid, memory_total in gpus:
+    def set_node(self, node: str, gpus: Iterable[tuple[str, int]]) -> list[str]:
+        """Declare a node's GPUs as (uuid, memory MiB), replacing what it had before.
+
+        What is placed on GPUs that remain is kept; returns the ids of the instances that
+        were on GPUs the node no longer has (they are released).
+        """
+        declared = dict(gpus)
+        gone = [u for u, g in self._gpus.items() if g.node == node and u not in declared]
+        evicted = sorted({i for i, (_, a) in self._instances.items()
+                          if any(u in a.gpu_uuids for u in gone)})
+        for instance_id in evicted:
+            self.release(instance_id)
+        for uuid in gone:
+            del self._gpus[uuid]
+        for uuid, memory_total in declared.items():
             current = self._gpus.get(uuid)
             if current is None:
                 self._gpus[uuid] = GpuSlot(node=node, uuid=uuid, memory_total_mib=memory_total)
             elif current.memory_total_mib != memory_total or current.node != node:
                 self._gpus[uuid] = replace(current, node=node, memory_total_mib=memory_total)
+        return evicted
 
     def remove_node(self, node: str) -> list[str]:
         """Forget a node's GPUs; returns the ids of the instances that were on them."""

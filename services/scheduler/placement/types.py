@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -65,12 +65,3 @@ class PlacementBounds:
             and gpu.sm_limited + shape.sm_limit <= self.max_limited + eps
             and gpu.memory_allocated_mib + shape.memory_mib <= gpu.memory_total_mib
         )
-
-
-@dataclass(slots=True)
-class Placed:
-    """An instance the ledger holds: its shape and its GPUs."""
-
-    shape: InstanceShape
-    assignment: Assignment
-    extra: dict[str, str] = field(default_factory=dict)

@@ -226,20 +226,26 @@ class ScaleInRequest(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    INSTANCE_IDS_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     count: _builtins.int
-    """Instances to remove; 0 means 1."""
+    """Instances to remove; 0 means 1. Ignored when instance_ids is set."""
     reason: _builtins.str
+    @_builtins.property
+    def instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Remove exactly these instances (e.g. the co-scaler's choice) instead of the scheduler's."""
+
     def __init__(
         self,
         *,
         function: _builtins.str = ...,
         count: _builtins.int = ...,
         reason: _builtins.str = ...,
+        instance_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "function", b"function", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "function", b"function", "instance_ids", b"instance_ids", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,12 +310,15 @@ class InvokeResponse(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     WORKER_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
     content_type: _builtins.str
     instance_id: _builtins.str
     """Instance that served it."""
     worker_latency_ms: _builtins.float
     """Time the request spent in the worker (queue + execution), milliseconds."""
+    batch_size: _builtins.int
+    """Size of the batch the request ran in."""
     def __init__(
         self,
         *,
@@ -317,10 +326,11 @@ class InvokeResponse(_message.Message):
         content_type: _builtins.str = ...,
         instance_id: _builtins.str = ...,
         worker_latency_ms: _builtins.float = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "instance_id", b"instance_id", "payload", b"payload", "worker_latency_ms", b"worker_latency_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "content_type", b"content_type", "instance_id", b"instance_id", "payload", b"payload", "worker_latency_ms", b"worker_latency_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -118,6 +118,8 @@ class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.V
     NODE_STATE_READY: _NodeState.ValueType  # 1
     NODE_STATE_LOST: _NodeState.ValueType  # 2
     """Heartbeats stopped; its instances are replaced elsewhere."""
+    NODE_STATE_UNCONFIRMED: _NodeState.ValueType  # 3
+    """Found in the registry when the scheduler started, not heard from since; gets no placements."""
 
 class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper): ...
 
@@ -125,6 +127,8 @@ NODE_STATE_UNSPECIFIED: NodeState.ValueType  # 0
 NODE_STATE_READY: NodeState.ValueType  # 1
 NODE_STATE_LOST: NodeState.ValueType  # 2
 """Heartbeats stopped; its instances are replaced elsewhere."""
+NODE_STATE_UNCONFIRMED: NodeState.ValueType  # 3
+"""Found in the registry when the scheduler started, not heard from since; gets no placements."""
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final
@@ -196,20 +200,22 @@ class Replicas(_message.Message):
     MIN_FIELD_NUMBER: _builtins.int
     MAX_FIELD_NUMBER: _builtins.int
     min: _builtins.int
-    """Instances kept even when idle; 0 means 1 at deploy time."""
+    """Instances kept even when idle; unset means 1, and 0 lets the function scale to zero."""
     max: _builtins.int
-    """Ceiling for horizontal scaling; 0 means min."""
+    """Ceiling for horizontal scaling; 0 means max(min, 1)."""
     def __init__(
         self,
         *,
-        min: _builtins.int = ...,
+        min: _builtins.int | None = ...,
         max: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min", b"_min", "min", b"min"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "min", b"min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
 
 Global___Replicas: _TypeAlias = Replicas  # noqa: Y015
 
@@ -239,6 +245,26 @@ class FunctionSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RuntimeOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
@@ -248,6 +274,8 @@ class FunctionSpec(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_URI_FIELD_NUMBER: _builtins.int
+    RUNTIME_OPTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: lowercase letters, digits and '-', 1 to 63 characters, starting with a letter."""
     kind: Global___FunctionKind.ValueType
@@ -256,6 +284,10 @@ class FunctionSpec(_message.Message):
     """Model to run, e.g. "resnet152", "bert-base", "llama2-7b"."""
     max_batch: _builtins.int
     """Largest batch a worker forms; 0 lets the profile decide."""
+    weights_uri: _builtins.str
+    """Model weights to load instead of random ones: a path or file:// URI readable on the
+    node. Nothing is downloaded.
+    """
     @_builtins.property
     def slo(self) -> Global___Slo: ...
     @_builtins.property
@@ -265,6 +297,10 @@ class FunctionSpec(_message.Message):
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, shown by `dilu status` and copied onto events."""
+
+    @_builtins.property
+    def runtime_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Runtime-specific knobs (e.g. input shape, sequence length), passed to the worker."""
 
     def __init__(
         self,
@@ -278,10 +314,12 @@ class FunctionSpec(_message.Message):
         replicas: Global___Replicas | None = ...,
         max_batch: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        weights_uri: _builtins.str = ...,
+        runtime_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas", "resources", b"resources", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "labels", b"labels", "max_batch", b"max_batch", "model", b"model", "name", b"name", "replicas", b"replicas", "resources", b"resources", "runtime", b"runtime", "slo", b"slo"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "labels", b"labels", "max_batch", b"max_batch", "model", b"model", "name", b"name", "replicas", b"replicas", "resources", b"resources", "runtime", b"runtime", "runtime_options", b"runtime_options", "slo", b"slo", "weights_uri", b"weights_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
