@@ -123,12 +123,7 @@ class Bus:
 
     async def ensure_stream(self, name: str, subject: str, max_msgs: int) -> None:
         """Keep the last `max_msgs` events on `subject` in a JetStream stream."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(_UNAVAILABLE),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            stop=stop_after_delay(30),
-            reraise=True,
-        ):
+        async for attempt in _setup_retries():
             with attempt:
                 try:
                     await self.js.stream_info(name)
@@ -149,12 +144,7 @@ class Bus:
     async def kv(self, bucket: str, message_type: type[M], *, ttl_s: float | None = None,
                  history: int = 1) -> ProtoKV[M]:
         """Open a key-value bucket, creating it on first use."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(_UNAVAILABLE),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            stop=stop_after_delay(30),
-            reraise=True,
-        ):
+        async for attempt in _setup_retries():
             with attempt:
                 try:
                     store = await self.js.key_value(bucket)
@@ -183,6 +173,17 @@ _UNAVAILABLE = (
     nats.errors.OutboundBufferLimitError,
     js_errors.ServiceUnavailableError,
 )
+
+
+def _setup_retries() -> AsyncRetrying:
+    """Start-up calls to JetStream (opening buckets and streams) retry while the server is
+    still coming up; anything but unavailability is a real error and is raised."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(_UNAVAILABLE),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        stop=stop_after_delay(30),
+        reraise=True,
+    )
 
 
 class ProtoKV(Generic[M]):

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.interceptors import ErrorInterceptor, TracingInterceptor
+from services.common.interceptors import error_interceptor, tracing_interceptor
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class GrpcServer:
     def __init__(self, host: str, port: int) -> None:
         self._requested = f"{host}:{port}"
         self._host = host
-        self._server = grpc.aio.server(interceptors=[TracingInterceptor(), ErrorInterceptor()])
+        self._server = grpc.aio.server(interceptors=[tracing_interceptor(), error_interceptor()])
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -44,6 +44,9 @@ class GrpcServer:
         return f"{self._host}:{self.port}"
 
     async def start(self) -> int:
+        """Bind and serve; returns the bound port. Calling it again does nothing."""
+        if self.port:
+            return self.port
         reflection.enable_server_reflection(self._service_names, self._server)
         self.port = self._server.add_insecure_port(self._requested)
         await self._server.start()
@@ -67,6 +70,22 @@ def write_ready_file(path: str | None, address: str) -> None:
     tmp = target.with_suffix(target.suffix + ".tmp")
     tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
     tmp.replace(target)
+
+
+async def serve_until_stopped(server: GrpcServer, ready_file: str | None, grace_s: float,
+                              *cleanups: Callable[[], Awaitable[None]]) -> None:
+    """Start serving, announce readiness, and on SIGTERM/SIGINT shut down in order:
+    health NOT_SERVING and in-flight RPCs finish, then each cleanup (e.g. the bus drain)."""
+    await server.start()
+    write_ready_file(ready_file, server.address)
+    await wait_for_stop_signal()
+    await server.stop(grace_s)
+    for cleanup in cleanups:
+        try:
+            await cleanup()
+        except Exception:
+            log.exception("cleanup during shutdown failed")
+    log.info("stopped")
 
 
 async def wait_for_stop_signal() -> None:

@@ -70,8 +70,12 @@ def _traced_unary(method: str, inner: Handler) -> Handler:
     return handle
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns `DiluError` into its status code (with BadRequest details) and anything else into INTERNAL."""
+class _UnaryWrapping(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary handler with `wrapper(method, handler)`; health and
+    reflection streams pass through untouched."""
+
+    def __init__(self, wrapper: Callable[[str, Handler], Handler]) -> None:
+        self._wrapper = wrapper
 
     async def intercept_service(
         self,
@@ -79,19 +83,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        return _rewrap(handler, handler_call_details.method, _wrap_unary)  # type: ignore[attr-defined]
+        return _rewrap(handler, handler_call_details.method, self._wrapper)  # type: ignore[attr-defined]
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
+def error_interceptor() -> grpc.aio.ServerInterceptor:
+    """Turns `DiluError` into its status code (with BadRequest details for bad fields)
+    and anything else into INTERNAL."""
+    return _UnaryWrapping(_wrap_unary)
+
+
+def tracing_interceptor() -> grpc.aio.ServerInterceptor:
     """Continues the caller's W3C trace (from metadata) with a server span per RPC."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        return _rewrap(handler, handler_call_details.method, _traced_unary)  # type: ignore[attr-defined]
+    return _UnaryWrapping(_traced_unary)
 
 
 def _rewrap(
@@ -99,7 +102,6 @@ def _rewrap(
     method: str,
     wrapper: Callable[[str, Handler], Handler],
 ) -> grpc.RpcMethodHandler:
-    # Dilu's APIs are unary-unary; health and reflection streams pass through untouched.
     if handler is None or handler.unary_unary is None:
         return handler  # type: ignore[return-value]
     return grpc.unary_unary_rpc_method_handler(

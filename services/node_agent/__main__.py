@@ -13,7 +13,7 @@ from dilu.v1 import node_agent_pb2_grpc, types_pb2
 from services.common import subjects
 from services.common.bus import Bus
 from services.common.config import ServerConfig, server_config, service_parser
-from services.common.grpc_server import GrpcServer, wait_for_stop_signal, write_ready_file
+from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
 from services.node_agent.agent import NodeAgent
@@ -61,12 +61,8 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
     # Heartbeats announce the address, so the agent starts once the port is bound.
     agent.address = args.advertise_address or server.address
     await agent.start()
-    write_ready_file(config.ready_file, server.address)
     log.info("node %s up with %d %s GPUs", args.node_id, len(gpus.devices()), gpus.name)
-    await wait_for_stop_signal()
-    await server.stop(config.grace_s)
-    await agent.close()
-    await bus.close()
+    await serve_until_stopped(server, config.ready_file, config.grace_s, agent.close, bus.close)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dilu.v1 import scaler_pb2_grpc
 from services.common import subjects
 from services.common.bus import Bus
 from services.common.config import ServerConfig, server_config, service_parser
-from services.common.grpc_server import GrpcServer, wait_for_stop_signal, write_ready_file
+from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
 from services.scaler.observer import QosObserver
@@ -43,11 +43,7 @@ async def run(config: ServerConfig) -> None:
     server = GrpcServer(config.host, config.port)
     server.add(scaler_pb2_grpc.add_ScalerServiceServicer_to_server,
                ScalerServicer(observer), "dilu.v1.ScalerService")
-    await server.start()
-    write_ready_file(config.ready_file, server.address)
-    await wait_for_stop_signal()
-    await server.stop(config.grace_s)
-    await bus.close()
+    await serve_until_stopped(server, config.ready_file, config.grace_s, bus.close)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ from dilu.v1 import scheduler_pb2_grpc, types_pb2
 
 from services.common import subjects
 from services.common.bus import Bus
-from services.common.config import server_config, service_parser
-from services.common.grpc_server import GrpcServer, wait_for_stop_signal, write_ready_file
+from services.common.config import ServerConfig, server_config, service_parser
+from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
-from services.scheduler.placement import POLICIES, PlacementBounds, make_placement
+from services.scheduler.placement import POLICIES, Placement, PlacementBounds, make_placement
 from services.scheduler.scheduler import Scheduler, SchedulerSettings
 from services.scheduler.service import SchedulerServicer
 from services.scheduler.store import Store
@@ -42,7 +42,7 @@ def main() -> None:
     asyncio.run(run(config, settings, placement))
 
 
-async def run(config, settings, placement) -> None:  # type: ignore[no-untyped-def]
+async def run(config: ServerConfig, settings: SchedulerSettings, placement: Placement) -> None:
     bus = await Bus.connect(config.nats_url, "dilu-scheduler")
     store = Store(await bus.kv(subjects.FUNCTIONS_BUCKET, types_pb2.Function),
                   await bus.kv(subjects.INSTANCES_BUCKET, types_pb2.Instance))
@@ -56,13 +56,8 @@ async def run(config, settings, placement) -> None:  # type: ignore[no-untyped-d
     server = GrpcServer(config.host, config.port)
     server.add(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                SchedulerServicer(scheduler), "dilu.v1.SchedulerService")
-    await server.start()
-    write_ready_file(config.ready_file, server.address)
-    await wait_for_stop_signal()
-    await server.stop(config.grace_s)
-    await scheduler.close()
-    await bus.close()
-    log.info("scheduler stopped")
+    await serve_until_stopped(server, config.ready_file, config.grace_s,
+                              scheduler.close, bus.close)
 
 
 if __name__ == "__main__":
