@@ -20,18 +20,23 @@ DEFAULT_PORTS = {
 }
 
 
-def env_default(flag: str, default: str | None) -> str | None:
-    return os.environ.get("DILU_" + flag.lstrip("-").replace("-", "_").upper(), default)
+def env_name(flag: str) -> str:
+    """`--node-timeout-s` -> `DILU_NODE_TIMEOUT_S`."""
+    return "DILU_" + flag.lstrip("-").replace("-", "_").upper()
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with `DILU_*` environment fallbacks for every option."""
 
     def add(self, flag: str, *, default: object, help: str, type: type = str) -> None:
-        raw = env_default(flag, None)
-        value = type(raw) if raw is not None else default
-        self.add_argument(flag, default=value, type=type, help=f"{help} (env DILU_"
-                          f"{flag.lstrip('-').replace('-', '_').upper()}; default {default})")
+        name = env_name(flag)
+        raw = os.environ.get(name)
+        try:
+            value = type(raw) if raw is not None else default
+        except ValueError:
+            self.error(f"{name}={raw!r} is not a valid {type.__name__}")
+        self.add_argument(flag, default=value, type=type,
+                          help=f"{help} (env {name}; default {default})")
 
 
 @dataclass(frozen=True, slots=True)

@@ -478,7 +478,7 @@ class Scheduler:
                     self._missing.pop(instance.id, None)
                     self._adopt(instance, report.state, report.endpoint, report.message)
                 else:
-                    calls += self._note_missing(instance, node_id, revision, now)
+                    self._note_missing(instance, node_id, revision, now)
             for instance_id in reported:
                 known = self._store.instances.get(instance_id)
                 unwanted = known is None or known.state in _TERMINAL or known.node != node_id
@@ -494,7 +494,7 @@ class Scheduler:
         return True
 
     def _note_missing(self, instance: types_pb2.Instance, node_id: str, revision: int,
-                      now: float) -> list[_AgentCall]:
+                      now: float) -> None:
         count, seen_revision = self._missing.get(instance.id, (0, 0))
         if revision != seen_revision:
             count += 1
@@ -502,7 +502,6 @@ class Scheduler:
         age = now - instance.updated_at.ToNanoseconds() / 1e9
         if count >= _MISSING_HEARTBEATS and age > self._settings.agent_grace_s:
             self._fail(instance, S.INSTANCE_STATE_FAILED, f"node agent {node_id} no longer runs it")
-        return []
 
     def _stop_orphaned_records(self) -> list[_AgentCall]:
         """Instances whose function is gone (e.g. a delete cut short) are stopped too."""

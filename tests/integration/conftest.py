@@ -3,7 +3,6 @@ temporary store, and the services started as `python -m services.<x>` on port 0.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +101,3 @@ def inference_spec(name: str, *, request: float = 0.3, limit: float = 0.5,
         model="resnet152", slo=types_pb2.Slo(latency_ms=100),
         resources=types_pb2.Resources(sm_request=request, sm_limit=limit, memory_mib=memory_mib),
         replicas=types_pb2.Replicas(min=min_replicas, max=max_replicas))
-
-
-def ready_file(cluster: Cluster, name: str) -> dict[str, object]:
-    return json.loads((cluster.tmp / "run" / f"{name}.json").read_text())
