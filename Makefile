@@ -35,7 +35,7 @@ gen: $(STAMP)
 
 ## lint: ruff and mypy
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests scripts
+	$(VENV)/bin/ruff check services tests scripts bench
 	$(VENV)/bin/mypy
 
 clean:

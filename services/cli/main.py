@@ -105,7 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from services.cli.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="dilu-demo-") as state_dir:
-        return run_demo(_stack_options(args, Path(state_dir)))
+        return run_demo(_stack_options(args, Path(state_dir)), duration_s=args.seconds,
+                        table_every_s=args.table_every)
 
 
 def _stack_flags(parser: argparse.ArgumentParser, ports_default: Callable[[str], int]) -> None:
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start a throw-away stack, run the demo, stop")
     _stack_flags(demo, lambda s: 0)
+    demo.add_argument("--seconds", type=float, default=60.0,
+                      help="how long to replay the (compressed) bursty trace")
+    demo.add_argument("--table-every", type=float, default=5.0,
+                      help="seconds between live tables")
     demo.set_defaults(run=cmd_demo)
 
     deploy = sub.add_parser("deploy", help="deploy a function from a YAML or JSON spec")

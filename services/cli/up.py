@@ -96,7 +96,9 @@ def running_stack(options: StackOptions) -> Iterator[RunningStack]:
     specs = {
         "scheduler": _ServiceSpec("scheduler", options.scheduler_port),
         "node-agent": _ServiceSpec("node-agent", options.node_agent_port, (
-            "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus))),
+            "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus),
+            # Pages live under the state dir, so two stacks on one host never share them.
+            "--runtime-dir", str(options.state_dir / "run"))),
         "profiler": _ServiceSpec("profiler", options.profiler_port),
         "scaler": _ServiceSpec("scaler", options.scaler_port),
     }

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import socket
+import tempfile
+from pathlib import Path
 
 from dilu.v1 import node_agent_pb2_grpc, types_pb2
 
@@ -16,8 +19,8 @@ from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
-from services.node_agent.agent import NodeAgent
-from services.node_agent.gpus import SIM_GPU_TYPES, SimGpuBackend
+from services.node_agent.agent import AgentSettings, NodeAgent
+from services.node_agent.gpus import BACKENDS, SIM_GPU_TYPES, GpuBackendUnavailable, open_backend
 from services.node_agent.service import NodeAgentServicer
 
 log = logging.getLogger("services.node_agent")
@@ -28,19 +31,39 @@ def default_node_id() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "node"
 
 
+def default_runtime_dir() -> Path:
+    """Pages belong in shared memory: /dev/shm when the host has it."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    return base / f"dilu-{os.getuid()}"
+
+
 def main() -> None:
     parser = service_parser("node-agent", "Dilu node agent: runs instances on this node's GPUs.")
     parser.add("--node-id", default=default_node_id(), help="this node's id")
     parser.add("--advertise-address", default="",
                help="address the scheduler dials (default: host:bound port)")
-    parser.add("--gpu-backend", default="sim", help="GPU backend: sim")
+    parser.add("--gpu-backend", default="auto",
+               help="GPU backend: auto (nvml when an NVIDIA driver and GPU are found, else sim), "
+                    "nvml or sim")
     parser.add("--sim-gpus", default=2, type=int, help="number of simulated GPUs")
     parser.add("--sim-gpu-type", default="A100-40GB",
                help=f"simulated GPU type: {', '.join(SIM_GPU_TYPES)}")
     parser.add("--heartbeat-interval-s", default=2.0, type=float, help="heartbeat period")
+    parser.add("--runtime-dir", default=str(default_runtime_dir()),
+               help="where control/stats pages and worker logs live (a per-node subdirectory)")
+    parser.add("--arbiter-period-ms", default=10.0, type=float,
+               help="period of the per-GPU arbiter that sets effective shares")
+    parser.add("--telemetry-interval-s", default=0.5, type=float, help="GPU telemetry period")
+    parser.add("--qos-window-s", default=1.0, type=float, help="QoS report window")
+    parser.add("--drain-timeout-s", default=10.0, type=float,
+               help="default time a stopping worker may take to finish in-flight requests")
     args = parser.parse_args()
-    if args.gpu_backend != "sim":
-        parser.error("--gpu-backend: only 'sim' exists so far (NVML arrives with the worker data path)")
+    if args.gpu_backend not in BACKENDS:
+        parser.error(f"--gpu-backend: {args.gpu_backend!r} is not one of {', '.join(BACKENDS)}")
+    for flag in ("arbiter_period_ms", "telemetry_interval_s", "qos_window_s", "drain_timeout_s",
+                 "heartbeat_interval_s"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')}: must be > 0, got {getattr(args, flag)}")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.node_id):
         parser.error(f"--node-id: {args.node_id!r} may only hold letters, digits, '_' and '-'")
     config = server_config("node-agent", args)
@@ -50,10 +73,20 @@ def main() -> None:
 
 
 async def run(config: ServerConfig, args: argparse.Namespace) -> None:
+    try:
+        gpus = open_backend(args.gpu_backend, args.node_id, args.sim_gpus, args.sim_gpu_type)
+    except (GpuBackendUnavailable, ValueError) as error:
+        log.error("--gpu-backend %s: %s", args.gpu_backend, error)
+        raise SystemExit(2) from error
     bus = await Bus.connect(config.nats_url, f"dilu-node-agent-{args.node_id}")
     nodes_kv = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
-    gpus = SimGpuBackend(args.node_id, args.sim_gpus, args.sim_gpu_type)
-    agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, args.heartbeat_interval_s)
+    settings = AgentSettings(
+        runtime_dir=Path(args.runtime_dir) / args.node_id,
+        heartbeat_interval_s=args.heartbeat_interval_s,
+        arbiter_period_s=args.arbiter_period_ms / 1000,
+        telemetry_interval_s=args.telemetry_interval_s, qos_window_s=args.qos_window_s,
+        drain_timeout_s=args.drain_timeout_s)
+    agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings)
     server = GrpcServer(config.host, config.port)
     server.add(node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server,
                NodeAgentServicer(agent), "dilu.v1.NodeAgentService")

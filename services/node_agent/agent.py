@@ -1,78 +1,155 @@
-"""The node agent's core shell: the instances it holds, its heartbeat and lifecycle events.
-
-This agent registers its GPUs and records instances honestly; it does not run worker
-processes yet (that is the node-agent/worker issue), so its instances stay STARTING and
-say so in their message.
-"""
+"""The node agent's shell: worker processes for its instances, their quotas (the per-GPU
+arbiter writing control pages), heartbeats, lifecycle events, telemetry and QoS."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from dilu.events.v1 import events_pb2
 from dilu.v1 import types_pb2
 
 from services.common import subjects
 from services.common.bus import Bus, ProtoKV
-from services.common.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.timestamps import now_timestamp
+from services.node_agent.arbiter import Claim, GpuArbiter
 from services.node_agent.gpus import GpuBackend
+from services.node_agent.pages import Stats, control_for
+from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
+from services.node_agent.supervisor import WorkerFailed, WorkerProcess
 
 log = logging.getLogger(__name__)
+S = types_pb2
+MIB = 1 << 20
 
-NO_WORKERS_YET = "recorded; this node agent does not run worker processes yet"
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    runtime_dir: Path
+    heartbeat_interval_s: float = 2.0
+    arbiter_period_s: float = 0.01
+    telemetry_interval_s: float = 0.5
+    qos_window_s: float = 1.0
+    drain_timeout_s: float = 10.0
+    ready_timeout_s: float = 120.0
+    # An instance that waited for credit counts as hungry this long afterwards, so what it
+    # was lent is not taken back between two bursts a few periods apart.
+    hunger_hold_s: float = 0.2
+
+
+@dataclass
+class _Held:
+    """One instance on this node and its worker."""
+
+    report: types_pb2.InstanceReport
+    spec: types_pb2.FunctionSpec
+    gpus: tuple[str, ...]
+    worker: WorkerProcess
+    info: InstanceInfo
+    stopping: asyncio.Task[None] | None = None
+    last_throttled_ns: int = 0
+    hungry_until: float = 0.0
+    qos_from: Stats | None = None
+    telemetry_from: Stats | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def _check_quota(quota: types_pb2.Quota, field_prefix: str) -> None:
+    if not 0 < quota.sm_request <= 1:
+        raise InvalidArgument(f"{field_prefix}.sm_request",
+                              f"must be in (0, 1], got {quota.sm_request}")
+    if not quota.sm_request <= quota.sm_limit <= 1:
+        raise InvalidArgument(f"{field_prefix}.sm_limit",
+                              f"must be in [sm_request, 1], got {quota.sm_limit}")
+    if quota.memory_limit_mib < 0:
+        raise InvalidArgument(f"{field_prefix}.memory_limit_mib",
+                              f"must be ≥ 0, got {quota.memory_limit_mib}")
 
 
 class NodeAgent:
     def __init__(self, node_id: str, gpus: GpuBackend, bus: Bus,
-                 nodes_kv: ProtoKV[types_pb2.Node], heartbeat_interval_s: float,
+                 nodes_kv: ProtoKV[types_pb2.Node], settings: AgentSettings,
                  clock: Callable[[], float] = time.time) -> None:
         self.node_id = node_id
         self.address = ""  # set once the gRPC port is bound, before start()
         self._gpus = gpus
+        self._devices = {d.uuid: d for d in gpus.devices()}
         self._bus = bus
         self._nodes_kv = nodes_kv
-        self._interval_s = heartbeat_interval_s
+        self._settings = settings
         self._clock = clock
-        self._instances: dict[str, tuple[types_pb2.InstanceReport, tuple[str, ...]]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._held: dict[str, _Held] = {}
+        self._arbiters = {uuid: GpuArbiter() for uuid in self._devices}
+        self._gpu_use: dict[str, tuple[float, int]] = {}  # uuid -> (utilization, memory MiB)
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        runtime_dir = self._settings.runtime_dir
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+        # Workers of an earlier run died with it (they exit with their agent); their pages
+        # would only mislead.
+        for stale in runtime_dir.glob("*.*"):
+            if stale.suffix in {".ctl", ".stats", ".spec"}:
+                stale.unlink(missing_ok=True)
         await self.heartbeat()
-        self._task = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        self._loops = [
+            asyncio.create_task(self._every(self._settings.heartbeat_interval_s, self.heartbeat),
+                                name="heartbeat"),
+            asyncio.create_task(self._every(self._settings.arbiter_period_s, self._arbitrate),
+                                name="arbiter"),
+            asyncio.create_task(self._every(self._settings.telemetry_interval_s,
+                                            self._publish_telemetry), name="telemetry"),
+            asyncio.create_task(self._every(self._settings.qos_window_s, self._publish_qos),
+                                name="qos"),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        # The scheduler replaces these instances once this node's heartbeats stop; a short
+        # drain lets requests already inside them finish.
+        await asyncio.gather(*(self.stop_instance(i, drain_timeout_s=2.0) for i in list(self._held)),
+                             return_exceptions=True)
+        self._gpus.close()
+
+    async def _every(self, interval_s: float,
+                     action: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await action()
+            except Unavailable as error:
+                log.warning("%s not delivered: %s", action.__name__, error)
+            except Exception:
+                log.exception("%s failed", action.__name__)
+
+    # ---- status and heartbeat --------------------------------------------------------
 
     def status(self) -> types_pb2.Node:
-        node = types_pb2.Node(id=self.node_id, address=self.address,
-                              gpu_backend=self._gpus.name,
+        node = types_pb2.Node(id=self.node_id, address=self.address, gpu_backend=self._gpus.name,
                               heartbeat_at=now_timestamp(self._clock()))
-        for device in self._gpus.devices():
-            used = sum(r.quota.memory_limit_mib for r, gpus in self._instances.values()
-                       if device.uuid in gpus)
+        for device in self._devices.values():
+            utilization, memory = self._gpu_use.get(device.uuid, (0.0, 0))
             node.gpus.add(uuid=device.uuid, index=device.index, model=device.model,
-                          memory_total_mib=device.memory_total_mib, memory_used_mib=used)
-        node.instances.extend(r for r, _ in self._instances.values())
+                          memory_total_mib=device.memory_total_mib, memory_used_mib=memory,
+                          utilization=utilization)
+        node.instances.extend(held.report for held in self._held.values())
         return node
 
     async def heartbeat(self) -> None:
         await self._nodes_kv.put(self.node_id, self.status())
 
-    async def _heartbeat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.heartbeat()
-            except Unavailable as error:
-                log.warning("heartbeat not delivered: %s", error)
-            except Exception:
-                log.exception("heartbeat failed")
+    # ---- instances -------------------------------------------------------------------
 
     async def start_instance(self, instance_id: str, spec: types_pb2.FunctionSpec,
                              gpu_uuids: list[str], quota: types_pb2.Quota) -> types_pb2.InstanceReport:
@@ -80,36 +157,192 @@ class NodeAgent:
             raise InvalidArgument("instance_id", "must not be empty")
         if not spec.name:
             raise InvalidArgument("function.name", "must not be empty")
-        known = {d.uuid for d in self._gpus.devices()}
         if not gpu_uuids:
             raise InvalidArgument("gpu_uuids", "must name at least one GPU")
-        unknown = [u for u in gpu_uuids if u not in known]
+        unknown = [u for u in gpu_uuids if u not in self._devices]
         if unknown:
             raise InvalidArgument("gpu_uuids", f"not GPUs of node {self.node_id}: {unknown}")
-        existing = self._instances.get(instance_id)
+        _check_quota(quota, "quota")
+        existing = self._held.get(instance_id)
         if existing is not None:
-            return existing[0]
+            return existing.report
         report = types_pb2.InstanceReport(
-            instance_id=instance_id, function=spec.name, state=types_pb2.INSTANCE_STATE_STARTING,
-            quota=quota, message=NO_WORKERS_YET)
-        self._instances[instance_id] = (report, tuple(gpu_uuids))
+            instance_id=instance_id, function=spec.name, state=S.INSTANCE_STATE_STARTING,
+            quota=quota, message="starting worker")
+        report.quota.effective_share = quota.sm_request
+        worker = WorkerProcess(
+            instance_id, spec, self._settings.runtime_dir,
+            control_for(quota.sm_request, quota.sm_request, quota.sm_limit,
+                        quota.memory_limit_mib * MIB),
+            self._worker_env(gpu_uuids))
+        held = _Held(report, spec, tuple(gpu_uuids), worker, InstanceInfo(
+            instance_id, spec.name, spec.slo.latency_ms, spec.kind == S.FUNCTION_KIND_TRAINING))
+        self._held[instance_id] = held
+        await self._arbitrate()
+        try:
+            await worker.spawn()
+        except OSError as error:
+            self._held.pop(instance_id, None)
+            worker.remove_files(keep_log=True)
+            raise Unavailable(f"cannot start a worker process: {error}") from error
+        held.tasks.append(asyncio.create_task(self._watch(held), name=f"watch {instance_id}"))
         await self._publish(report, events_pb2.INSTANCE_EVENT_KIND_STARTING)
         return report
 
-    async def stop_instance(self, instance_id: str) -> None:
-        held = self._instances.pop(instance_id, None)
-        if held is not None:
-            await self._publish(held[0], events_pb2.INSTANCE_EVENT_KIND_STOPPED, "stopped on request")
+    def _worker_env(self, gpu_uuids: list[str]) -> dict[str, str]:
+        # CUDA accepts GPU UUIDs here; simulated GPUs have no CUDA device behind them.
+        visible = ",".join(gpu_uuids) if self._gpus.name == "nvml" else ""
+        return {"CUDA_VISIBLE_DEVICES": visible, "DILU_GPU_UUIDS": ",".join(gpu_uuids)}
 
-    def set_quota(self, instance_id: str, quota: types_pb2.Quota) -> types_pb2.Quota:
-        if instance_id not in self._instances:
-            raise NotFound(f"no instance {instance_id!r} on node {self.node_id}")
-        raise Unimplemented("quota enforcement needs the worker data path (control page and "
-                            "quota gate), which this node agent does not have yet")
+    async def _watch(self, held: _Held) -> None:
+        """Readiness, then the worker's exit: an exit nobody asked for is a failure."""
+        try:
+            endpoint = await held.worker.ready(self._settings.ready_timeout_s)
+        except WorkerFailed as error:
+            held.worker.kill()
+            await self._failed(held, str(error))
+            return
+        if held.stopping is None:
+            held.report.state = S.INSTANCE_STATE_READY
+            held.report.endpoint = endpoint
+            held.report.message = "serving" if endpoint else "training"
+            await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_READY)
+            await self._heartbeat_soon()
+        code = await held.worker.wait()
+        if held.stopping is None:
+            await self._failed(held, held.worker.exit_reason(code))
+
+    async def _failed(self, held: _Held, reason: str) -> None:
+        if self._held.get(held.report.instance_id) is not held or held.stopping is not None:
+            return
+        log.warning("instance %s failed: %s (log: %s)", held.report.instance_id, reason,
+                    held.worker.log_path)
+        self._held.pop(held.report.instance_id)
+        held.worker.remove_files(keep_log=True)
+        held.report.state = S.INSTANCE_STATE_FAILED
+        held.report.message = reason
+        await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_FAILED)
+        await self._heartbeat_soon()
+
+    async def stop_instance(self, instance_id: str, drain_timeout_s: float | None = None) -> None:
+        held = self._held.get(instance_id)
+        if held is None:
+            return
+        if held.stopping is None:
+            drain_s = drain_timeout_s or self._settings.drain_timeout_s
+            held.stopping = asyncio.create_task(self._stop(held, drain_s), name=f"stop {instance_id}")
+        await asyncio.shield(held.stopping)
+
+    async def _stop(self, held: _Held, drain_s: float) -> None:
+        held.report.state = S.INSTANCE_STATE_DRAINING
+        held.report.message = "draining"
+        code = await held.worker.stop(drain_s)
+        for task in held.tasks:
+            task.cancel()
+        self._held.pop(held.report.instance_id, None)
+        held.worker.remove_files(keep_log=code not in (0, None))
+        held.report.state = S.INSTANCE_STATE_STOPPED
+        await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_STOPPED, "stopped on request")
+        await self._arbitrate()
+
+    async def set_quota(self, instance_id: str, quota: types_pb2.Quota) -> types_pb2.Quota:
+        held = self._held.get(instance_id)
+        if held is None or held.stopping is not None:
+            raise NotFound(f"no running instance {instance_id!r} on node {self.node_id}")
+        _check_quota(quota, "quota")
+        in_use = held.worker.stats.read().memory_used_bytes
+        if quota.memory_limit_mib and quota.memory_limit_mib * MIB < in_use:
+            raise FailedPrecondition(
+                f"quota.memory_limit_mib: the instance already uses {in_use // MIB} MiB, "
+                f"more than {quota.memory_limit_mib} MiB")
+        held.report.quota.sm_request = quota.sm_request
+        held.report.quota.sm_limit = quota.sm_limit
+        held.report.quota.memory_limit_mib = quota.memory_limit_mib
+        await self._arbitrate()
+        applied = types_pb2.Quota()
+        applied.CopyFrom(held.report.quota)
+        return applied
+
+    # ---- the arbiter -----------------------------------------------------------------
+
+    async def _arbitrate(self) -> None:
+        """Every period: each GPU's arbiter turns requests, limits and who waited for credit
+        into effective shares; changed ones go to the control pages at once."""
+        hungry: dict[str, bool] = {}
+        now = time.monotonic()
+        for instance_id, held in self._held.items():
+            throttled = held.worker.stats.throttled_ns()
+            if throttled > held.last_throttled_ns:
+                held.hungry_until = now + self._settings.hunger_hold_s
+            hungry[instance_id] = now < held.hungry_until
+            held.last_throttled_ns = throttled
+        shares: dict[str, float] = {}
+        for uuid, arbiter in self._arbiters.items():
+            claims = [Claim(i, not h.info.training, h.report.quota.sm_request,
+                            h.report.quota.sm_limit, hungry[i])
+                      for i, h in self._held.items() if uuid in h.gpus and h.stopping is None]
+            for instance_id, share in arbiter.shares(claims).items():
+                # A gang instance runs at the pace of its most constrained GPU.
+                shares[instance_id] = min(share, shares.get(instance_id, 1.0))
+        for instance_id, share in shares.items():
+            held = self._held[instance_id]
+            quota = held.report.quota
+            if round(share * 1e6) != round(quota.effective_share * 1e6) or not quota.effective_share:
+                quota.effective_share = share
+                held.worker.control.write(control_for(share, quota.sm_request, quota.sm_limit,
+                                                      quota.memory_limit_mib * MIB))
+
+    # ---- telemetry and QoS -----------------------------------------------------------
+
+    async def _publish_telemetry(self) -> None:
+        interval = self._settings.telemetry_interval_s
+        measured = {s.uuid: s for s in self._gpus.sample()}
+        readings = {i: h.worker.stats.read() for i, h in self._held.items()}
+        now = self._clock()
+        for uuid, device in self._devices.items():
+            usages = []
+            for instance_id, held in self._held.items():
+                if uuid not in held.gpus:
+                    continue
+                after = readings[instance_id]
+                usages.append(UsageSample(held.info, held.report.quota.effective_share,
+                                          held.telemetry_from or after, after))
+            sample = measured.get(uuid)
+            message = gpu_telemetry(
+                self.node_id, uuid, device.memory_total_mib, usages, interval, now,
+                sample.utilization if sample else None, sample.memory_used_mib if sample else None)
+            self._gpu_use[uuid] = (message.utilization, message.memory_used_mib)
+            await self._bus.publish(subjects.telemetry(self.node_id, uuid), message)
+        for instance_id, held in self._held.items():
+            if instance_id in readings:
+                held.telemetry_from = readings[instance_id]
+
+    async def _publish_qos(self) -> None:
+        window = self._settings.qos_window_s
+        now = self._clock()
+        for held in list(self._held.values()):
+            if held.report.state != S.INSTANCE_STATE_READY:
+                continue
+            after = held.worker.stats.read()
+            if held.qos_from is not None:
+                await self._bus.publish(subjects.qos(held.info.function), qos_report(
+                    held.info, self.node_id, held.qos_from, after, window, now))
+            held.qos_from = after
+
+    # ---- events ----------------------------------------------------------------------
+
+    async def _heartbeat_soon(self) -> None:
+        """Announce a state change now rather than at the next heartbeat."""
+        with contextlib.suppress(Unavailable):
+            await self.heartbeat()
 
     async def _publish(self, report: types_pb2.InstanceReport, kind: int, message: str = "") -> None:
         event = events_pb2.InstanceEvent(
             function=report.function, instance_id=report.instance_id, node=self.node_id,
             kind=kind, endpoint=report.endpoint, message=message or report.message,  # type: ignore[arg-type]
             at=now_timestamp(self._clock()))
-        await self._bus.publish(subjects.instance_events(report.function), event)
+        try:
+            await self._bus.publish(subjects.instance_events(report.function), event)
+        except Unavailable as error:
+            # The scheduler also learns it from the next heartbeat that reaches it.
+            log.warning("instance event not delivered: %s", error)

@@ -23,7 +23,10 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
                            context: grpc.aio.ServicerContext) -> node_agent_pb2.StopInstanceResponse:
         if not request.instance_id:
             raise InvalidArgument("instance_id", "must not be empty")
-        await self._agent.stop_instance(request.instance_id)
+        if request.drain_timeout_ms < 0:
+            raise InvalidArgument("drain_timeout_ms", f"must be ≥ 0, got {request.drain_timeout_ms}")
+        await self._agent.stop_instance(request.instance_id,
+                                        request.drain_timeout_ms / 1000 or None)
         return node_agent_pb2.StopInstanceResponse()
 
     async def SetQuota(self, request: node_agent_pb2.SetQuotaRequest,
@@ -31,7 +34,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
         if not request.instance_id:
             raise InvalidArgument("instance_id", "must not be empty")
         return node_agent_pb2.SetQuotaResponse(
-            quota=self._agent.set_quota(request.instance_id, request.quota))
+            quota=await self._agent.set_quota(request.instance_id, request.quota))
 
     async def GetNodeStatus(self, request: node_agent_pb2.GetNodeStatusRequest,
                             context: grpc.aio.ServicerContext) -> node_agent_pb2.GetNodeStatusResponse:

@@ -31,13 +31,16 @@ def main() -> None:
     parser.add("--reconcile-interval-s", default=1.0, type=float, help="reconcile period")
     parser.add("--agent-grace-s", default=2.0, type=float,
                help="minimum age of a placement before agent heartbeats that omit it fail it")
+    parser.add("--drain-timeout-s", default=10.0, type=float,
+               help="time a stopping instance may take to finish its in-flight requests")
     args = parser.parse_args()
     config = server_config("scheduler", args)
     setup_logging("scheduler", config.log_level)
     setup_tracing("dilu-scheduler")
     settings = SchedulerSettings(node_timeout_s=args.node_timeout_s,
                                  reconcile_interval_s=args.reconcile_interval_s,
-                                 agent_grace_s=args.agent_grace_s)
+                                 agent_grace_s=args.agent_grace_s,
+                                 drain_timeout_s=args.drain_timeout_s)
     placement = make_placement(args.placement, PlacementBounds(max_limited=args.max_limited))
     asyncio.run(run(config, settings, placement))
 

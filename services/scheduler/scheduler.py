@@ -82,6 +82,8 @@ class SchedulerSettings:
     # Failed/lost/stopped instances stay visible this long, then are forgotten.
     terminal_retention_s: float = 30.0
     agent_timeout_s: float = 5.0
+    # How long a stopping instance may take to finish its in-flight requests.
+    drain_timeout_s: float = 10.0
     # Start failures back a function off exponentially, up to this long.
     max_start_backoff_s: float = 30.0
 
@@ -488,7 +490,8 @@ class Scheduler:
 
     def _stop_due(self, instance_id: str, now: float) -> bool:
         """Repeat a StopInstance at most once per agent timeout while it is not confirmed."""
-        if now - self._stop_sent.get(instance_id, -1e18) < self._settings.agent_timeout_s:
+        repeat_after = self._settings.drain_timeout_s + self._settings.agent_timeout_s
+        if now - self._stop_sent.get(instance_id, -1e18) < repeat_after:
             return False
         self._stop_sent[instance_id] = now
         return True
@@ -564,9 +567,12 @@ class Scheduler:
                 answer = await stub.StartInstance(call.request, timeout=self._settings.agent_timeout_s,
                                                   metadata=trace_metadata())
             else:
-                await stub.StopInstance(node_agent_pb2.StopInstanceRequest(instance_id=call.instance_id),
-                                        timeout=self._settings.agent_timeout_s,
-                                        metadata=trace_metadata())
+                await stub.StopInstance(
+                    node_agent_pb2.StopInstanceRequest(
+                        instance_id=call.instance_id,
+                        drain_timeout_ms=round(self._settings.drain_timeout_s * 1000)),
+                    timeout=self._settings.drain_timeout_s + self._settings.agent_timeout_s,
+                    metadata=trace_metadata())
         except grpc.aio.AioRpcError as error:
             log.warning("%s %s on node %s failed: %s", call.kind, call.instance_id, call.node,
                         error.details())

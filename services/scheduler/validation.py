@@ -9,6 +9,7 @@ import re
 from dilu.v1 import types_pb2
 
 from services.common.errors import InvalidArgument
+from services.node_agent.worker.torch_catalog import TORCH_MODELS
 
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -56,6 +57,12 @@ def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function") -> typ
             f"{prefix}.model",
             f"the sim runtime has no performance model for {spec.model!r}; "
             f"known: {', '.join(sorted(SIM_MODELS))}",
+        )
+    if spec.runtime == types_pb2.RUNTIME_TORCH and spec.model not in TORCH_MODELS:
+        raise InvalidArgument(
+            f"{prefix}.model",
+            f"the torch runtime builds no model named {spec.model!r}; "
+            f"known: {', '.join(sorted(TORCH_MODELS))}",
         )
 
     normalised = types_pb2.FunctionSpec()

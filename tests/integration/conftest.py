@@ -36,10 +36,15 @@ class Cluster:
         self.scheduler = self._track(self.launcher.start("scheduler", *FAST_SCHEDULER, *extra))
         return self.scheduler
 
-    def start_agent(self, node_id: str, gpus: int = 2) -> ManagedProcess:
+    def start_agent(self, node_id: str, gpus: int = 2, *extra: str) -> ManagedProcess:
         return self._track(self.launcher.start(
-            "node-agent", "--node-id", node_id, "--sim-gpus", str(gpus), *FAST_AGENT,
+            "node-agent", "--node-id", node_id, "--sim-gpus", str(gpus), "--gpu-backend", "sim",
+            "--runtime-dir", str(self.runtime_dir), *FAST_AGENT, *extra,
             name=f"node-agent-{node_id}"))
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.tmp / "run"
 
     def start_service(self, service: str) -> ManagedProcess:
         return self._track(self.launcher.start(service))

@@ -97,8 +97,11 @@ def test_training_may_omit_the_slo_and_span_gpus():
     assert validate_spec(spec).resources.gpus_per_instance == 4
 
 
-def test_torch_runtime_accepts_models_the_sim_tables_lack():
-    assert validate_spec(good(runtime=S.RUNTIME_TORCH, model="my-cnn")).model == "my-cnn"
+def test_torch_runtime_accepts_the_models_it_builds_and_names_the_others():
+    assert validate_spec(good(runtime=S.RUNTIME_TORCH, model="transformer")).model == "transformer"
+    with pytest.raises(InvalidArgument) as refused:
+        validate_spec(good(runtime=S.RUNTIME_TORCH, model="my-cnn"))
+    assert refused.value.field == "function.model" and "resnet" in str(refused.value)
 
 
 def test_an_explicit_zero_minimum_allows_scale_to_zero():

@@ -1,0 +1,112 @@
+"""One worker process as the node agent sees it: its files, its start, readiness, exit and
+drain. The agent owns policy; this module only knows how to drive a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dilu.v1 import types_pb2
+
+from services.node_agent.pages import Control, ControlPageWriter, StatsReader, create_stats_page
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFailed(Exception):
+    """The worker exited, or never became ready; the message says why."""
+
+
+class WorkerProcess:
+    def __init__(self, instance_id: str, spec: types_pb2.FunctionSpec, runtime_dir: Path,
+                 control: Control, env: dict[str, str]) -> None:
+        self.instance_id = instance_id
+        self._spec = spec
+        self._env = env
+        base = runtime_dir / instance_id
+        self.control_path = base.with_suffix(".ctl")
+        self.stats_path = base.with_suffix(".stats")
+        self.spec_path = base.with_suffix(".spec")
+        self.log_path = base.with_suffix(".log")
+        self.spec_path.write_bytes(spec.SerializeToString())
+        self.control = ControlPageWriter(self.control_path, control)
+        create_stats_page(self.stats_path)
+        self.stats = StatsReader(self.stats_path)
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def spawn(self) -> None:
+        env = {**os.environ, **self._env,
+               "DILU_INSTANCE_ID": self.instance_id, "DILU_SPEC": str(self.spec_path),
+               "DILU_CONTROL": str(self.control_path), "DILU_STATS": str(self.stats_path),
+               "DILU_AGENT_PID": str(os.getpid())}
+        with self.log_path.open("ab") as log_file:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.node_agent.worker",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=log_file, env=env)
+
+    async def ready(self, timeout_s: float) -> str:
+        """Wait for the worker's READY line; returns its endpoint ('' for training)."""
+        assert self._process is not None and self._process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), timeout_s)
+        except TimeoutError:
+            raise WorkerFailed(f"worker not ready within {timeout_s:.0f} s") from None
+        text = line.decode(errors="replace").strip()
+        if not text.startswith("READY"):
+            code = await self._process.wait()
+            raise WorkerFailed(self.exit_reason(code))
+        return text.removeprefix("READY").strip()
+
+    async def wait(self) -> int:
+        assert self._process is not None
+        return await self._process.wait()
+
+    def exit_reason(self, code: int) -> str:
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        last = self.log_tail()
+        return f"worker {how}" + (f": {last}" if last else "")
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1][-300:] if lines else ""
+
+    async def stop(self, drain_s: float) -> int | None:
+        """SIGTERM (the worker drains), SIGKILL after `drain_s`; returns the exit code."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return process.returncode if process else None
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(process.wait(), drain_s)
+        except TimeoutError:
+            log.warning("worker %s did not drain within %.1f s; killing it", self.instance_id, drain_s)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            return await process.wait()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+
+    def remove_files(self, keep_log: bool) -> None:
+        """Remove the instance's files; a failed worker's log is kept for the operator."""
+        self.control.close()
+        self.stats.close()
+        paths = [self.control_path, self.stats_path, self.spec_path]
+        for path in paths if keep_log else [*paths, self.log_path]:
+            path.unlink(missing_ok=True)

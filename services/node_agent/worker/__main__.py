@@ -1,0 +1,130 @@
+"""`python -m services.node_agent.worker`: the process that runs one instance.
+
+The node agent starts it with the instance's files in the environment:
+DILU_INSTANCE_ID, DILU_SPEC (a serialized FunctionSpec), DILU_CONTROL (control page),
+DILU_STATS (stats page). When it serves, it prints one line `READY <endpoint>` on stdout
+(training workers print `READY` alone); logs go to stderr. SIGTERM drains: no new
+requests, queued and running ones finish, then it exits 0. Exit code 2 means the
+instance cannot run as specified (the reason is the last log line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dilu.v1 import types_pb2, worker_pb2_grpc
+
+from services.common.errors import DiluError
+from services.common.grpc_server import GrpcServer, wait_for_stop_signal
+from services.common.logs import setup_logging
+from services.common.tracing import setup_tracing
+from services.node_agent.pages import ControlPageReader, StatsWriter
+from services.node_agent.worker.engines import inference_engine, training_engine
+from services.node_agent.worker.gate import QuotaGate
+from services.node_agent.worker.serving import InferenceWorker
+
+log = logging.getLogger("services.node_agent.worker")
+
+EXIT_BAD_SPEC = 2
+# How long a drain may take before the worker gives up on stragglers; the agent enforces
+# its own (shorter) drain timeout with SIGKILL.
+MAX_DRAIN_S = 60.0
+
+
+class CannotRun(Exception):
+    """The instance cannot run as specified (bad options, out of memory)."""
+
+
+def _die_with_agent() -> None:
+    """Ask Linux to SIGTERM this worker when the agent that started it dies, so a killed
+    agent leaves no orphans holding GPU memory."""
+    agent_pid = int(os.environ.get("DILU_AGENT_PID", "0") or 0)
+    if not agent_pid or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != agent_pid:  # the agent died before prctl took effect
+        sys.exit(1)
+
+
+def _announce(endpoint: str = "") -> None:
+    sys.stdout.write(f"READY {endpoint}".rstrip() + "\n")
+    sys.stdout.flush()
+
+
+def _check_memory(needed_bytes: int, limit_bytes: int) -> None:
+    if limit_bytes and needed_bytes > limit_bytes:
+        raise CannotRun(f"out of GPU memory: the model needs {needed_bytes >> 20} MiB, "
+                        f"the instance's quota is {limit_bytes >> 20} MiB")
+
+
+async def run_inference(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: StatsWriter) -> None:
+    engine = inference_engine(spec, gate)
+    _check_memory(engine.memory_bytes, gate.control().memory_limit_bytes)
+    stats.set("memory_used_bytes", engine.memory_bytes)
+    stats.set("memory_peak_bytes", engine.memory_bytes)
+    worker = InferenceWorker(engine, gate, stats, spec.slo.latency_ms, spec.max_batch)
+    server = GrpcServer(os.environ.get("DILU_WORKER_HOST", "127.0.0.1"), 0)
+    server.add(worker_pb2_grpc.add_WorkerServiceServicer_to_server, worker,
+               "dilu.v1.WorkerService")
+    await server.start()
+    batcher = asyncio.create_task(worker.run(), name="batcher")
+    log.info("%s serving on %s (max batch %d)", spec.name, server.address, worker.max_batch)
+    _announce(server.address)
+    await wait_for_stop_signal()
+    log.info("draining")
+    await server.stop(MAX_DRAIN_S)  # refuses new calls; returns when in-flight ones finished
+    batcher.cancel()
+    await asyncio.gather(batcher, return_exceptions=True)
+
+
+async def run_training(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: StatsWriter) -> None:
+    engine = training_engine(spec, gate)
+    _check_memory(engine.memory_bytes, gate.control().memory_limit_bytes)
+    stats.set("memory_used_bytes", engine.memory_bytes)
+    stats.set("memory_peak_bytes", engine.memory_bytes)
+    stop = asyncio.create_task(wait_for_stop_signal())
+    _announce()
+    log.info("%s training", spec.name)
+    while not stop.done():
+        await engine.step()  # a step in progress finishes before the worker exits
+        stats.add("iterations", 1)
+
+
+async def run(spec: types_pb2.FunctionSpec, control_path: Path, stats_path: Path) -> None:
+    control = ControlPageReader(control_path)
+    stats = StatsWriter(stats_path)
+    gate = QuotaGate(control, stats)
+    if spec.kind == types_pb2.FUNCTION_KIND_TRAINING:
+        await run_training(spec, gate, stats)
+    else:
+        await run_inference(spec, gate, stats)
+
+
+def main() -> None:
+    _die_with_agent()
+    instance_id = os.environ.get("DILU_INSTANCE_ID", "worker")
+    setup_logging(f"worker {instance_id}", os.environ.get("DILU_LOG_LEVEL", "info"))
+    try:
+        spec = types_pb2.FunctionSpec.FromString(Path(os.environ["DILU_SPEC"]).read_bytes())
+        control_path = Path(os.environ["DILU_CONTROL"])
+        stats_path = Path(os.environ["DILU_STATS"])
+    except KeyError as missing:
+        log.error("missing environment variable %s (the node agent sets it)", missing)
+        sys.exit(EXIT_BAD_SPEC)
+    setup_tracing("dilu-worker")
+    try:
+        asyncio.run(run(spec, control_path, stats_path))
+    except (CannotRun, DiluError) as error:
+        log.error("cannot run %s: %s", spec.name, error)
+        sys.exit(EXIT_BAD_SPEC)
+
+
+if __name__ == "__main__":
+    main()

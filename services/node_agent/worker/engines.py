@@ -1,0 +1,176 @@
+"""Execution engines of a worker: the `sim` runtime (time from the measured A100 model)
+and the `torch` runtime (a real PyTorch model), both admitted through the quota gate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Protocol
+
+from dilu.v1 import types_pb2
+
+from services.common.errors import InvalidArgument
+from services.node_agent.worker.gate import QuotaGate, SimDevice
+from services.perf import PerfModel, load_model
+
+MIB = 1 << 20
+
+
+class InferenceEngine(Protocol):
+    content_type: str
+    default_max_batch: int
+    memory_bytes: int
+
+    def decode(self, payload: bytes, content_type: str) -> Any: ...
+    def estimate_s(self, batch: int, share: float) -> float: ...
+    async def run(self, samples: list[Any]) -> list[bytes]: ...
+
+
+class TrainingEngine(Protocol):
+    memory_bytes: int
+
+    async def step(self) -> None: ...
+
+
+def _option_int(spec: types_pb2.FunctionSpec, key: str, default: int) -> int:
+    raw = spec.runtime_options.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"function.runtime_options.{key}", f"must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise InvalidArgument(f"function.runtime_options.{key}", f"must be ≥ 1, got {value}")
+    return value
+
+
+def sim_default_max_batch(perf: PerfModel, slo_ms: float, share: float) -> int:
+    """Largest power-of-two batch whose run at `share` takes at most half the SLO."""
+    best = 1
+    for batch in (2, 4, 8, 16, 32):
+        if slo_ms > 0 and perf.latency_s(batch, share) * 1000 <= slo_ms / 2:
+            best = batch
+    return best
+
+
+class SimInference:
+    content_type = "application/json"
+
+    def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
+        self._perf = load_model(spec.model)
+        self._device = SimDevice(gate)
+        self._model = spec.model
+        control = gate.control()
+        self.default_max_batch = sim_default_max_batch(
+            self._perf, spec.slo.latency_ms, max(control.request, 0.1))
+        self.memory_bytes = self._perf.memory_mib(spec.max_batch or self.default_max_batch) * MIB
+
+    def decode(self, payload: bytes, content_type: str) -> Any:
+        return len(payload)  # the simulated model does not look at its input
+
+    def estimate_s(self, batch: int, share: float) -> float:
+        share = max(share, 0.01)
+        # Time slicing bounds it from below: a full-GPU cost needs cost/share of wall time.
+        return max(self._perf.latency_s(batch, share), self._perf.full_gpu_cost_s(batch) / share)
+
+    async def run(self, samples: list[Any]) -> list[bytes]:
+        batch = len(samples)
+        cost = self._perf.full_gpu_cost_s(batch)
+        await self._device.run(cost, lambda share: self._perf.latency_s(batch, share) / cost)
+        answer = json.dumps({"model": self._model, "runtime": "sim", "batch": batch}).encode()
+        return [answer] * batch
+
+
+class SimTraining:
+    def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
+        self._perf = load_model(spec.model)
+        self._device = SimDevice(gate)
+        self._batch = _option_int(spec, "batch", 16)
+        self.memory_bytes = 3 * self._perf.memory_mib(self._batch) * MIB  # weights, grads, optimiser
+
+    async def step(self) -> None:
+        cost = self._perf.training_step_s(self._batch, 1.0)
+        await self._device.run(
+            cost, lambda share: self._perf.training_step_s(self._batch, share) / cost)
+
+
+class _MeasuredCost:
+    """Running estimate of a torch launch's cost per sample, from measured runs."""
+
+    def __init__(self) -> None:
+        self.per_sample_s = 0.0
+
+    def estimate_s(self, samples: int) -> float:
+        return self.per_sample_s * samples
+
+    def record(self, samples: int, elapsed_s: float) -> None:
+        observed = elapsed_s / max(samples, 1)
+        self.per_sample_s = observed if self.per_sample_s == 0 else (
+            0.8 * self.per_sample_s + 0.2 * observed)
+
+
+def _parameter_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+async def _gated(gate: QuotaGate, cost: _MeasuredCost, samples: int, work: Any) -> Any:
+    """Admit one indivisible torch launch at its estimated cost, then charge what it took."""
+    estimate_ns = max(1, round(cost.estimate_s(samples) * 1e9))
+    await gate.admit(estimate_ns)
+    started = time.perf_counter()
+    try:
+        return await asyncio.to_thread(work)
+    finally:
+        elapsed = time.perf_counter() - started
+        cost.record(samples, elapsed)
+        gate.complete(estimate_ns, round(elapsed * 1e9))
+
+
+class TorchInferenceEngine:
+    def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
+        from services.node_agent.worker import torch_runtime
+
+        self._runtime = torch_runtime.build_inference(spec, torch_runtime.pick_device())
+        self._gate = gate
+        self._cost = _MeasuredCost()
+        self.content_type = self._runtime.content_type
+        self.default_max_batch = self._runtime.max_batch_default
+        self.memory_bytes = _parameter_bytes(self._runtime.model)
+
+    def decode(self, payload: bytes, content_type: str) -> Any:
+        return self._runtime.decode(payload, content_type)
+
+    def estimate_s(self, batch: int, share: float) -> float:
+        return self._cost.estimate_s(batch) / max(share, 0.01)
+
+    async def run(self, samples: list[Any]) -> list[bytes]:
+        result: list[bytes] = await _gated(self._gate, self._cost, len(samples),
+                                           lambda: self._runtime.run_batch(samples))
+        return result
+
+
+class TorchTrainingEngine:
+    def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
+        from services.node_agent.worker import torch_runtime
+
+        self._runtime = torch_runtime.build_training(spec, torch_runtime.pick_device())
+        self._gate = gate
+        self._cost = _MeasuredCost()
+        self.memory_bytes = 3 * _parameter_bytes(self._runtime.model)
+
+    async def step(self) -> None:
+        await _gated(self._gate, self._cost, self._runtime.batch_size, self._runtime.step)
+
+
+def inference_engine(spec: types_pb2.FunctionSpec, gate: QuotaGate) -> InferenceEngine:
+    if spec.runtime == types_pb2.RUNTIME_TORCH:
+        return TorchInferenceEngine(spec, gate)
+    return SimInference(spec, gate)
+
+
+def training_engine(spec: types_pb2.FunctionSpec, gate: QuotaGate) -> TrainingEngine:
+    if spec.runtime == types_pb2.RUNTIME_TORCH:
+        return TorchTrainingEngine(spec, gate)
+    return SimTraining(spec, gate)

@@ -1,0 +1,112 @@
+"""An inference worker's WorkerService: requests queue, a batcher forms adaptive batches,
+the engine runs them through the quota gate, and every latency lands in the stats page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from dilu.v1 import worker_pb2, worker_pb2_grpc
+
+from services.node_agent.pages import StatsWriter
+from services.node_agent.worker.batching import ArrivalRate, BatchState, batch_size, batch_wait_s
+from services.node_agent.worker.engines import InferenceEngine
+from services.node_agent.worker.gate import QuotaGate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    sample: Any
+    arrived_s: float
+    done: asyncio.Future[tuple[bytes, int, float]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, engine: InferenceEngine, gate: QuotaGate, stats: StatsWriter,
+                 slo_ms: float, max_batch: int) -> None:
+        self._engine = engine
+        self._gate = gate
+        self._stats = stats
+        self._slo_ms = slo_ms
+        self.max_batch = max_batch or engine.default_max_batch
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._arrivals = ArrivalRate(time.monotonic())
+
+    async def Infer(self, request: worker_pb2.InferRequest,
+                    context: grpc.aio.ServicerContext) -> worker_pb2.InferResponse:
+        pending = _Pending(self._engine.decode(request.payload, request.content_type),
+                           time.monotonic())
+        self._queue.append(pending)
+        self._arrivals.record(pending.arrived_s)
+        self._stats.set_queue_length(len(self._queue))
+        self._arrived.set()
+        payload, batch_size, latency_ms = await pending.done
+        return worker_pb2.InferResponse(payload=payload, content_type=self._engine.content_type,
+                                        latency_ms=latency_ms, batch_size=batch_size)
+
+    async def run(self) -> None:
+        """The batcher: runs until cancelled; what is queued when it is cancelled fails."""
+        try:
+            while True:
+                await self._next_batch_ready()
+                await self._run_batch()
+        finally:
+            for pending in self._queue:
+                if not pending.done.done():
+                    pending.done.set_exception(RuntimeError("worker stopped"))
+
+    async def _next_batch_ready(self) -> None:
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        while True:
+            now = time.monotonic()
+            share = self._gate.control().share
+            wait = batch_wait_s(BatchState(
+                queued=len(self._queue), oldest_age_s=now - self._queue[0].arrived_s,
+                max_batch=self.max_batch, slo_s=self._slo_ms / 1000,
+                full_batch_s=self._engine.estimate_s(self.max_batch, share),
+                arrival_rps=self._arrivals.rate(now)))
+            if wait <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait)
+            except TimeoutError:
+                return
+
+    async def _run_batch(self) -> None:
+        share = self._gate.control().share
+        size = batch_size(len(self._queue), self.max_batch, self._slo_ms / 1000,
+                          time.monotonic() - self._queue[0].arrived_s,
+                          lambda b: self._engine.estimate_s(b, share))
+        batch = [self._queue.popleft() for _ in range(size)]
+        self._stats.set_queue_length(len(self._queue))
+        live = [p for p in batch if not p.done.done()]  # callers that gave up are skipped
+        if not live:
+            return
+        try:
+            outputs = await self._engine.run([p.sample for p in live])
+        except Exception as error:
+            # One failing batch fails its callers, not the worker.
+            log.exception("batch of %d failed", len(live))
+            for pending in live:
+                if not pending.done.done():
+                    pending.done.set_exception(error)
+            return
+        finished = time.monotonic()
+        self._stats.add("batches", 1)
+        for pending, output in zip(live, outputs, strict=True):
+            latency_ms = (finished - pending.arrived_s) * 1000
+            self._stats.record_latency(latency_ms, self._slo_ms)
+            if not pending.done.done():
+                pending.done.set_result((output, len(live), latency_ms))
