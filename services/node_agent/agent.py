@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -21,13 +22,15 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.timestamps import now_timestamp
 from services.node_agent.arbiter import Claim, GpuArbiter
 from services.node_agent.gpus import GpuBackend
-from services.node_agent.pages import Stats, control_for
+from services.node_agent.pages import Control, Stats, control_for
 from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
 from services.node_agent.supervisor import WorkerFailed, WorkerProcess
 
 log = logging.getLogger(__name__)
 S = types_pb2
 MIB = 1 << 20
+# Exit statuses of a worker that was asked to stop: drained, or signalled by us.
+_REQUESTED_EXITS = (0, None, -signal.SIGTERM, -signal.SIGKILL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +56,12 @@ class _Held:
     gpus: tuple[str, ...]
     worker: WorkerProcess
     info: InstanceInfo
+    written: Control | None = None  # what the control page holds now
+    starting: asyncio.Task[None] | None = None
     stopping: asyncio.Task[None] | None = None
     last_throttled_ns: int = 0
     hungry_until: float = 0.0
-    qos_from: Stats | None = None
+    qos_from: tuple[Stats, float] | None = None  # reading and its monotonic time
     telemetry_from: Stats | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -71,6 +76,16 @@ def _check_quota(quota: types_pb2.Quota, field_prefix: str) -> None:
     if quota.memory_limit_mib < 0:
         raise InvalidArgument(f"{field_prefix}.memory_limit_mib",
                               f"must be ≥ 0, got {quota.memory_limit_mib}")
+
+
+# Logs of failed workers kept in the runtime dir (often RAM-backed) across agent restarts.
+_KEPT_LOGS = 100
+
+
+def _prune_logs(runtime_dir: Path) -> None:
+    logs = sorted(runtime_dir.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in logs[_KEPT_LOGS:]:
+        old.unlink(missing_ok=True)
 
 
 class NodeAgent:
@@ -89,6 +104,7 @@ class NodeAgent:
         self._arbiters = {uuid: GpuArbiter() for uuid in self._devices}
         self._gpu_use: dict[str, tuple[float, int]] = {}  # uuid -> (utilization, memory MiB)
         self._loops: list[asyncio.Task[None]] = []
+        self._telemetry_at = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -100,6 +116,7 @@ class NodeAgent:
         for stale in runtime_dir.glob("*.*"):
             if stale.suffix in {".ctl", ".stats", ".spec"}:
                 stale.unlink(missing_ok=True)
+        _prune_logs(runtime_dir)
         await self.heartbeat()
         self._loops = [
             asyncio.create_task(self._every(self._settings.heartbeat_interval_s, self.heartbeat),
@@ -118,14 +135,21 @@ class NodeAgent:
         await asyncio.gather(*self._loops, return_exceptions=True)
         # The scheduler replaces these instances once this node's heartbeats stop; a short
         # drain lets requests already inside them finish.
-        await asyncio.gather(*(self.stop_instance(i, drain_timeout_s=2.0) for i in list(self._held)),
-                             return_exceptions=True)
+        await asyncio.gather(*(self.stop_instance(i, drain_timeout_s=2.0,
+                                                  why="node agent shutting down")
+                               for i in list(self._held)), return_exceptions=True)
         self._gpus.close()
 
     async def _every(self, interval_s: float,
                      action: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `action` on a fixed schedule; a late run does not shift the ones after it,
+        and a stall skips missed runs instead of bunching them up."""
+        due = time.monotonic() + interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due += interval_s
+            if due < time.monotonic():
+                due = time.monotonic() + interval_s
             try:
                 await action()
             except Unavailable as error:
@@ -170,24 +194,31 @@ class NodeAgent:
             instance_id=instance_id, function=spec.name, state=S.INSTANCE_STATE_STARTING,
             quota=quota, message="starting worker")
         report.quota.effective_share = quota.sm_request
-        worker = WorkerProcess(
-            instance_id, spec, self._settings.runtime_dir,
-            control_for(quota.sm_request, quota.sm_request, quota.sm_limit,
-                        quota.memory_limit_mib * MIB),
-            self._worker_env(gpu_uuids))
+        control = control_for(quota.sm_request, quota.sm_request, quota.sm_limit,
+                              quota.memory_limit_mib * MIB)
+        worker = WorkerProcess(instance_id, spec, self._settings.runtime_dir, control,
+                               self._worker_env(gpu_uuids))
         held = _Held(report, spec, tuple(gpu_uuids), worker, InstanceInfo(
-            instance_id, spec.name, spec.slo.latency_ms, spec.kind == S.FUNCTION_KIND_TRAINING))
+            instance_id, spec.name, spec.slo.latency_ms, spec.kind == S.FUNCTION_KIND_TRAINING),
+            written=control)
         self._held[instance_id] = held
         await self._arbitrate()
-        try:
-            await worker.spawn()
-        except OSError as error:
-            self._held.pop(instance_id, None)
-            worker.remove_files(keep_log=True)
-            raise Unavailable(f"cannot start a worker process: {error}") from error
-        held.tasks.append(asyncio.create_task(self._watch(held), name=f"watch {instance_id}"))
-        await self._publish(report, events_pb2.INSTANCE_EVENT_KIND_STARTING)
+        # Shielded: a caller that gives up (deadline, disconnect) must not leave a record
+        # without a process; the start completes and a later stop finds a whole instance.
+        held.starting = asyncio.create_task(self._spawn(held), name=f"start {instance_id}")
+        await asyncio.shield(held.starting)
         return report
+
+    async def _spawn(self, held: _Held) -> None:
+        try:
+            await held.worker.spawn()
+        except OSError as error:
+            self._held.pop(held.report.instance_id, None)
+            held.worker.remove_files(keep_log=True)
+            raise Unavailable(f"cannot start a worker process: {error}") from error
+        held.tasks.append(asyncio.create_task(self._watch(held),
+                                              name=f"watch {held.report.instance_id}"))
+        await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_STARTING)
 
     def _worker_env(self, gpu_uuids: list[str]) -> dict[str, str]:
         # CUDA accepts GPU UUIDs here; simulated GPUs have no CUDA device behind them.
@@ -197,20 +228,27 @@ class NodeAgent:
     async def _watch(self, held: _Held) -> None:
         """Readiness, then the worker's exit: an exit nobody asked for is a failure."""
         try:
-            endpoint = await held.worker.ready(self._settings.ready_timeout_s)
-        except WorkerFailed as error:
+            try:
+                endpoint = await held.worker.ready(self._settings.ready_timeout_s)
+            except WorkerFailed as error:
+                held.worker.kill()
+                await self._failed(held, str(error))
+                return
+            if held.stopping is None:
+                held.report.state = S.INSTANCE_STATE_READY
+                held.report.endpoint = endpoint
+                held.report.message = "serving" if endpoint else "training"
+                await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_READY)
+                await self._heartbeat_soon()
+            code = await held.worker.wait()
+            if held.stopping is None:
+                await self._failed(held, held.worker.exit_reason(code))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("watching instance %s failed", held.report.instance_id)
             held.worker.kill()
-            await self._failed(held, str(error))
-            return
-        if held.stopping is None:
-            held.report.state = S.INSTANCE_STATE_READY
-            held.report.endpoint = endpoint
-            held.report.message = "serving" if endpoint else "training"
-            await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_READY)
-            await self._heartbeat_soon()
-        code = await held.worker.wait()
-        if held.stopping is None:
-            await self._failed(held, held.worker.exit_reason(code))
+            await self._failed(held, f"the node agent lost track of its worker: {error}")
 
     async def _failed(self, held: _Held, reason: str) -> None:
         if self._held.get(held.report.instance_id) is not held or held.stopping is not None:
@@ -224,25 +262,34 @@ class NodeAgent:
         await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_FAILED)
         await self._heartbeat_soon()
 
-    async def stop_instance(self, instance_id: str, drain_timeout_s: float | None = None) -> None:
+    async def stop_instance(self, instance_id: str, drain_timeout_s: float | None = None,
+                            why: str = "stopped on request") -> None:
         held = self._held.get(instance_id)
         if held is None:
             return
         if held.stopping is None:
             drain_s = drain_timeout_s or self._settings.drain_timeout_s
-            held.stopping = asyncio.create_task(self._stop(held, drain_s), name=f"stop {instance_id}")
+            held.stopping = asyncio.create_task(self._stop(held, drain_s, why),
+                                                name=f"stop {instance_id}")
         await asyncio.shield(held.stopping)
 
-    async def _stop(self, held: _Held, drain_s: float) -> None:
+    async def _stop(self, held: _Held, drain_s: float, why: str) -> None:
+        if held.starting is not None:
+            # Let a start in progress finish, so the stop reaches a process and the
+            # events keep their order (starting, then stopped).
+            await asyncio.gather(held.starting, return_exceptions=True)
+        if self._held.get(held.report.instance_id) is not held:
+            return  # its start failed and was reported
         held.report.state = S.INSTANCE_STATE_DRAINING
         held.report.message = "draining"
         code = await held.worker.stop(drain_s)
         for task in held.tasks:
             task.cancel()
         self._held.pop(held.report.instance_id, None)
-        held.worker.remove_files(keep_log=code not in (0, None))
+        # Exits we caused are clean; anything else during the drain deserves its log.
+        held.worker.remove_files(keep_log=code not in _REQUESTED_EXITS)
         held.report.state = S.INSTANCE_STATE_STOPPED
-        await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_STOPPED, "stopped on request")
+        await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_STOPPED, why)
         await self._arbitrate()
 
     async def set_quota(self, instance_id: str, quota: types_pb2.Quota) -> types_pb2.Quota:
@@ -267,67 +314,82 @@ class NodeAgent:
 
     async def _arbitrate(self) -> None:
         """Every period: each GPU's arbiter turns requests, limits and who waited for credit
-        into effective shares; changed ones go to the control pages at once."""
+        into effective shares; changed pages are rewritten at once."""
         hungry: dict[str, bool] = {}
         now = time.monotonic()
         for instance_id, held in self._held.items():
             throttled = held.worker.stats.throttled_ns()
             if throttled > held.last_throttled_ns:
                 held.hungry_until = now + self._settings.hunger_hold_s
-            hungry[instance_id] = now < held.hungry_until
+            # A draining worker keeps its share (it still runs) but is lent nothing more.
+            hungry[instance_id] = now < held.hungry_until and held.stopping is None
             held.last_throttled_ns = throttled
         shares: dict[str, float] = {}
         for uuid, arbiter in self._arbiters.items():
             claims = [Claim(i, not h.info.training, h.report.quota.sm_request,
                             h.report.quota.sm_limit, hungry[i])
-                      for i, h in self._held.items() if uuid in h.gpus and h.stopping is None]
+                      for i, h in self._held.items() if uuid in h.gpus]
             for instance_id, share in arbiter.shares(claims).items():
                 # A gang instance runs at the pace of its most constrained GPU.
                 shares[instance_id] = min(share, shares.get(instance_id, 1.0))
         for instance_id, share in shares.items():
             held = self._held[instance_id]
             quota = held.report.quota
-            if round(share * 1e6) != round(quota.effective_share * 1e6) or not quota.effective_share:
-                quota.effective_share = share
-                held.worker.control.write(control_for(share, quota.sm_request, quota.sm_limit,
-                                                      quota.memory_limit_mib * MIB))
+            quota.effective_share = share
+            wanted = control_for(share, quota.sm_request, quota.sm_limit,
+                                 quota.memory_limit_mib * MIB)
+            if wanted != held.written:
+                held.worker.control.write(wanted)
+                held.written = wanted
 
     # ---- telemetry and QoS -----------------------------------------------------------
 
+    def _read_stats(self, held: list[_Held]) -> dict[str, Stats]:
+        readings = {}
+        for one in held:
+            # ValueError: its page was closed by a stop or failure in the meantime.
+            with contextlib.suppress(ValueError):
+                readings[one.report.instance_id] = one.worker.stats.read()
+        return readings
+
     async def _publish_telemetry(self) -> None:
-        interval = self._settings.telemetry_interval_s
-        measured = {s.uuid: s for s in self._gpus.sample()}
-        readings = {i: h.worker.stats.read() for i, h in self._held.items()}
+        now_s = time.monotonic()
+        interval = now_s - self._telemetry_at if self._telemetry_at else (
+            self._settings.telemetry_interval_s)
+        self._telemetry_at = now_s
+        # NVML calls block; they must not stall the arbiter's 10 ms loop.
+        measured = {s.uuid: s for s in await asyncio.to_thread(self._gpus.sample)}
+        held = list(self._held.values())
+        readings = self._read_stats(held)
         now = self._clock()
         for uuid, device in self._devices.items():
-            usages = []
-            for instance_id, held in self._held.items():
-                if uuid not in held.gpus:
-                    continue
-                after = readings[instance_id]
-                usages.append(UsageSample(held.info, held.report.quota.effective_share,
-                                          held.telemetry_from or after, after))
+            usages = [UsageSample(h.info, h.report.quota.effective_share,
+                                  h.telemetry_from or readings[h.report.instance_id],
+                                  readings[h.report.instance_id])
+                      for h in held if uuid in h.gpus and h.report.instance_id in readings]
             sample = measured.get(uuid)
             message = gpu_telemetry(
                 self.node_id, uuid, device.memory_total_mib, usages, interval, now,
                 sample.utilization if sample else None, sample.memory_used_mib if sample else None)
             self._gpu_use[uuid] = (message.utilization, message.memory_used_mib)
             await self._bus.publish(subjects.telemetry(self.node_id, uuid), message)
-        for instance_id, held in self._held.items():
-            if instance_id in readings:
-                held.telemetry_from = readings[instance_id]
+        for one in held:
+            one.telemetry_from = readings.get(one.report.instance_id, one.telemetry_from)
 
     async def _publish_qos(self) -> None:
-        window = self._settings.qos_window_s
+        now_s = time.monotonic()
         now = self._clock()
-        for held in list(self._held.values()):
-            if held.report.state != S.INSTANCE_STATE_READY:
+        held = [h for h in self._held.values() if h.report.state == S.INSTANCE_STATE_READY]
+        readings = self._read_stats(held)
+        for one in held:
+            after = readings.get(one.report.instance_id)
+            if after is None:
                 continue
-            after = held.worker.stats.read()
-            if held.qos_from is not None:
-                await self._bus.publish(subjects.qos(held.info.function), qos_report(
-                    held.info, self.node_id, held.qos_from, after, window, now))
-            held.qos_from = after
+            previous, one.qos_from = one.qos_from, (after, now_s)
+            if previous is not None:
+                before, started = previous
+                await self._bus.publish(subjects.qos(one.info.function), qos_report(
+                    one.info, self.node_id, before, after, now_s - started, now))
 
     # ---- events ----------------------------------------------------------------------
 

@@ -22,6 +22,10 @@ CUDA shim). 4096 bytes, little-endian, naturally aligned:
 counter is monotonic and written by exactly one party, so the reader needs no lock: an
 aligned 8-byte store is never torn on the platforms Dilu runs on.
 
+Python has no memory fences: the seqlock below relies on x86-64's store ordering when the
+writer is this module. The CUDA shim (C) reads with acquire loads, which is what makes the
+protocol portable.
+
 | offset | type | field | written by |
 |---|---|---|---|
 | 0 | u32 | magic 0x444C5354 ("DLST") | agent (on create) |
@@ -37,6 +41,7 @@ aligned 8-byte store is never torn on the platforms Dilu runs on.
 | 72 | u64 | batches run | worker |
 | 80 | u32 | queue length now (gauge) | worker |
 | 84 | u32 | worker pid | worker |
+| 88 | u64 | requests accepted into the queue | worker |
 | 128 | u32 | histogram bucket count (= 128) | agent |
 | 256 | u64[128] | latency histogram of served requests | worker |
 
@@ -51,6 +56,7 @@ import math
 import mmap
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -66,6 +72,8 @@ DEFAULT_PERIOD_US = 10_000
 # Fields after the seqlock counter, in offset order 16..63.
 _CONTROL_BODY = struct.Struct("<IIIIQQQII")
 _HEADER = struct.Struct("<IIQ")  # magic, version, seq
+
+_MAX_SPINS = 10_000  # ~1 s of 100 µs naps after a brief busy wait
 
 STATS_MAGIC = 0x444C5354
 STATS_VERSION = 1
@@ -174,15 +182,23 @@ class ControlPageReader:
         return int(_U32.unpack_from(self._page, 16)[0])
 
     def read(self) -> Control:
+        spins = 0
         while True:
             before = _U64.unpack_from(self._page, 8)[0]
-            if before & 1:
-                continue  # the agent is mid-write; it holds no lock, so this is brief
-            (generation, flags, share, period_us, burst, cap, memory, request,
-             limit) = _CONTROL_BODY.unpack_from(self._page, 16)
-            if _U64.unpack_from(self._page, 8)[0] == before:
-                return Control(generation, bool(flags & FLAG_PAUSED), share / PPM,
-                               period_us * 1000, burst, cap, memory, request / PPM, limit / PPM)
+            if not before & 1:
+                (generation, flags, share, period_us, burst, cap, memory, request,
+                 limit) = _CONTROL_BODY.unpack_from(self._page, 16)
+                if _U64.unpack_from(self._page, 8)[0] == before:
+                    return Control(generation, bool(flags & FLAG_PAUSED), share / PPM,
+                                   period_us * 1000, burst, cap, memory, request / PPM,
+                                   limit / PPM)
+            # A write takes microseconds; a page that stays odd belongs to a writer that died
+            # mid-write, and spinning on it forever would hang the worker.
+            spins += 1
+            if spins > _MAX_SPINS:
+                raise PageError("control page stuck mid-write (its writer died?)")
+            if spins > 100:
+                time.sleep(0.0001)
 
     def close(self) -> None:
         self._page.close()
@@ -204,9 +220,10 @@ class Stats:
     queue_length: int
     pid: int
     histogram: tuple[int, ...]
+    accepted: int = 0
 
 
-_STATS_COUNTERS = struct.Struct("<QQQQQQQQQII")
+_STATS_COUNTERS = struct.Struct("<QQQQQQQQQIIQ")
 _HISTOGRAM = struct.Struct(f"<{HIST_BUCKETS}Q")
 
 
@@ -223,9 +240,10 @@ def create_stats_page(path: Path) -> None:
 
 def read_stats(page: mmap.mmap) -> Stats:
     (busy, launches, throttled, memory_used, memory_peak, requests, violations, iterations,
-     batches, queue_length, pid) = _STATS_COUNTERS.unpack_from(page, 8)
+     batches, queue_length, pid, accepted) = _STATS_COUNTERS.unpack_from(page, 8)
     return Stats(busy, launches, throttled, memory_used, memory_peak, requests, violations,
-                 iterations, batches, queue_length, pid, _HISTOGRAM.unpack_from(page, _HIST_OFFSET))
+                 iterations, batches, queue_length, pid, _HISTOGRAM.unpack_from(page, _HIST_OFFSET),
+                 accepted)
 
 
 class StatsReader:
@@ -269,7 +287,7 @@ class StatsWriter:
     _OFFSETS: ClassVar[dict[str, int]] = {
         "busy_ns": 8, "launches": 16, "throttled_ns": 24, "memory_used_bytes": 32,
         "memory_peak_bytes": 40, "requests": 48, "violations": 56, "iterations": 64,
-        "batches": 72}
+        "batches": 72, "accepted": 88}
 
     def __init__(self, path: Path) -> None:
         self._page = _map(path, writable=True)

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from dilu.v1 import types_pb2
@@ -55,30 +56,51 @@ class WorkerProcess:
                 stderr=log_file, env=env)
 
     async def ready(self, timeout_s: float) -> str:
-        """Wait for the worker's READY line; returns its endpoint ('' for training)."""
+        """Wait for the worker's READY line; returns its endpoint ('' for training). Other
+        stdout lines before it go to the log; the worker sends later output to stderr."""
         assert self._process is not None and self._process.stdout is not None
-        try:
-            line = await asyncio.wait_for(self._process.stdout.readline(), timeout_s)
-        except TimeoutError:
-            raise WorkerFailed(f"worker not ready within {timeout_s:.0f} s") from None
-        text = line.decode(errors="replace").strip()
-        if not text.startswith("READY"):
-            code = await self._process.wait()
-            raise WorkerFailed(self.exit_reason(code))
-        return text.removeprefix("READY").strip()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = await asyncio.wait_for(self._process.stdout.readline(),
+                                              max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise WorkerFailed(f"worker not ready within {timeout_s:.0f} s") from None
+            except ValueError:  # a line longer than the stream's limit
+                raise WorkerFailed("worker wrote an over-long line on stdout before READY") from None
+            if not line:  # stdout closed: the worker is exiting
+                try:
+                    code = await asyncio.wait_for(self._process.wait(), 5.0)
+                except TimeoutError:
+                    raise WorkerFailed("worker closed stdout without becoming ready") from None
+                raise WorkerFailed(self.exit_reason(code))
+            text = line.decode(errors="replace").strip()
+            if text.startswith("READY"):
+                return text.removeprefix("READY").strip()
+            with self.log_path.open("a") as log_file:
+                log_file.write(f"[stdout] {text}\n")
 
     async def wait(self) -> int:
         assert self._process is not None
         return await self._process.wait()
 
     def exit_reason(self, code: int) -> str:
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
         last = self.log_tail()
         return f"worker {how}" + (f": {last}" if last else "")
 
-    def log_tail(self) -> str:
+    def log_tail(self, limit: int = 4096) -> str:
+        """The last line of the log (read from its end: logs can be long)."""
         try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - limit))
+                lines = log_file.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return lines[-1][-300:] if lines else ""

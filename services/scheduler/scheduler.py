@@ -479,6 +479,7 @@ class Scheduler:
                 elif report is not None:
                     self._missing.pop(instance.id, None)
                     self._adopt(instance, report.state, report.endpoint, report.message)
+                    self._adopt_share(instance, report.quota.effective_share)
                 else:
                     self._note_missing(instance, node_id, revision, now)
             for instance_id in reported:
@@ -524,6 +525,13 @@ class Scheduler:
             self._fail(instance, S.INSTANCE_STATE_FAILED, message or "worker exited")
         elif state == instance.state and message and message != instance.message:
             self._set_state(instance, state, message)  # the agent knows best why it waits
+
+    def _adopt_share(self, instance: types_pb2.Instance, effective_share: float) -> None:
+        """The node's arbiter owns the effective share; the scheduler shows the latest one
+        (as of the last heartbeat) and never plans with it: placement uses requests."""
+        if effective_share and abs(effective_share - instance.quota.effective_share) > 1e-6:
+            instance.quota.effective_share = effective_share
+            self._store.mark_instance(instance.id)
 
     async def _on_instance_event(self, _subject: str, event: events_pb2.InstanceEvent) -> None:
         states = {

@@ -12,6 +12,7 @@ import pytest
 from dilu.v1 import node_agent_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher
+from tests.helpers import assert_eventually
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +97,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         for log in sorted((tmp_path / "logs").glob("*.log")):
             # Shown by pytest only when the test failed.
             print(f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def one_node(cluster: Cluster) -> Cluster:
+    """A scheduler and one node agent "n1" with two simulated GPUs, registered."""
+    cluster.start_scheduler()
+    cluster.start_agent("n1")
+    assert_eventually(lambda: cluster.nodes().get("n1"), message="n1 registered")
+    return cluster
 
 
 def inference_spec(name: str, *, request: float = 0.3, limit: float = 0.5,

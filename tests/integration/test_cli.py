@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import assert_eventually
 from tests.integration.conftest import Cluster
 
@@ -33,16 +31,8 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=30)
 
 
-@pytest.fixture
-def running(cluster: Cluster) -> Cluster:
-    cluster.start_scheduler()
-    cluster.start_agent("n1")
-    assert_eventually(lambda: cluster.nodes().get("n1"), message="n1 registered")
-    return cluster
-
-
-def test_grpcurl_lists_the_service_and_deploys_and_reports_bad_fields(running: Cluster):
-    address = running.scheduler.address
+def test_grpcurl_lists_the_service_and_deploys_and_reports_bad_fields(one_node: Cluster):
+    address = one_node.scheduler.address
     listed = grpcurl(address, "list")
     assert "dilu.v1.SchedulerService" in listed.stdout.split()
 
@@ -62,8 +52,8 @@ def test_grpcurl_lists_the_service_and_deploys_and_reports_bad_fields(running: C
     assert "function.resources.memory_mib" in refused.stderr
 
 
-def test_dilu_deploy_status_scale_invoke_and_delete(running: Cluster):
-    address = running.scheduler.address
+def test_dilu_deploy_status_scale_invoke_and_delete(one_node: Cluster):
+    address = one_node.scheduler.address
     deployed = dilu("deploy", str(ROOT / "examples" / "bert-base.yaml"), scheduler=address)
     assert deployed.returncode == 0, deployed.stderr
     assert "bert-base" in deployed.stdout
@@ -74,7 +64,7 @@ def test_dilu_deploy_status_scale_invoke_and_delete(running: Cluster):
 
     scaled = dilu("scale", "bert-base", "--out", "1", scheduler=address)
     assert scaled.returncode == 0 and "/2 ready" in scaled.stdout
-    assert_eventually(lambda: running.function("bert-base").status.ready_replicas == 2,
+    assert_eventually(lambda: one_node.function("bert-base").status.ready_replicas == 2,
                       message="both workers serving")
 
     invoked = dilu("invoke", "bert-base", scheduler=address)
@@ -88,10 +78,10 @@ def test_dilu_deploy_status_scale_invoke_and_delete(running: Cluster):
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 
 
-def test_dilu_deploy_reports_an_unreadable_spec(running: Cluster, tmp_path: Path):
+def test_dilu_deploy_reports_an_unreadable_spec(one_node: Cluster, tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    result = dilu("deploy", str(bad), scheduler=running.scheduler.address)
+    result = dilu("deploy", str(bad), scheduler=one_node.scheduler.address)
     assert result.returncode == 2 and "cannot read" in result.stderr
 
 

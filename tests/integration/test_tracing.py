@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import nats
+from dilu.v1 import scheduler_pb2
 
 from tests.helpers import assert_eventually
 from tests.integration.conftest import Cluster, inference_spec
@@ -56,3 +57,28 @@ async def test_a_deploy_is_one_trace_across_scheduler_agent_and_bus(cluster: Clu
     assert headers, "no instance event with headers"
     traceparent = headers[0]["traceparent"]
     assert traceparent.split("-")[1] == trace_id.removeprefix("0x")
+
+
+def test_an_invoke_is_one_trace_from_the_scheduler_into_the_worker_process(cluster: Cluster):
+    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-scheduler.jsonl")
+    cluster.start_scheduler()
+    # Workers inherit the agent's environment, so their spans land in the agent's file.
+    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-node.jsonl")
+    cluster.start_agent("n1")
+    assert_eventually(lambda: cluster.nodes().get("n1"))
+    cluster.deploy(inference_spec("traced"))
+    assert_eventually(lambda: cluster.function("traced").status.ready_replicas == 1,
+                      timeout=20, message="worker ready")
+    cluster.sched.Invoke(scheduler_pb2.InvokeRequest(function="traced"), timeout=10)
+
+    def invoke_and_infer() -> tuple[dict, dict]:
+        invokes = [s for s in _spans(cluster.tmp / "spans-scheduler.jsonl")
+                   if s["name"] == "/dilu.v1.SchedulerService/Invoke"]
+        infers = [s for s in _spans(cluster.tmp / "spans-node.jsonl")
+                  if s["name"] == "/dilu.v1.WorkerService/Infer"]
+        assert invokes and infers
+        return invokes[0], infers[0]
+
+    invoke, infer = assert_eventually(invoke_and_infer, message="spans exported")
+    assert infer["context"]["trace_id"] == invoke["context"]["trace_id"]
+    assert infer["resource"]["attributes"]["service.name"] == "dilu-worker"

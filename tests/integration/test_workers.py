@@ -16,6 +16,7 @@ import pytest
 from dilu.events.v1 import events_pb2
 from dilu.v1 import (
     node_agent_pb2,
+    node_agent_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
     types_pb2,
@@ -23,7 +24,7 @@ from dilu.v1 import (
     worker_pb2_grpc,
 )
 
-from services.node_agent.pages import StatsReader
+from services.node_agent.pages import ControlPageReader, StatsReader
 from tests.helpers import assert_eventually
 from tests.integration.conftest import Cluster, inference_spec
 
@@ -41,14 +42,6 @@ def _ready(cluster: Cluster, name: str, count: int = 1) -> list[types_pb2.Instan
 
 def _stats(cluster: Cluster, node: str, instance_id: str) -> StatsReader:
     return StatsReader(cluster.runtime_dir / node / f"{instance_id}.stats")
-
-
-@pytest.fixture
-def one_node(cluster: Cluster) -> Cluster:
-    cluster.start_scheduler()
-    cluster.start_agent("n1")
-    assert_eventually(lambda: cluster.nodes().get("n1"), message="n1 registered")
-    return cluster
 
 
 def test_invoke_goes_through_the_scheduler_to_a_sim_worker_process_and_back(one_node: Cluster):
@@ -183,7 +176,7 @@ def test_set_quota_cuts_a_saturated_workers_throughput_at_once(cluster: Cluster)
     # Saturated bert-base at batch 4 serves ~120 req/s on a whole simulated A100; the
     # benchmark (bench/quota_gate.py) measures the ratio precisely, this checks direction
     # and rough size only.
-    assert full > 60
+    assert full > 40
     assert 0.15 < cut / full < 0.4, (full, cut)
     assert stats.read().throttled_ns > 0
 
@@ -198,8 +191,8 @@ def test_stopping_a_worker_lets_in_flight_requests_finish(cluster: Cluster):
     with grpc.insecure_channel(endpoint) as channel, ThreadPoolExecutor(8) as pool:
         infer = worker_pb2_grpc.WorkerServiceStub(channel).Infer
         calls = [pool.submit(infer, worker_pb2.InferRequest(), timeout=30) for _ in range(8)]
-        assert_eventually(lambda: stats.read().queue_length > 0 or stats.read().batches > 0,
-                          message="requests reached the worker")
+        assert_eventually(lambda: stats.read().accepted == 8, message="all requests reached the worker")
+        assert stats.read().requests < 8  # some are still queued or running
         stub.StopInstance(node_agent_pb2.StopInstanceRequest(instance_id="slow-1",
                                                              drain_timeout_ms=10_000))
         replies = [c.result() for c in calls]
@@ -254,7 +247,8 @@ async def test_qos_and_telemetry_are_published_at_their_rates_with_plausible_num
     assert 2 <= len(web) <= elapsed + 2  # one report per 1 s window
     busy = [r for r in web if r.requests > 0]
     assert busy and all(0 < r.p50_ms <= r.p95_ms <= r.p99_ms < 1000 for r in busy)
-    assert all(r.slo_ms == 100 and r.node == "n1" and r.window_s == 1.0 for r in web)
+    assert all(r.slo_ms == 100 and r.node == "n1" for r in web)
+    assert all(0.7 < r.window_s < 1.5 for r in web)  # measured, about the 1 s window
     served = sum(r.requests for r in web)
     assert 0.5 * sent <= served <= sent
     assert max(r.rps for r in web) == pytest.approx(20, rel=0.5)
@@ -265,10 +259,59 @@ async def test_qos_and_telemetry_are_published_at_their_rates_with_plausible_num
     assert len(gpus) == 2  # every GPU of n1 reports, even an idle one
     for uuid in gpus:
         samples = [t for t in telemetry if t.gpu_uuid == uuid]
-        assert 1.5 * elapsed <= len(samples) <= 2 * elapsed + 2  # ~2 Hz
+        assert 1.2 * elapsed <= len(samples) <= 2 * elapsed + 2  # ~2 Hz
         assert all(0.0 <= t.utilization <= 1.0 and t.memory_total_mib == 40960 for t in samples)
     # The training job keeps its GPU busy at least at its guaranteed share.
     train_gpu = [t for t in telemetry if any(i.function == "train" for i in t.instances)]
-    assert train_gpu and max(t.utilization for t in train_gpu) >= 0.2
+    assert train_gpu and max(t.utilization for t in train_gpu) >= 0.15
     shares = [i.effective_share for t in train_gpu for i in t.instances if i.function == "train"]
     assert all(0.2 - 1e-6 <= s <= 0.6 + 1e-6 for s in shares)
+
+
+async def test_a_stop_racing_a_start_leaves_no_worker_and_keeps_event_order(cluster: Cluster):
+    agent = cluster.start_agent("n1", 1)
+    nc = await nats.connect(cluster.nats.url)
+    kinds: list[int] = []
+
+    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+        kinds.append(events_pb2.InstanceEvent.FromString(msg.data).kind)
+
+    await nc.subscribe("dilu.events.instance.sat", cb=collect)
+    await nc.flush()
+    try:
+        async with grpc.aio.insecure_channel(agent.address) as channel:
+            stub = node_agent_pb2_grpc.NodeAgentServiceStub(channel)
+            gpu = (await stub.GetNodeStatus(node_agent_pb2.GetNodeStatusRequest())).node.gpus[0]
+            start = stub.StartInstance(node_agent_pb2.StartInstanceRequest(
+                instance_id="race-1", function=_saturating_spec(), gpu_uuids=[gpu.uuid],
+                quota=_quota(0.5)))
+            # Stop as soon as the agent has the record: its worker is still being spawned
+            # or has not announced READY yet.
+            while not (await stub.GetNodeStatus(node_agent_pb2.GetNodeStatusRequest())).node.instances:
+                await asyncio.sleep(0.001)
+            await stub.StopInstance(node_agent_pb2.StopInstanceRequest(instance_id="race-1"))
+            await start
+            node = (await stub.GetNodeStatus(node_agent_pb2.GetNodeStatusRequest())).node
+        for _ in range(30):
+            if events_pb2.INSTANCE_EVENT_KIND_STOPPED in kinds:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    assert list(node.instances) == []
+    assert kinds[0] == events_pb2.INSTANCE_EVENT_KIND_STARTING
+    assert kinds[-1] == events_pb2.INSTANCE_EVENT_KIND_STOPPED
+    assert list((cluster.runtime_dir / "n1").glob("race-1.*")) == []  # pages, spec and log
+
+
+def test_a_memory_only_quota_change_reaches_the_control_page(cluster: Cluster):
+    agent = cluster.start_agent("n1", 1)
+    stub = cluster.agent_stub(agent)
+    _start_on_agent(cluster, stub, "mem-1", _saturating_spec(), _quota(0.5))
+    page = ControlPageReader(cluster.runtime_dir / "n1" / "mem-1.ctl")
+    before = page.read()
+    stub.SetQuota(node_agent_pb2.SetQuotaRequest(instance_id="mem-1", quota=types_pb2.Quota(
+        sm_request=0.5, sm_limit=0.5, memory_limit_mib=2048)))
+    after = page.read()
+    assert before.memory_limit_bytes == 4096 << 20 and after.memory_limit_bytes == 2048 << 20
+    assert after.share == before.share == 0.5 and after.generation > before.generation

@@ -42,13 +42,14 @@ class CannotRun(Exception):
 
 
 def _die_with_agent() -> None:
-    """Ask Linux to SIGTERM this worker when the agent that started it dies, so a killed
-    agent leaves no orphans holding GPU memory."""
+    """Ask Linux to kill this worker when the agent that started it dies. Unsupervised, it
+    would keep GPU memory and a stale share while a restarted agent reuses its GPU."""
     agent_pid = int(os.environ.get("DILU_AGENT_PID", "0") or 0)
     if not agent_pid or not sys.platform.startswith("linux"):
         return
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) != 0:
+        log.warning("cannot ask to die with the agent: %s", os.strerror(ctypes.get_errno()))
     if os.getppid() != agent_pid:  # the agent died before prctl took effect
         sys.exit(1)
 
@@ -56,6 +57,9 @@ def _die_with_agent() -> None:
 def _announce(endpoint: str = "") -> None:
     sys.stdout.write(f"READY {endpoint}".rstrip() + "\n")
     sys.stdout.flush()
+    # Nobody reads stdout after READY: later prints (ours, torch's, C libraries') go to the
+    # log instead of filling the pipe and blocking the worker.
+    os.dup2(2, 1)
 
 
 def _check_memory(needed_bytes: int, limit_bytes: int) -> None:
@@ -108,9 +112,9 @@ async def run(spec: types_pb2.FunctionSpec, control_path: Path, stats_path: Path
 
 
 def main() -> None:
-    _die_with_agent()
     instance_id = os.environ.get("DILU_INSTANCE_ID", "worker")
     setup_logging(f"worker {instance_id}", os.environ.get("DILU_LOG_LEVEL", "info"))
+    _die_with_agent()
     try:
         spec = types_pb2.FunctionSpec.FromString(Path(os.environ["DILU_SPEC"]).read_bytes())
         control_path = Path(os.environ["DILU_CONTROL"])

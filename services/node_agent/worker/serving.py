@@ -46,6 +46,7 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
         pending = _Pending(self._engine.decode(request.payload, request.content_type),
                            time.monotonic())
         self._queue.append(pending)
+        self._stats.add("accepted", 1)
         self._arrivals.record(pending.arrived_s)
         self._stats.set_queue_length(len(self._queue))
         self._arrived.set()
@@ -57,8 +58,13 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
         """The batcher: runs until cancelled; what is queued when it is cancelled fails."""
         try:
             while True:
-                await self._next_batch_ready()
-                await self._run_batch()
+                try:
+                    await self._next_batch_ready()
+                    await self._run_batch()
+                except Exception:
+                    # A bug here must not leave every later request waiting forever.
+                    log.exception("batcher step failed; continuing")
+                    await asyncio.sleep(0.01)
         finally:
             for pending in self._queue:
                 if not pending.done.done():
@@ -96,17 +102,16 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
             return
         try:
             outputs = await self._engine.run([p.sample for p in live])
+            finished = time.monotonic()
+            self._stats.add("batches", 1)
+            for pending, output in zip(live, outputs, strict=True):
+                latency_ms = (finished - pending.arrived_s) * 1000
+                self._stats.record_latency(latency_ms, self._slo_ms)
+                if not pending.done.done():
+                    pending.done.set_result((output, len(live), latency_ms))
         except Exception as error:
             # One failing batch fails its callers, not the worker.
             log.exception("batch of %d failed", len(live))
             for pending in live:
                 if not pending.done.done():
                     pending.done.set_exception(error)
-            return
-        finished = time.monotonic()
-        self._stats.add("batches", 1)
-        for pending, output in zip(live, outputs, strict=True):
-            latency_ms = (finished - pending.arrived_s) * 1000
-            self._stats.record_latency(latency_ms, self._slo_ms)
-            if not pending.done.done():
-                pending.done.set_result((output, len(live), latency_ms))
