@@ -11,7 +11,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from dilu.v1 import node_agent_pb2_grpc, types_pb2
+from dilu.v1 import node_agent_pb2_grpc, profiler_pb2, types_pb2
 
 from services.common import subjects
 from services.common.bus import Bus
@@ -80,13 +80,14 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         raise SystemExit(2) from error
     bus = await Bus.connect(config.nats_url, f"dilu-node-agent-{args.node_id}")
     nodes_kv = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
+    profiles_kv = await bus.kv(subjects.PROFILES_BUCKET, profiler_pb2.Profile)
     settings = AgentSettings(
         runtime_dir=Path(args.runtime_dir) / args.node_id,
         heartbeat_interval_s=args.heartbeat_interval_s,
         arbiter_period_s=args.arbiter_period_ms / 1000,
         telemetry_interval_s=args.telemetry_interval_s, qos_window_s=args.qos_window_s,
         drain_timeout_s=args.drain_timeout_s)
-    agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings)
+    agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv)
     server = GrpcServer(config.host, config.port)
     server.add(node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server,
                NodeAgentServicer(agent), "dilu.v1.NodeAgentService")

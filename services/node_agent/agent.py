@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dilu.events.v1 import events_pb2
-from dilu.v1 import types_pb2
+from dilu.v1 import profiler_pb2, types_pb2
 
 from services.common import subjects
 from services.common.bus import Bus, ProtoKV
@@ -91,6 +91,7 @@ def _prune_logs(runtime_dir: Path) -> None:
 class NodeAgent:
     def __init__(self, node_id: str, gpus: GpuBackend, bus: Bus,
                  nodes_kv: ProtoKV[types_pb2.Node], settings: AgentSettings,
+                 profiles_kv: ProtoKV[profiler_pb2.Profile] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.node_id = node_id
         self.address = ""  # set once the gRPC port is bound, before start()
@@ -98,6 +99,7 @@ class NodeAgent:
         self._devices = {d.uuid: d for d in gpus.devices()}
         self._bus = bus
         self._nodes_kv = nodes_kv
+        self._profiles_kv = profiles_kv
         self._settings = settings
         self._clock = clock
         self._held: dict[str, _Held] = {}
@@ -190,6 +192,10 @@ class NodeAgent:
         existing = self._held.get(instance_id)
         if existing is not None:
             return existing.report
+        spec = await self._with_profiled_batch(spec)
+        existing = self._held.get(instance_id)  # a repeated call may have won meanwhile
+        if existing is not None:
+            return existing.report
         report = types_pb2.InstanceReport(
             instance_id=instance_id, function=spec.name, state=S.INSTANCE_STATE_STARTING,
             quota=quota, message="starting worker")
@@ -208,6 +214,23 @@ class NodeAgent:
         held.starting = asyncio.create_task(self._spawn(held), name=f"start {instance_id}")
         await asyncio.shield(held.starting)
         return report
+
+    async def _with_profiled_batch(self, spec: types_pb2.FunctionSpec) -> types_pb2.FunctionSpec:
+        """A spec without max_batch takes the profiler's best batch size, when there is a
+        stored profile; otherwise the worker's runtime picks one."""
+        if spec.max_batch or self._profiles_kv is None or spec.kind == S.FUNCTION_KIND_TRAINING:
+            return spec
+        try:
+            profile = await asyncio.wait_for(self._profiles_kv.get(spec.name), 1.0)
+        except (Unavailable, TimeoutError) as error:
+            log.warning("no profile for %s (%s); the worker picks its batch size", spec.name, error)
+            return spec
+        if profile is None or profile.best_batch_size <= 0:
+            return spec
+        profiled = types_pb2.FunctionSpec()
+        profiled.CopyFrom(spec)
+        profiled.max_batch = profile.best_batch_size
+        return profiled
 
     async def _spawn(self, held: _Held) -> None:
         try:

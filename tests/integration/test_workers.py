@@ -17,6 +17,7 @@ from dilu.events.v1 import events_pb2
 from dilu.v1 import (
     node_agent_pb2,
     node_agent_pb2_grpc,
+    profiler_pb2,
     scheduler_pb2,
     scheduler_pb2_grpc,
     types_pb2,
@@ -315,3 +316,25 @@ def test_a_memory_only_quota_change_reaches_the_control_page(cluster: Cluster):
     after = page.read()
     assert before.memory_limit_bytes == 4096 << 20 and after.memory_limit_bytes == 2048 << 20
     assert after.share == before.share == 0.5 and after.generation > before.generation
+
+
+async def test_a_function_without_max_batch_uses_its_stored_profiles_batch_size(one_node: Cluster):
+    nc = await nats.connect(one_node.nats.url)
+    try:
+        profiles = await nc.jetstream().key_value("dilu-profiles")  # the agent created it
+        await profiles.put("prof", profiler_pb2.Profile(
+            function="prof", model="bert-base", best_batch_size=2).SerializeToString())
+    finally:
+        await nc.close()
+    spec = _saturating_spec()
+    spec.name, spec.max_batch = "prof", 0
+    spec.resources.sm_request = spec.resources.sm_limit = 0.1  # slow, so requests queue up
+    await asyncio.to_thread(one_node.deploy, spec)
+    await asyncio.to_thread(_ready, one_node, "prof")
+
+    async with grpc.aio.insecure_channel(one_node.scheduler.address) as channel:  # type: ignore[union-attr]
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        replies = await asyncio.gather(*(
+            stub.Invoke(scheduler_pb2.InvokeRequest(function="prof"), timeout=30) for _ in range(8)))
+    # Without the profile the sim runtime would batch up to 32 under a 10 s SLO.
+    assert max(r.batch_size for r in replies) == 2
