@@ -338,3 +338,22 @@ async def test_a_function_without_max_batch_uses_its_stored_profiles_batch_size(
             stub.Invoke(scheduler_pb2.InvokeRequest(function="prof"), timeout=30) for _ in range(8)))
     # Without the profile the sim runtime would batch up to 32 under a 10 s SLO.
     assert max(r.batch_size for r in replies) == 2
+
+
+def test_a_torch_training_job_trains_under_its_share(one_node: Cluster):
+    spec = types_pb2.FunctionSpec(
+        name="tune", kind=S.FUNCTION_KIND_TRAINING, runtime=S.RUNTIME_TORCH, model="transformer",
+        runtime_options={"seq_len": "16", "d_model": "32", "layers": "1", "heads": "2",
+                         "vocab": "100", "batch": "4", "threads": "1"},
+        resources=types_pb2.Resources(sm_request=0.5, sm_limit=0.5, memory_mib=1024))
+    one_node.deploy(spec)
+    instance = _ready(one_node, "tune")[0]
+    assert instance.endpoint == "" and instance.message == "training"
+    stats = _stats(one_node, "n1", instance.id)
+    first = assert_eventually(lambda: stats.read().iterations >= 3, timeout=20,
+                              message="training steps counted")
+    assert first
+    reading = stats.read()
+    # Real steps ran through the gate: GPU time was charged and the memory is the model's.
+    assert reading.busy_ns > 0 and reading.launches >= reading.iterations
+    assert 0 < reading.memory_used_bytes < 1024 << 20
