@@ -149,15 +149,16 @@ class NodeAgent:
         due = time.monotonic() + interval_s
         while True:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            due += interval_s
-            if due < time.monotonic():
-                due = time.monotonic() + interval_s
             try:
                 await action()
             except Unavailable as error:
                 log.warning("%s not delivered: %s", action.__name__, error)
             except Exception:
                 log.exception("%s failed", action.__name__)
+            due += interval_s
+            now = time.monotonic()
+            if due <= now:  # the action overran: skip, never run back to back
+                due = now + interval_s
 
     # ---- status and heartbeat --------------------------------------------------------
 
@@ -192,10 +193,6 @@ class NodeAgent:
         existing = self._held.get(instance_id)
         if existing is not None:
             return existing.report
-        spec = await self._with_profiled_batch(spec)
-        existing = self._held.get(instance_id)  # a repeated call may have won meanwhile
-        if existing is not None:
-            return existing.report
         report = types_pb2.InstanceReport(
             instance_id=instance_id, function=spec.name, state=S.INSTANCE_STATE_STARTING,
             quota=quota, message="starting worker")
@@ -222,8 +219,8 @@ class NodeAgent:
             return spec
         try:
             profile = await asyncio.wait_for(self._profiles_kv.get(spec.name), 1.0)
-        except (Unavailable, TimeoutError) as error:
-            log.warning("no profile for %s (%s); the worker picks its batch size", spec.name, error)
+        except Exception as error:  # the profile is optional: any failure falls back
+            log.warning("no profile for %s (%r); the worker picks its batch size", spec.name, error)
             return spec
         if profile is None or profile.best_batch_size <= 0:
             return spec
@@ -233,6 +230,12 @@ class NodeAgent:
         return profiled
 
     async def _spawn(self, held: _Held) -> None:
+        # The profile lookup happens here, with the record already held, so a stop that
+        # arrives meanwhile waits for this start instead of missing it.
+        profiled = await self._with_profiled_batch(held.spec)
+        if profiled is not held.spec:
+            held.spec = profiled
+            held.worker.write_spec(profiled)
         try:
             await held.worker.spawn()
         except OSError as error:
@@ -280,6 +283,7 @@ class NodeAgent:
                     held.worker.log_path)
         self._held.pop(held.report.instance_id)
         held.worker.remove_files(keep_log=True)
+        _prune_logs(self._settings.runtime_dir)
         held.report.state = S.INSTANCE_STATE_FAILED
         held.report.message = reason
         await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_FAILED)
@@ -376,14 +380,15 @@ class NodeAgent:
         return readings
 
     async def _publish_telemetry(self) -> None:
-        now_s = time.monotonic()
-        interval = now_s - self._telemetry_at if self._telemetry_at else (
-            self._settings.telemetry_interval_s)
-        self._telemetry_at = now_s
         # NVML calls block; they must not stall the arbiter's 10 ms loop.
         measured = {s.uuid: s for s in await asyncio.to_thread(self._gpus.sample)}
         held = list(self._held.values())
+        # The window is timed where the counters are read, after the (variable) NVML call.
+        now_s = time.monotonic()
         readings = self._read_stats(held)
+        interval = now_s - self._telemetry_at if self._telemetry_at else (
+            self._settings.telemetry_interval_s)
+        self._telemetry_at = now_s
         now = self._clock()
         for uuid, device in self._devices.items():
             usages = [UsageSample(h.info, h.report.quota.effective_share,

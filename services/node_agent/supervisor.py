@@ -27,18 +27,21 @@ class WorkerProcess:
     def __init__(self, instance_id: str, spec: types_pb2.FunctionSpec, runtime_dir: Path,
                  control: Control, env: dict[str, str]) -> None:
         self.instance_id = instance_id
-        self._spec = spec
         self._env = env
         base = runtime_dir / instance_id
         self.control_path = base.with_suffix(".ctl")
         self.stats_path = base.with_suffix(".stats")
         self.spec_path = base.with_suffix(".spec")
         self.log_path = base.with_suffix(".log")
-        self.spec_path.write_bytes(spec.SerializeToString())
+        self.write_spec(spec)
         self.control = ControlPageWriter(self.control_path, control)
         create_stats_page(self.stats_path)
         self.stats = StatsReader(self.stats_path)
         self._process: asyncio.subprocess.Process | None = None
+
+    def write_spec(self, spec: types_pb2.FunctionSpec) -> None:
+        """The spec the worker will read when it starts."""
+        self.spec_path.write_bytes(spec.SerializeToString())
 
     @property
     def pid(self) -> int | None:

@@ -61,9 +61,15 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
                 try:
                     await self._next_batch_ready()
                     await self._run_batch()
-                except Exception:
-                    # A bug here must not leave every later request waiting forever.
-                    log.exception("batcher step failed; continuing")
+                except Exception as error:
+                    # A bug here must not leave requests waiting forever: what is queued
+                    # fails with the error, and the batcher carries on with new requests.
+                    log.exception("batcher step failed; failing %d queued requests", len(self._queue))
+                    while self._queue:
+                        pending = self._queue.popleft()
+                        if not pending.done.done():
+                            pending.done.set_exception(error)
+                    self._stats.set_queue_length(0)
                     await asyncio.sleep(0.01)
         finally:
             for pending in self._queue:
