@@ -22,13 +22,12 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.timestamps import now_timestamp
 from services.node_agent.arbiter import Claim, GpuArbiter
 from services.node_agent.gpus import GpuBackend
-from services.node_agent.pages import Control, Stats, control_for
+from services.node_agent.pages import MIB, Control, Stats, control_for
 from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
 from services.node_agent.supervisor import WorkerFailed, WorkerProcess
 
 log = logging.getLogger(__name__)
 S = types_pb2
-MIB = 1 << 20
 # Exit statuses of a worker that was asked to stop: drained, or signalled by us.
 _REQUESTED_EXITS = (0, None, -signal.SIGTERM, -signal.SIGKILL)
 

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import ClassVar
 
 PAGE_SIZE = 4096
+MIB = 1 << 20  # memory figures travel in bytes on the pages and in MiB elsewhere
 
 CONTROL_MAGIC = 0x44494C55
 CONTROL_VERSION = 1

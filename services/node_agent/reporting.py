@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from dilu.events.v1 import events_pb2
 
 from services.common.timestamps import now_timestamp
-from services.node_agent.pages import Stats, percentile_ms
-
-MIB = 1 << 20
+from services.node_agent.pages import MIB, Stats, percentile_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,29 @@ def _spans(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-async def test_a_deploy_is_one_trace_across_scheduler_agent_and_bus(cluster: Cluster):
+def _start_traced(cluster: Cluster) -> None:
+    """A scheduler and agent n1 exporting spans to spans-scheduler.jsonl and
+    spans-node.jsonl (workers inherit the agent's environment, so theirs land there too)."""
     cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-scheduler.jsonl")
     cluster.start_scheduler()
-    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-agent.jsonl")
+    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-node.jsonl")
     cluster.start_agent("n1")
+
+
+def _first_spans(cluster: Cluster, scheduler_span: str, node_span: str) -> tuple[dict, dict]:
+    """The first span named `scheduler_span` in the scheduler's file and `node_span` in the
+    node's, once both have been exported."""
+    def both() -> tuple[dict, dict]:
+        ours = [s for s in _spans(cluster.tmp / "spans-scheduler.jsonl") if s["name"] == scheduler_span]
+        theirs = [s for s in _spans(cluster.tmp / "spans-node.jsonl") if s["name"] == node_span]
+        assert ours and theirs
+        return ours[0], theirs[0]
+
+    return assert_eventually(both, message="spans exported")
+
+
+async def test_a_deploy_is_one_trace_across_scheduler_agent_and_bus(cluster: Cluster):
+    _start_traced(cluster)
     nc = await nats.connect(cluster.nats.url)
     headers: list[dict[str, str]] = []
 
@@ -42,15 +60,8 @@ async def test_a_deploy_is_one_trace_across_scheduler_agent_and_bus(cluster: Clu
     finally:
         await nc.close()
 
-    def deploy_and_start() -> tuple[dict, dict]:
-        deploys = [s for s in _spans(cluster.tmp / "spans-scheduler.jsonl")
-                   if s["name"] == "/dilu.v1.SchedulerService/Deploy"]
-        starts = [s for s in _spans(cluster.tmp / "spans-agent.jsonl")
-                  if s["name"] == "/dilu.v1.NodeAgentService/StartInstance"]
-        assert deploys and starts
-        return deploys[0], starts[0]
-
-    deploy, start = assert_eventually(deploy_and_start, message="spans exported")
+    deploy, start = _first_spans(cluster, "/dilu.v1.SchedulerService/Deploy",
+                                 "/dilu.v1.NodeAgentService/StartInstance")
     trace_id = deploy["context"]["trace_id"]
     assert start["context"]["trace_id"] == trace_id
     assert start["parent_id"] is not None
@@ -60,25 +71,14 @@ async def test_a_deploy_is_one_trace_across_scheduler_agent_and_bus(cluster: Clu
 
 
 def test_an_invoke_is_one_trace_from_the_scheduler_into_the_worker_process(cluster: Cluster):
-    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-scheduler.jsonl")
-    cluster.start_scheduler()
-    # Workers inherit the agent's environment, so their spans land in the agent's file.
-    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-node.jsonl")
-    cluster.start_agent("n1")
+    _start_traced(cluster)
     assert_eventually(lambda: cluster.nodes().get("n1"))
     cluster.deploy(inference_spec("traced"))
     assert_eventually(lambda: cluster.function("traced").status.ready_replicas == 1,
                       timeout=20, message="worker ready")
     cluster.sched.Invoke(scheduler_pb2.InvokeRequest(function="traced"), timeout=10)
 
-    def invoke_and_infer() -> tuple[dict, dict]:
-        invokes = [s for s in _spans(cluster.tmp / "spans-scheduler.jsonl")
-                   if s["name"] == "/dilu.v1.SchedulerService/Invoke"]
-        infers = [s for s in _spans(cluster.tmp / "spans-node.jsonl")
-                  if s["name"] == "/dilu.v1.WorkerService/Infer"]
-        assert invokes and infers
-        return invokes[0], infers[0]
-
-    invoke, infer = assert_eventually(invoke_and_infer, message="spans exported")
+    invoke, infer = _first_spans(cluster, "/dilu.v1.SchedulerService/Invoke",
+                                 "/dilu.v1.WorkerService/Infer")
     assert infer["context"]["trace_id"] == invoke["context"]["trace_id"]
     assert infer["resource"]["attributes"]["service.name"] == "dilu-worker"

@@ -11,10 +11,9 @@ from typing import Any, Protocol
 from dilu.v1 import types_pb2
 
 from services.common.errors import InvalidArgument
+from services.node_agent.pages import MIB
 from services.node_agent.worker.gate import QuotaGate, SimDevice
 from services.perf import PerfModel, load_model
-
-MIB = 1 << 20
 
 
 class InferenceEngine(Protocol):
