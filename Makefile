@@ -4,11 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run up test test-unit test-integration gen lint clean
+.PHONY: run up test test-unit test-integration gen lint shim bench-shim clean
 
+# Installing also compiles the CUDA shim (a second, with the system C compiler); without a
+# compiler the shim is skipped here and fails with a clear error when a node needs it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m services.node_agent.shim build || echo "CUDA shim not built (see above)"
 	touch $(STAMP)
 
 ## run: the main job: a throw-away local stack on simulated GPUs with the demo
@@ -32,6 +35,14 @@ test-integration: $(STAMP)
 ## gen: regenerate gen/python from protos/ (commit the result)
 gen: $(STAMP)
 	$(PY) scripts/gen_protos.py
+
+## shim: compile the CUDA shim (libdilu_shim.so) and print its path
+shim: $(STAMP)
+	$(PY) -m services.node_agent.shim build
+
+## bench-shim: the shim's overhead, shares and reaction on the fake driver (no GPU needed)
+bench-shim: $(STAMP)
+	$(PY) bench/shim_fake.py
 
 ## lint: ruff and mypy
 lint: $(STAMP)

@@ -22,6 +22,7 @@ from services.common.tracing import setup_tracing
 from services.node_agent.agent import AgentSettings, NodeAgent
 from services.node_agent.gpus import BACKENDS, SIM_GPU_TYPES, GpuBackendUnavailable, open_backend
 from services.node_agent.service import NodeAgentServicer
+from services.node_agent.shim import ShimBuildError, build_shim
 
 log = logging.getLogger("services.node_agent")
 
@@ -57,7 +58,12 @@ def main() -> None:
     parser.add("--qos-window-s", default=1.0, type=float, help="QoS report window")
     parser.add("--drain-timeout-s", default=10.0, type=float,
                help="default time a stopping worker may take to finish in-flight requests")
+    parser.add("--cuda-shim", default="auto",
+               help="preload the CUDA shim into torch workers: auto (when the GPUs are real), "
+                    "on, or off")
     args = parser.parse_args()
+    if args.cuda_shim not in CUDA_SHIM_MODES:
+        parser.error(f"--cuda-shim: {args.cuda_shim!r} is not one of {', '.join(CUDA_SHIM_MODES)}")
     if args.gpu_backend not in BACKENDS:
         parser.error(f"--gpu-backend: {args.gpu_backend!r} is not one of {', '.join(BACKENDS)}")
     for flag in ("arbiter_period_ms", "telemetry_interval_s", "qos_window_s", "drain_timeout_s",
@@ -72,12 +78,34 @@ def main() -> None:
     asyncio.run(run(config, args))
 
 
+CUDA_SHIM_MODES = ("auto", "on", "off")
+
+
+def cuda_shim(mode: str, gpu_backend: str) -> Path | None:
+    """The shim to preload into torch workers, built now (a second or so) so that a broken
+    build shows at start-up rather than at the first deploy. `auto` wants it only on real
+    GPUs, and runs without it (the Python gate enforces instead) if it cannot be built."""
+    if mode == "off" or (mode == "auto" and gpu_backend != "nvml"):
+        return None
+    try:
+        path = build_shim()
+    except ShimBuildError as error:
+        if mode == "on":
+            log.error("--cuda-shim on: %s", error)
+            raise SystemExit(2) from error
+        log.warning("no CUDA shim (%s); torch workers are throttled by the Python gate", error)
+        return None
+    log.info("CUDA shim %s is preloaded into torch workers", path)
+    return path
+
+
 async def run(config: ServerConfig, args: argparse.Namespace) -> None:
     try:
         gpus = open_backend(args.gpu_backend, args.node_id, args.sim_gpus, args.sim_gpu_type)
     except (GpuBackendUnavailable, ValueError) as error:
         log.error("--gpu-backend %s: %s", args.gpu_backend, error)
         raise SystemExit(2) from error
+    shim = cuda_shim(args.cuda_shim, gpus.name)  # before connecting: `on` may refuse to start
     bus = await Bus.connect(config.nats_url, f"dilu-node-agent-{args.node_id}")
     nodes_kv = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
     profiles_kv = await bus.kv(subjects.PROFILES_BUCKET, profiler_pb2.Profile)
@@ -86,7 +114,7 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         heartbeat_interval_s=args.heartbeat_interval_s,
         arbiter_period_s=args.arbiter_period_ms / 1000,
         telemetry_interval_s=args.telemetry_interval_s, qos_window_s=args.qos_window_s,
-        drain_timeout_s=args.drain_timeout_s)
+        drain_timeout_s=args.drain_timeout_s, cuda_shim=shim)
     agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv)
     server = GrpcServer(config.host, config.port)
     server.add(node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server,

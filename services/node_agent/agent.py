@@ -24,6 +24,7 @@ from services.node_agent.arbiter import Claim, GpuArbiter
 from services.node_agent.gpus import GpuBackend
 from services.node_agent.pages import MIB, Control, Stats, control_for
 from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
+from services.node_agent.shim import preload_env
 from services.node_agent.supervisor import WorkerFailed, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class AgentSettings:
     # An instance that waited for credit counts as hungry this long afterwards, so what it
     # was lent is not taken back between two bursts a few periods apart.
     hunger_hold_s: float = 0.2
+    # Preloaded into torch workers, where it replaces the Python gate (None: not used).
+    cuda_shim: Path | None = None
 
 
 @dataclass
@@ -199,7 +202,7 @@ class NodeAgent:
         control = control_for(quota.sm_request, quota.sm_request, quota.sm_limit,
                               quota.memory_limit_mib * MIB)
         worker = WorkerProcess(instance_id, spec, self._settings.runtime_dir, control,
-                               self._worker_env(gpu_uuids))
+                               self._worker_env(gpu_uuids, spec))
         held = _Held(report, spec, tuple(gpu_uuids), worker, InstanceInfo(
             instance_id, spec.name, spec.slo.latency_ms, spec.kind == S.FUNCTION_KIND_TRAINING),
             written=control)
@@ -245,10 +248,13 @@ class NodeAgent:
                                               name=f"watch {held.report.instance_id}"))
         await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_STARTING)
 
-    def _worker_env(self, gpu_uuids: list[str]) -> dict[str, str]:
+    def _worker_env(self, gpu_uuids: list[str], spec: types_pb2.FunctionSpec) -> dict[str, str]:
         # CUDA accepts GPU UUIDs here; simulated GPUs have no CUDA device behind them.
         visible = ",".join(gpu_uuids) if self._gpus.name == "nvml" else ""
-        return {"CUDA_VISIBLE_DEVICES": visible, "DILU_GPU_UUIDS": ",".join(gpu_uuids)}
+        env = {"CUDA_VISIBLE_DEVICES": visible, "DILU_GPU_UUIDS": ",".join(gpu_uuids)}
+        if self._settings.cuda_shim is not None and spec.runtime == types_pb2.RUNTIME_TORCH:
+            env.update(preload_env(self._settings.cuda_shim))
+        return env
 
     async def _watch(self, held: _Held) -> None:
         """Readiness, then the worker's exit: an exit nobody asked for is a failure."""
@@ -323,11 +329,11 @@ class NodeAgent:
         if held is None or held.stopping is not None:
             raise NotFound(f"no running instance {instance_id!r} on node {self.node_id}")
         _check_quota(quota, "quota")
-        in_use = held.worker.stats.read().memory_used_bytes
+        in_use = held.worker.stats.read().most_on_one_gpu()  # the limit is per GPU
         if quota.memory_limit_mib and quota.memory_limit_mib * MIB < in_use:
             raise FailedPrecondition(
-                f"quota.memory_limit_mib: the instance already uses {in_use // MIB} MiB, "
-                f"more than {quota.memory_limit_mib} MiB")
+                f"quota.memory_limit_mib: the instance already uses {in_use // MIB} MiB "
+                f"of a GPU, more than {quota.memory_limit_mib} MiB")
         held.report.quota.sm_request = quota.sm_request
         held.report.quota.sm_limit = quota.sm_limit
         held.report.quota.memory_limit_mib = quota.memory_limit_mib

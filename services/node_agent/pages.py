@@ -44,6 +44,15 @@ protocol portable.
 | 88 | u64 | requests accepted into the queue | worker |
 | 128 | u32 | histogram bucket count (= 128) | agent |
 | 256 | u64[128] | latency histogram of served requests | worker |
+| 1280 | 16 × 48 bytes | per-GPU memory slots (below) | shim |
+
+Under the CUDA shim (services/node_agent/shim/), the shim writes busy ns, launches,
+throttled ns and the memory counters with atomic adds, since every thread and process of the
+instance shares the page; the worker's Python gate then leaves them alone. The memory quota
+is per GPU, so the shim also keeps one slot per GPU, claimed by the first process of the
+instance that allocates on it: u32 state (0 free, 1 being claimed, 2 ready), u32 reserved,
+the GPU's 16-byte UUID, u64 bytes in use, u64 peak bytes. Allocations reserve against the
+slot before the driver is asked, so the instance's processes never pass the limit together.
 
 Histogram bucket `i` counts latencies at most its edge `HIST_BASE_MS * HIST_RATIO**i` and
 above the previous edge; the last bucket also takes everything slower. The ratio 2^(1/8)
@@ -108,10 +117,12 @@ class Control:
 def control_for(share: float, request: float, limit: float, memory_limit_bytes: int,
                 period_us: int = DEFAULT_PERIOD_US, paused: bool = False) -> Control:
     """A control snapshot with the default burst (one period at the share) and in-flight cap
-    (one period of GPU time): small enough that a lower share holds within one period."""
+    (half a period of GPU time). Work already queued on the GPU cannot be recalled, so the
+    cap is what a cut must wait out: half a period keeps a lower share holding within one
+    period, and is still far more queued work than a GPU needs to stay busy."""
     period_ns = period_us * 1000
     return Control(generation=0, paused=paused, share=share, period_ns=period_ns,
-                   burst_ns=max(1, round(share * period_ns)), inflight_cap_ns=period_ns,
+                   burst_ns=max(1, round(share * period_ns)), inflight_cap_ns=period_ns // 2,
                    memory_limit_bytes=memory_limit_bytes, request=request, limit=limit)
 
 
@@ -205,6 +216,39 @@ class ControlPageReader:
         self._page.close()
 
 
+GPU_SLOTS_OFFSET = _HIST_OFFSET + 8 * HIST_BUCKETS  # 1280, just after the histogram
+GPU_SLOT_SIZE = 48
+GPU_SLOTS = 16
+_GPU_SLOT = struct.Struct("<II16sQQ")
+_SLOT_READY = 2
+
+
+@dataclass(frozen=True, slots=True)
+class GpuMemory:
+    """What the shim charged to one GPU of an instance."""
+
+    uuid: str  # as NVML spells it: GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
+    used_bytes: int
+    peak_bytes: int
+
+
+def gpu_uuid_text(raw: bytes) -> str:
+    """A GPU's 16 UUID bytes as NVML and nvidia-smi spell them."""
+    h = raw.hex()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def read_gpu_memory(page: mmap.mmap) -> list[GpuMemory]:
+    """The per-GPU memory slots the CUDA shim claimed (none for workers without it)."""
+    slots = []
+    for index in range(GPU_SLOTS):
+        state, _, raw, used, peak = _GPU_SLOT.unpack_from(
+            page, GPU_SLOTS_OFFSET + index * GPU_SLOT_SIZE)
+        if state == _SLOT_READY:
+            slots.append(GpuMemory(gpu_uuid_text(raw), used, peak))
+    return slots
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     """One reading of a stats page."""
@@ -222,6 +266,19 @@ class Stats:
     pid: int
     histogram: tuple[int, ...]
     accepted: int = 0
+    gpu_memory: tuple[GpuMemory, ...] = ()  # per GPU, written by the CUDA shim only
+
+    def memory_on(self, gpu_uuid: str) -> int:
+        """Bytes the instance holds on one GPU: the shim's figure for it when there is one,
+        else the instance's total (workers without the shim hold one GPU's worth)."""
+        for slot in self.gpu_memory:
+            if slot.uuid == gpu_uuid:
+                return slot.used_bytes
+        return self.memory_used_bytes
+
+    def most_on_one_gpu(self) -> int:
+        """What a per-GPU memory limit must stay above."""
+        return max((slot.used_bytes for slot in self.gpu_memory), default=self.memory_used_bytes)
 
 
 _STATS_COUNTERS = struct.Struct("<QQQQQQQQQIIQ")
@@ -244,7 +301,7 @@ def read_stats(page: mmap.mmap) -> Stats:
      batches, queue_length, pid, accepted) = _STATS_COUNTERS.unpack_from(page, 8)
     return Stats(busy, launches, throttled, memory_used, memory_peak, requests, violations,
                  iterations, batches, queue_length, pid, _HISTOGRAM.unpack_from(page, _HIST_OFFSET),
-                 accepted)
+                 accepted, tuple(read_gpu_memory(page)))
 
 
 class StatsReader:
@@ -257,6 +314,10 @@ class StatsReader:
 
     def read(self) -> Stats:
         return read_stats(self._page)
+
+    def gpu_memory(self) -> list[GpuMemory]:
+        """Per-GPU memory of a worker under the CUDA shim (empty otherwise)."""
+        return read_gpu_memory(self._page)
 
     def throttled_ns(self) -> int:
         """The one counter the arbiter reads every period, without the histogram."""

@@ -54,7 +54,7 @@ def gpu_telemetry(node: str, gpu_uuid: str, memory_total_mib: int, usages: list[
     memory_total = 0
     for usage in usages:
         busy = max(0, usage.after.busy_ns - usage.before.busy_ns)
-        memory = usage.after.memory_used_bytes // MIB
+        memory = usage.after.memory_on(gpu_uuid) // MIB
         busy_total += busy
         memory_total += memory
         message.instances.add(instance_id=usage.info.instance_id, function=usage.info.function,

@@ -202,11 +202,12 @@ def test_byte_layout_matches_the_abi_table(control_path: Path) -> None:
         writer.close()
 
 
-def test_control_for_defaults_to_one_period_of_burst_and_in_flight(control_path: Path) -> None:
+def test_control_for_defaults_to_one_period_of_burst_and_half_of_in_flight(
+        control_path: Path) -> None:
     control = control_for(share=0.4, request=0.3, limit=0.9, memory_limit_bytes=1 << 30)
     assert control.period_ns == DEFAULT_PERIOD_US * 1000
     assert control.burst_ns == 4_000_000
-    assert control.inflight_cap_ns == control.period_ns
+    assert control.inflight_cap_ns == control.period_ns // 2
     assert control_for(0.0, 0.0, 0.0, 0).burst_ns == 1  # never a zero burst
     writer = ControlPageWriter(control_path, control)
     reader = ControlPageReader(control_path)

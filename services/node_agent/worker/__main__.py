@@ -25,6 +25,7 @@ from services.common.grpc_server import GrpcServer, wait_for_stop_signal
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
 from services.node_agent.pages import ControlPageReader, StatsWriter
+from services.node_agent.shim import shim_enforcing_here
 from services.node_agent.worker.engines import inference_engine, training_engine
 from services.node_agent.worker.gate import QuotaGate
 from services.node_agent.worker.serving import InferenceWorker
@@ -68,11 +69,25 @@ def _check_memory(needed_bytes: int, limit_bytes: int) -> None:
                         f"the instance's quota is {limit_bytes >> 20} MiB")
 
 
+def _gpu_work(spec: types_pb2.FunctionSpec) -> bool:
+    if spec.runtime != types_pb2.RUNTIME_TORCH:
+        return False
+    from services.node_agent.worker import torch_runtime
+
+    return torch_runtime.pick_device() == "cuda"
+
+
+def _record_memory(stats: StatsWriter, gate: QuotaGate, memory_bytes: int) -> None:
+    # Under the CUDA shim the memory counters are the shim's: it sees every allocation.
+    if gate.enforcing:
+        stats.set("memory_used_bytes", memory_bytes)
+        stats.set("memory_peak_bytes", memory_bytes)
+
+
 async def run_inference(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: StatsWriter) -> None:
     engine = inference_engine(spec, gate)
     _check_memory(engine.memory_bytes, gate.control().memory_limit_bytes)
-    stats.set("memory_used_bytes", engine.memory_bytes)
-    stats.set("memory_peak_bytes", engine.memory_bytes)
+    _record_memory(stats, gate, engine.memory_bytes)
     worker = InferenceWorker(engine, gate, stats, spec.slo.latency_ms, spec.max_batch)
     server = GrpcServer(os.environ.get("DILU_WORKER_HOST", "127.0.0.1"), 0)
     server.add(worker_pb2_grpc.add_WorkerServiceServicer_to_server, worker,
@@ -91,8 +106,7 @@ async def run_inference(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: St
 async def run_training(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: StatsWriter) -> None:
     engine = training_engine(spec, gate)
     _check_memory(engine.memory_bytes, gate.control().memory_limit_bytes)
-    stats.set("memory_used_bytes", engine.memory_bytes)
-    stats.set("memory_peak_bytes", engine.memory_bytes)
+    _record_memory(stats, gate, engine.memory_bytes)
     stop = asyncio.create_task(wait_for_stop_signal())
     _announce()
     log.info("%s training", spec.name)
@@ -104,7 +118,13 @@ async def run_training(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: Sta
 async def run(spec: types_pb2.FunctionSpec, control_path: Path, stats_path: Path) -> None:
     control = ControlPageReader(control_path)
     stats = StatsWriter(stats_path)
-    gate = QuotaGate(control, stats)
+    # A torch worker on a GPU runs under the CUDA shim, which enforces the share kernel by
+    # kernel; the gate must not throttle it a second time. A worker whose work stays on the
+    # CPU (sim, or torch without a usable GPU) launches nothing the shim could see.
+    under_shim = _gpu_work(spec) and shim_enforcing_here()
+    if under_shim:
+        log.info("the CUDA shim enforces this worker's quota")
+    gate = QuotaGate(control, stats, enforcing=not under_shim)
     if spec.kind == types_pb2.FUNCTION_KIND_TRAINING:
         await run_training(spec, gate, stats)
     else:

@@ -12,10 +12,14 @@ from services.node_agent.token_bucket import BLOCKED, BucketParams, TokenBucket
 
 
 class QuotaGate:
+    """`enforcing=False` is for workers whose CUDA shim enforces the quota (and owns the
+    launch and busy counters): the gate then admits everything at once and counts nothing."""
+
     def __init__(self, control: ControlPageReader, stats: StatsWriter,
-                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock_ns: Callable[[], int] = time.monotonic_ns, enforcing: bool = True) -> None:
         self._control = control
         self._stats = stats
+        self.enforcing = enforcing
         self._clock_ns = clock_ns
         self._bucket = TokenBucket(clock_ns(), control.read().burst_ns)
 
@@ -26,6 +30,8 @@ class QuotaGate:
         """Wait until a launch of `cost_ns` GPU time may run; returns the control snapshot
         it was admitted under. The page is re-read at least once per token period, so a new
         share (or a pause) takes effect within one period."""
+        if not self.enforcing:
+            return self._control.read()
         while True:
             control = self._control.read()
             params = BucketParams(control.share, control.burst_ns, control.inflight_cap_ns,
@@ -43,6 +49,8 @@ class QuotaGate:
         return control
 
     def complete(self, estimated_ns: int, actual_ns: int) -> None:
+        if not self.enforcing:
+            return
         self._bucket.complete(estimated_ns, actual_ns)
         self._stats.add("busy_ns", actual_ns)
 

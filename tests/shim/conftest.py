@@ -1,0 +1,30 @@
+"""Fixtures for the shim tests: the fake CUDA driver, built once per session, and a
+builder for the C driver programs (see cbuild.py for the plain functions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.shim import cbuild
+
+
+def _require_compiler() -> None:
+    if cbuild.find_compiler() is None:
+        pytest.skip("no C compiler ($CC or cc) on PATH: the shim tests build C code")
+
+
+@pytest.fixture(scope="session")
+def fake_cuda_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the fake driver: libcuda.so.1 and the libcuda.so link to it."""
+    _require_compiler()
+    return cbuild.build_fake_cuda(tmp_path_factory.mktemp("fake_cuda"))
+
+
+@pytest.fixture(scope="session")
+def build_driver() -> Callable[..., Path]:
+    """cbuild.build_driver, skipping the test when there is no C compiler."""
+    _require_compiler()
+    return cbuild.build_driver
