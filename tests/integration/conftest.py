@@ -116,3 +116,13 @@ def inference_spec(name: str, *, request: float = 0.3, limit: float = 0.5,
         model="resnet152", slo=types_pb2.Slo(latency_ms=100),
         resources=types_pb2.Resources(sm_request=request, sm_limit=limit, memory_mib=memory_mib),
         replicas=types_pb2.Replicas(min=min_replicas, max=max_replicas))
+
+
+def torch_inference_spec(name: str) -> types_pb2.FunctionSpec:
+    """A tiny real PyTorch CNN (16×16 images, 10 classes) that answers in milliseconds."""
+    spec = inference_spec(name)
+    spec.runtime = types_pb2.RUNTIME_TORCH
+    spec.model = "resnet"
+    spec.runtime_options.update({"image_size": "16", "width": "4", "blocks": "1,1",
+                                 "classes": "10", "threads": "1"})
+    return spec

@@ -15,7 +15,7 @@ from dilu.v1 import scheduler_pb2, types_pb2
 
 from services.node_agent.pages import StatsReader
 from tests.helpers import assert_eventually
-from tests.integration.conftest import Cluster, inference_spec
+from tests.integration.conftest import Cluster, inference_spec, torch_inference_spec
 from tests.shim.cbuild import find_compiler
 
 S = types_pb2
@@ -45,12 +45,7 @@ def test_torch_workers_run_with_the_shim_preloaded_and_sim_workers_without(
     cluster.start_scheduler()
     cluster.start_agent("n1", 2, "--cuda-shim", "on")
     assert_eventually(lambda: cluster.nodes().get("n1"), message="n1 registered")
-    torch_spec = inference_spec("cnn")
-    torch_spec.runtime = S.RUNTIME_TORCH
-    torch_spec.model = "resnet"
-    torch_spec.runtime_options.update({"image_size": "16", "width": "4", "blocks": "1,1",
-                                       "classes": "10", "threads": "1"})
-    cluster.deploy(torch_spec)
+    cluster.deploy(torch_inference_spec("cnn"))
     cluster.deploy(inference_spec("sim"))
 
     torch_pid = _worker_pid(cluster, "cnn")

@@ -27,7 +27,7 @@ from dilu.v1 import (
 
 from services.node_agent.pages import ControlPageReader, StatsReader
 from tests.helpers import assert_eventually
-from tests.integration.conftest import Cluster, inference_spec
+from tests.integration.conftest import Cluster, inference_spec, torch_inference_spec
 
 S = types_pb2
 
@@ -62,12 +62,7 @@ def test_invoke_goes_through_the_scheduler_to_a_sim_worker_process_and_back(one_
 
 
 def test_invoke_reaches_a_torch_worker_and_bad_payloads_name_the_field(one_node: Cluster):
-    spec = inference_spec("cnn")
-    spec.runtime = S.RUNTIME_TORCH
-    spec.model = "resnet"
-    spec.runtime_options.update({"image_size": "16", "width": "4", "blocks": "1,1",
-                                 "classes": "10", "threads": "1"})
-    one_node.deploy(spec)
+    one_node.deploy(torch_inference_spec("cnn"))
     _ready(one_node, "cnn")
 
     image = {"image": [0.5] * (3 * 16 * 16)}

@@ -19,28 +19,17 @@ reaper_main): every capture then ends with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.node_agent.pages import ControlPageWriter, Stats, StatsReader, control_for, create_stats_page
-from services.node_agent.shim import build_shim
+from services.node_agent.pages import Stats
 from tests.shim import cbuild
 
 CUDA_SUCCESS = 0
 CAPTURE_STATUS_ACTIVE = 1
-
-
-@pytest.fixture(scope="module")
-def capture_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if cbuild.find_compiler() is None:
-        pytest.skip("no C compiler ($CC or cc) on PATH: the shim is built from source")
-    return build_shim(out_dir=tmp_path_factory.mktemp("capture_shim"), strict=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +48,9 @@ def run_capture(binary: Path, shim: Path, fake_dir: Path, directory: Path, scena
                 share: float) -> tuple[dict[str, Any], Stats]:
     """Run the driver under `shim` at `share`: its JSON line (after checking it exited 0),
     and the instance's stats page."""
-    control, stats = directory / f"{scenario}.control", directory / f"{scenario}.stats"
-    ControlPageWriter(control, control_for(share, share, 1.0, 0)).close()
-    create_stats_page(stats)
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith(("FAKE_CUDA_", "DILU_")) and key != "LD_PRELOAD"}
-    environment.update(LD_LIBRARY_PATH=str(fake_dir), LD_PRELOAD=str(shim), DILU_SHIM_QUIET="1",
-                       DILU_CONTROL=str(control), DILU_STATS=str(stats))
-    done = subprocess.run([str(binary), scenario], env=environment, capture_output=True, text=True,
-                          timeout=30, check=False)
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}{done.stderr}"
-    [line] = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    result: dict[str, Any] = json.loads(line)
-    return result, StatsReader(stats).read()
+    pages = cbuild.write_pages(directory, share)
+    done = cbuild.run_program(binary, scenario, env=cbuild.driver_env(fake_dir, shim, pages))
+    return cbuild.single_result(done), pages.read_stats()
 
 
 def assert_capture_intact(result: dict[str, Any]) -> None:
@@ -89,29 +68,24 @@ def assert_capture_intact(result: dict[str, Any]) -> None:
 @pytest.mark.parametrize("path", ["linked", "proc_address"])
 @pytest.mark.parametrize("share", [1.0, 0.5])
 def test_global_capture_survives_the_completion_thread(
-        graph_capture: dict[str, Path], capture_shim: Path, fake_cuda_dir: Path, tmp_path: Path,
+        graph_capture: dict[str, Path], shim: Path, fake_cuda_dir: Path, tmp_path: Path,
         share: float, path: str) -> None:
-    result, _ = run_capture(graph_capture[path], capture_shim, fake_cuda_dir, tmp_path, "single", share)
+    result, _ = run_capture(graph_capture[path], shim, fake_cuda_dir, tmp_path, "single", share)
     assert_capture_intact(result)
 
 
 @pytest.mark.parametrize("share", [1.0, 0.5])
-def test_global_capture_survives_another_thread_launching_meanwhile(
-        graph_capture: dict[str, Path], capture_shim: Path, fake_cuda_dir: Path, tmp_path: Path,
-        share: float) -> None:
-    result, _ = run_capture(graph_capture["linked"], capture_shim, fake_cuda_dir, tmp_path, "second_thread",
-                            share)
+@pytest.mark.parametrize("scenario", ["single", "second_thread"])
+def test_capture_counts_only_what_ran_while_other_threads_go_on(
+        graph_capture: dict[str, Path], shim: Path, fake_cuda_dir: Path, tmp_path: Path,
+        share: float, scenario: str) -> None:
+    result, stats = run_capture(graph_capture["linked"], shim, fake_cuda_dir, tmp_path, scenario, share)
     assert_capture_intact(result)
-    # The other thread's launches (and the shim's markers on its stream) went on meanwhile.
-    assert result["second_launches"] > 0 and result["second_errors"] == 0, result
-
-
-@pytest.mark.parametrize("share", [1.0, 0.5])
-def test_captured_launches_are_not_counted_as_launches(
-        graph_capture: dict[str, Path], capture_shim: Path, fake_cuda_dir: Path, tmp_path: Path,
-        share: float) -> None:
-    result, stats = run_capture(graph_capture["linked"], capture_shim, fake_cuda_dir, tmp_path, "single",
-                                share)
-    assert_capture_intact(result)
-    # The warm-up, the long kernel and the replay: the 200 captured launches ran nowhere.
-    assert stats.launches == result["executed"] == 52, (stats, result)
+    # With a second thread, its launches (and the shim's markers on its stream) went on
+    # meanwhile; alone, there were none.
+    assert (result["second_launches"] > 0) == (scenario == "second_thread"), result
+    assert result["second_errors"] == 0, result
+    # Charged: the warm-up, the long kernel and the replay (52), and the second thread's
+    # launches; the 200 captured launches ran nowhere.
+    assert result["executed"] == 52, result
+    assert stats.launches == result["executed"] + result["second_launches"], (stats, result)

@@ -8,36 +8,20 @@ cuGetProcAddress_v2 with the per-thread default stream)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from services.node_agent.pages import (
-    MIB,
-    ControlPageWriter,
-    StatsReader,
-    control_for,
-    create_stats_page,
-)
-from services.node_agent.shim import ShimBuildError, build_shim, preload_env
+from services.node_agent.pages import MIB, StatsReader
+from services.node_agent.shim import ShimBuildError, build_shim
 from tests.shim import cbuild
 
 SHIM_SOURCES = cbuild.SHIM_INCLUDE
 # The fake driver's device 0 has the UUID bytes b"FAKEGPU-00000000", which NVML would spell:
 FAKE_GPU0_UUID = "GPU-46414b45-4750-552d-3030-303030303030"
-
-
-@pytest.fixture(scope="session")
-def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if cbuild.find_compiler() is None:
-        pytest.skip("no C compiler: the shim is built from source")
-    return build_shim(out_dir=tmp_path_factory.mktemp("shim"), strict=True)
 
 
 @pytest.fixture(scope="session")
@@ -65,33 +49,22 @@ def run_driver(tmp_path: Path, shim: Path, fake_cuda_dir: Path,
                drivers: dict[str, Path]) -> Callable[..., Run]:
     def run(path: str, *args: object, share: float = 1.0, memory_limit_mib: int = 0,
             with_control: bool = True, inflight_cap_ms: float | None = None) -> Run:
-        control, stats = tmp_path / f"{path}.ctl", tmp_path / f"{path}.stats"
-        page = control_for(share, share, 1.0, memory_limit_mib * MIB)
-        if inflight_cap_ms is not None:
-            page = dataclasses.replace(page, inflight_cap_ns=round(inflight_cap_ms * 1e6))
-        ControlPageWriter(control, page)
-        create_stats_page(stats)
-        env = {**os.environ, **preload_env(shim), "LD_LIBRARY_PATH": str(fake_cuda_dir),
-               "DILU_STATS": str(stats), "DILU_SHIM_QUIET": "1"}
-        if with_control:
-            env["DILU_CONTROL"] = str(control)
-        done = subprocess.run([str(drivers[path]), *map(str, args)], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
-        assert done.returncode == 0, f"driver failed:\n{done.stdout}\n{done.stderr}"
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        return Run(json.loads(lines[-1]), StatsReader(stats), done.stderr)
+        pages = cbuild.write_pages(
+            tmp_path / path, share, memory_limit_mib * MIB,
+            inflight_cap_ns=None if inflight_cap_ms is None else round(inflight_cap_ms * 1e6))
+        env = cbuild.driver_env(fake_cuda_dir, shim, pages, control=with_control)
+        done = cbuild.run_program(drivers[path], *args, env=env, timeout=60)
+        return Run(cbuild.single_result(done), StatsReader(pages.stats), done.stderr)
 
     return run
 
 
-def test_limiter_core_in_c(tmp_path: Path) -> None:
+def test_limiter_core_in_c(tmp_path: Path, build_driver: Callable[..., Path]) -> None:
     """Step response, burst and in-flight caps, estimate correction and overflow, on an
     injected clock (tests/shim/drivers/limiter_test.c)."""
-    if cbuild.find_compiler() is None:
-        pytest.skip("no C compiler")
-    binary = cbuild.build_driver("limiter_test", tmp_path, link_fake=False,
-                                 extra_flags=(str(SHIM_SOURCES / "limiter.c"),))
-    done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60, check=False)
+    binary = build_driver("limiter_test", tmp_path, link_fake=False,
+                          extra_flags=(str(SHIM_SOURCES / "limiter.c"),))
+    done = cbuild.run_program(binary, timeout=60)
     assert done.returncode == 0, done.stdout
     assert "all passed" in done.stdout
 

@@ -16,8 +16,6 @@ tests/shim/drivers/lookup_paths.c, reentrant.c, reentrant_lib.c and wrap_lib.c.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -25,19 +23,8 @@ from typing import Any
 
 import pytest
 
-from services.node_agent.pages import ControlPageWriter, StatsReader, control_for, create_stats_page
-from services.node_agent.shim import build_shim
 from tests.shim import cbuild
-
-TIMEOUT_S = 30
-
-
-@pytest.fixture(scope="session")
-def lookup_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """libdilu_shim.so, built once for this module's tests."""
-    if cbuild.find_compiler() is None:
-        pytest.skip("no C compiler ($CC or cc) on PATH: the shim tests build C code")
-    return build_shim(out_dir=tmp_path_factory.mktemp("lookup_shim"), strict=True)
+from tests.shim.cbuild import Pages
 
 
 @pytest.fixture(scope="module")
@@ -68,35 +55,15 @@ def reentrant(fake_cuda_dir: Path, build_driver: Callable[..., Path],
     }
 
 
-def _pages(directory: Path, share: float = 1.0, memory_limit_bytes: int = 0) -> tuple[Path, Path]:
-    """A control page at `share` and an empty stats page, in `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    control, stats = directory / "control", directory / "stats"
-    ControlPageWriter(control, control_for(share, share, 1.0, memory_limit_bytes)).close()
-    create_stats_page(stats)
-    return control, stats
-
-
-def _run(binary: Path, *args: str, shim: Path | None, fake_dir: Path, pages: tuple[Path, Path] | None,
+def _run(binary: Path, *args: str, shim: Path | None, fake_dir: Path, pages: Pages | None,
          **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith(("FAKE_CUDA_", "DILU_", "REENTRANT_")) and key != "LD_PRELOAD"}
-    environment.update(LD_LIBRARY_PATH=str(fake_dir), DILU_SHIM_QUIET="1")
-    if shim is not None:
-        environment["LD_PRELOAD"] = str(shim)
-    if pages is not None:
-        environment.update(DILU_CONTROL=str(pages[0]), DILU_STATS=str(pages[1]))
-    environment.update(env)
-    return subprocess.run([str(binary), *args], env=environment, capture_output=True, text=True,
-                          timeout=TIMEOUT_S, check=False)
+    """Run a driver under `shim` (None: none) against `pages`; `env` adds its REENTRANT_ settings."""
+    return cbuild.run_program(binary, *args, env={**cbuild.driver_env(fake_dir, shim, pages), **env})
 
 
 def _result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The driver's JSON line, after asserting it passed."""
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}{done.stderr}"
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, done.stdout
-    result: dict[str, Any] = json.loads(lines[0])
+    result = cbuild.single_result(done)
     assert result["failures"] == 0, done.stdout
     return result
 
@@ -105,15 +72,15 @@ def _result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("enforcing", [True, False], ids=["enforcing", "forwarding"])
-def test_every_hook_is_reachable_by_every_lookup_path(lookup_paths: Path, lookup_shim: Path,
+def test_every_hook_is_reachable_by_every_lookup_path(lookup_paths: Path, shim: Path,
                                                       fake_cuda_dir: Path, tmp_path: Path,
                                                       enforcing: bool) -> None:
     """For each hook the shim lists: linking, dlsym(RTLD_DEFAULT), dlsym on a libcuda handle,
     cuGetProcAddress_v2 and cuGetProcAddress (at the version and flags that select exactly
     that variant) all give the hook; and the table holds every entry of the header's
     X-macro lists, no more, no less."""
-    pages = _pages(tmp_path) if enforcing else None
-    result = _result(_run(lookup_paths, "table", shim=lookup_shim, fake_dir=fake_cuda_dir, pages=pages))
+    pages = cbuild.write_pages(tmp_path) if enforcing else None
+    result = _result(_run(lookup_paths, "table", shim=shim, fake_dir=fake_cuda_dir, pages=pages))
     assert result["header_entries"] > 0
     assert result["hooks"] == result["header_entries"] == result["proc_checked"]
 
@@ -125,62 +92,62 @@ def test_lookup_driver_fails_without_the_shim(lookup_paths: Path, fake_cuda_dir:
     assert "is libdilu_shim.so preloaded?" in done.stdout
 
 
-def test_unhooked_symbols_pass_through_dlsym_unchanged(lookup_paths: Path, lookup_shim: Path,
+def test_unhooked_symbols_pass_through_dlsym_unchanged(lookup_paths: Path, shim: Path,
                                                        fake_cuda_dir: Path, tmp_path: Path) -> None:
     """cuCtxGetCurrent, cuEventRecord_ptsz, fake_busy_ns...: dlsym (on the libcuda handle and
     RTLD_DEFAULT) and cuGetProcAddress give the driver's own functions; names the driver
     lacks stay missing."""
-    _result(_run(lookup_paths, "passthrough", shim=lookup_shim, fake_dir=fake_cuda_dir,
-                 pages=_pages(tmp_path)))
+    _result(_run(lookup_paths, "passthrough", shim=shim, fake_dir=fake_cuda_dir,
+                 pages=cbuild.write_pages(tmp_path)))
 
 
-def test_ptsz_hooks_forward_to_the_drivers_ptsz_variants(lookup_paths: Path, lookup_shim: Path,
+def test_ptsz_hooks_forward_to_the_drivers_ptsz_variants(lookup_paths: Path, shim: Path,
                                                          fake_cuda_dir: Path, tmp_path: Path) -> None:
     """cuLaunchKernel, cuLaunchKernelEx, cuLaunchCooperativeKernel and cuGraphLaunch, each
     fetched per-thread and legacy through five paths (linked, dlsym RTLD_DEFAULT, dlsym
     libcuda, cuGetProcAddress_v2, cuGetProcAddress): every launch is admitted by the shim
     and runs exactly the driver's matching variant, never the other one."""
-    pages = _pages(tmp_path)
-    result = _result(_run(lookup_paths, "ptsz", shim=lookup_shim, fake_dir=fake_cuda_dir, pages=pages))
+    pages = cbuild.write_pages(tmp_path)
+    result = _result(_run(lookup_paths, "ptsz", shim=shim, fake_dir=fake_cuda_dir, pages=pages))
     assert result["launched"] == 4 * 5 * 2
-    assert StatsReader(pages[1]).read().launches == result["launched"]
+    assert pages.read_stats().launches == result["launched"]
 
 
 # ---- the dlsym hook under re-entrant and concurrent use ----
 
 
-def test_constructor_lookup_before_the_shim_starts(reentrant: dict[str, Path], lookup_shim: Path,
+def test_constructor_lookup_before_the_shim_starts(reentrant: dict[str, Path], shim: Path,
                                                    fake_cuda_dir: Path, tmp_path: Path) -> None:
     """A library linked into the program looks up cuLaunchKernel with dlopen + dlsym from its
     constructor (before main, loader lock held, shim not yet started) and cuLaunchKernelEx
     with cuGetProcAddress_v2 (which starts the shim inside the constructor); main launches
     through both pointers under enforcement, and the shim admits every launch."""
-    pages = _pages(tmp_path)
-    result = _result(_run(reentrant["ctor"], "constructor", shim=lookup_shim, fake_dir=fake_cuda_dir,
+    pages = cbuild.write_pages(tmp_path)
+    result = _result(_run(reentrant["ctor"], "constructor", shim=shim, fake_dir=fake_cuda_dir,
                           pages=pages))
     assert result["launched"] == result["admitted"] == 21
-    assert StatsReader(pages[1]).read().launches == 21
+    assert pages.read_stats().launches == 21
 
 
 def test_concurrent_first_lookups_neither_deadlock_nor_miss_the_hook(
-        reentrant: dict[str, Path], lookup_shim: Path, fake_cuda_dir: Path, tmp_path: Path) -> None:
+        reentrant: dict[str, Path], shim: Path, fake_cuda_dir: Path, tmp_path: Path) -> None:
     """Eight threads released together make the process's first dlsym, dlopen,
     cuGetProcAddress_v2, launch and allocation calls (racing the shim's lazy start);
     repeated, since each run races differently. Every thread gets every hook, and every
     launch is admitted."""
     for attempt in range(6):
-        pages = _pages(tmp_path / str(attempt), share=0.5)
-        result = _result(_run(reentrant["plain"], "threads", shim=lookup_shim, fake_dir=fake_cuda_dir,
+        pages = cbuild.write_pages(tmp_path / str(attempt), share=0.5)
+        result = _result(_run(reentrant["plain"], "threads", shim=shim, fake_dir=fake_cuda_dir,
                               pages=pages, REENTRANT_DEADLINE_S="10"))
         assert result["threads"] == 8
         assert result["launched"] == result["admitted"] == 8 * 25
-        stats = StatsReader(pages[1]).read()
+        stats = pages.read_stats()
         assert stats.launches == result["launched"]
         assert stats.memory_used_bytes == 0
         assert stats.memory_peak_bytes >= 1 << 20
 
 
-def test_rtld_next_stays_relative_to_the_caller(reentrant: dict[str, Path], lookup_shim: Path,
+def test_rtld_next_stays_relative_to_the_caller(reentrant: dict[str, Path], shim: Path,
                                                 fake_cuda_dir: Path, tmp_path: Path) -> None:
     """A library loaded after the shim wraps getpid() and finds the real one with
     dlsym(RTLD_NEXT, "getpid"). That call enters the shim's dlsym hook, which must keep the
@@ -188,8 +155,8 @@ def test_rtld_next_stays_relative_to_the_caller(reentrant: dict[str, Path], look
     otherwise the wrapper finds itself and recurses. Also: dlsym(RTLD_NEXT, "dlsym") from
     the program is non-NULL and usable, and dlsym(RTLD_NEXT, "cuLaunchKernel") from the
     program is the shim's hook (the shim is next after the program)."""
-    result = _result(_run(reentrant["wrap"], "rtld_next", shim=lookup_shim, fake_dir=fake_cuda_dir,
-                          pages=_pages(tmp_path)))
+    result = _result(_run(reentrant["wrap"], "rtld_next", shim=shim, fake_dir=fake_cuda_dir,
+                          pages=cbuild.write_pages(tmp_path)))
     assert result["wrapper_calls"] >= 1
     assert result["next_dlsym_in"] != "?"
 
@@ -207,14 +174,14 @@ class Deadlock(AssertionError):
     """The driver's watchdog fired: the run made no progress."""
 
 
-def test_constructor_cuda_call_races_first_hooked_call(reentrant: dict[str, Path], lookup_shim: Path,
+def test_constructor_cuda_call_races_first_hooked_call(reentrant: dict[str, Path], shim: Path,
                                                        fake_cuda_dir: Path, tmp_path: Path) -> None:
     """One thread dlopens a library whose constructor (loader lock held) pauses, then calls
     cuGetProcAddress_v2; meanwhile the main thread makes the process's first hooked call
     (cuMemGetInfo_v2), which starts the shim. Both must complete: the shim's start-up
     calls dlopen, so it must never wait for another thread (it once did, and deadlocked)."""
-    done = _run(reentrant["plain"], "dlopen_race", str(reentrant["ctor_lib"]), shim=lookup_shim,
-                fake_dir=fake_cuda_dir, pages=_pages(tmp_path), REENTRANT_DEADLINE_S="2",
+    done = _run(reentrant["plain"], "dlopen_race", str(reentrant["ctor_lib"]), shim=shim,
+                fake_dir=fake_cuda_dir, pages=cbuild.write_pages(tmp_path), REENTRANT_DEADLINE_S="2",
                 REENTRANT_PAUSE_MS="300")
     if done.returncode == 3 and "FAIL deadline" in done.stdout:
         raise Deadlock(done.stdout)

@@ -80,8 +80,37 @@ uint64_t dilu_now_ns(void);
 /* The GPU behind a device ordinal (for allocations that name their device). */
 struct dilu_gpu *dilu_gpu_for_device(CUdevice device);
 
-/* Launch tracking (launch.c). */
+/* Launch tracking: the launching threads (launch.c) and the completion thread
+ * (completion.c). */
+enum dilu_outcome { OUTCOME_TIMED, OUTCOME_MARKER, OUTCOME_ESTIMATED, OUTCOME_CANCELLED };
+
+#define DILU_MAX_THREADS 256
+enum { UNTIMED_FREE, UNTIMED_LIVE, UNTIMED_DEAD };
+
+/* Untimed work of one launching thread (the fast path), visible to the completion
+ * thread, which releases it when the thread stops launching. */
+struct dilu_untimed {
+    _Atomic int state;  /* UNTIMED_FREE, _LIVE, or _DEAD (thread gone, work pending) */
+    _Atomic uint64_t ns;
+    _Atomic(struct dilu_gpu *) gpu;
+    /* The completion thread's own view: the total it last saw, and since when. A total
+     * that has not moved for a while belongs to a thread that stopped launching; this
+     * keeps the clock off the launch path. */
+    uint64_t seen_ns;
+    uint64_t seen_since_ns;
+};
+extern struct dilu_untimed dilu_untimed_slots[DILU_MAX_THREADS];
+
 void dilu_launch_after_fork(void);
+/* The kernel's (or graph's) running-average GPU time, or 0 when it was never timed. */
+uint64_t dilu_known_estimate(uintptr_t key);
+/* Work that left the GPU (or is taken to have): out of flight, into the busy counter. */
+void dilu_settle(struct dilu_gpu *gpu, const struct dilu_quota *quota, uint64_t estimate_ns,
+                 uint64_t actual_ns);
+void dilu_start_completions(void);
+void dilu_wake_completions(void);
+void dilu_completions_after_fork(void);
+void dilu_nap(uint64_t ns);
 /* Memory accounting (memory.c). */
 void dilu_memory_after_fork(void);
 

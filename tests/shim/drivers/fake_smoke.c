@@ -15,38 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fake_cuda.h"
-
-#define MS 1000000ULL
-
-static int failures;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            failures++;                                                    \
-            fprintf(stderr, "FAIL line %d: %s: ", __LINE__, #cond);        \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
-
-/* The call returns want. */
-#define EXPECT(call, want)                                                                   \
-    do {                                                                                     \
-        CUresult got_ = (call);                                                              \
-        CHECK(got_ == (want), "%s returned %d, expected %d", #call, (int)got_, (int)(want)); \
-    } while (0)
-#define OK(call) EXPECT(call, CUDA_SUCCESS)
-
-static unsigned long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
-}
+#include "driver_check.h"
 
 static CUresult launch(unsigned long long ns, CUstream stream) {
     return cuLaunchKernel(FAKE_KERNEL(ns), 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL);

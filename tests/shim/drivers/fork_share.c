@@ -14,38 +14,16 @@
  * stuck for 10 s (a launch that never gets credit) prints a FAIL line and exits 3. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fake_cuda.h"
+#include "driver_check.h"
 
-static int failures;
-static const char *who = "parent";
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            printf("FAIL %s %s:%d: ", who, __func__, __LINE__);  \
-            printf(__VA_ARGS__);                                  \
-            printf("\n");                                         \
-            failures++;                                           \
-        }                                                         \
-    } while (0)
-#define EXPECT(call, want)                                                                   \
-    do {                                                                                     \
-        CUresult got_ = (call);                                                              \
-        CHECK(got_ == (want), "%s returned %d, expected %d", #call, (int)got_, (int)(want)); \
-    } while (0)
-#define OK(call) EXPECT(call, CUDA_SUCCESS)
-
-#define MS 1000000ull
-#define US 1000ull
 #define GIB (1ull << 30)
 #define MIB (1ull << 20)
 #define LIMIT (3 * GIB / 2)
@@ -61,37 +39,6 @@ static void deadline_passed(int sig) {
         _exit(4);
     _exit(3);
 }
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* ---- the stats page, shared by the instance's processes ---- */
-
-static const char *stats_page;
-
-static void map_stats(void) {
-    const char *path = getenv("DILU_STATS");
-    int fd = path ? open(path, O_RDONLY) : -1;
-    void *page = fd >= 0 ? mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (fd >= 0)
-        close(fd);
-    if (page == MAP_FAILED) {
-        printf("FAIL map_stats: cannot map DILU_STATS (%s)\n", path ? path : "unset");
-        exit(1);
-    }
-    stats_page = page;
-}
-
-static uint64_t stats_word(int offset) {
-    return __atomic_load_n((const uint64_t *)(stats_page + offset), __ATOMIC_ACQUIRE);
-}
-#define STATS_BUSY 8
-#define STATS_LAUNCHES 16
-#define STATS_THROTTLED 24
-#define STATS_MEMORY_USED 32
 
 /* ---- one phase of back-to-back launches ---- */
 
@@ -146,7 +93,7 @@ static void print_phase(const char *name, const struct phase *phase) {
 /* ---- the child ---- */
 
 static int child_main(double seconds, CUdeviceptr parent_block) {
-    who = "child";
+    check_process = "child";
     alarm(10);
     int (*enforcing)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "dilu_shim_enforcing");
     CHECK(enforcing && enforcing(), "the shim does not enforce in the child");
@@ -185,16 +132,12 @@ static int child_main(double seconds, CUdeviceptr parent_block) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    check_process = "parent";
     signal(SIGALRM, deadline_passed);
     alarm(10);
     double seconds = argc >= 2 ? atof(argv[1]) : 0.4;
     map_stats();
-    CUdevice device;
-    CUcontext ctx;
-    OK(cuInit(0));
-    OK(cuDeviceGet(&device, 0));
-    OK(cuDevicePrimaryCtxRetain(&ctx, device));
-    OK(cuCtxSetCurrent(ctx));
+    make_primary_current(LINKED_CONTEXT_CALLS);
     int (*enforcing)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "dilu_shim_enforcing");
     if (!enforcing || !enforcing()) {
         printf("FAIL the shim is not preloaded or not enforcing\n");

@@ -31,31 +31,14 @@
 #include <time.h>
 
 #include "fake_cuda.h"
+#include "driver_check.h"
 
-#define MS 1000000ull
-#define US 1000ull
 #define WARMUP 50
 #define CAPTURED 200
 #define CAPTURE_NS (5 * MS)
 #define POLL_DEADLINE_NS (2000 * MS)
 #define KERNEL FAKE_KERNEL(100 * US)
 #define LONG_KERNEL FAKE_KERNEL(3 * MS)
-
-static _Atomic int failures; /* the second thread checks too */
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            printf("FAIL %s:%d: ", __func__, __LINE__);          \
-            printf(__VA_ARGS__);                                  \
-            printf("\n");                                         \
-            failures++;                                           \
-        }                                                         \
-    } while (0)
-#define OK(call)                                                           \
-    do {                                                                   \
-        CUresult got_ = (call);                                            \
-        CHECK(got_ == CUDA_SUCCESS, "%s returned %d", #call, (int)got_);  \
-    } while (0)
 
 /* X(field, symbol, base name for cuGetProcAddress) */
 #define DRIVER_API(X)                                                     \
@@ -112,11 +95,7 @@ static void *fake(const char *symbol) {
 }
 
 static void bind_api(void) {
-    libcuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!libcuda) {
-        printf("FAIL dlopen(libcuda.so.1): %s\n", dlerror());
-        exit(1);
-    }
+    libcuda = open_libcuda();
 #define X_PROC(field, symbol, base) cu.field = (__typeof__(cu.field))proc(#base);
 #define X_FAKE(field, symbol) cu.field = (__typeof__(cu.field))fake(#symbol);
     DRIVER_API(X_PROC)
@@ -133,12 +112,6 @@ static void bind_api(void) {
 #undef X_LINK
 }
 #endif
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static CUresult launch(CUfunction kernel, CUstream stream) {
     return cu.launch(kernel, 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL);
@@ -187,12 +160,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     bind_api();
-    CUdevice device;
     CUstream other, side;
-    OK(cu.init(0));
-    OK(cu.device_get(&device, 0));
-    OK(cu.primary_ctx_retain(&ctx, device));
-    OK(cu.ctx_set_current(ctx));
+    ctx = make_primary_current(CONTEXT_CALLS_OF(cu));
     OK(cu.stream_create(&other, 0));
     OK(cu.stream_create(&side, 0));
 

@@ -7,20 +7,9 @@
 
 #include "limiter.h"
 
-#define MS 1000000ull
-#define US 1000ull
-
-static int failures;
-
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (!(cond)) {                                     \
-            printf("FAIL %s:%d: ", __func__, __LINE__);   \
-            printf(__VA_ARGS__);                           \
-            printf("\n");                                  \
-            failures++;                                    \
-        }                                                  \
-    } while (0)
+/* Plain C: no driver, fake or real. */
+#define DRIVER_CHECK_NO_CUDA
+#include "driver_check.h"
 
 static struct dilu_quota quota(double share, uint64_t burst_ns, uint64_t cap_ns) {
     struct dilu_quota q = {(uint32_t)(share * DILU_PPM), 0, burst_ns, cap_ns};

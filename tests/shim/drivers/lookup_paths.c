@@ -18,27 +18,13 @@
  * Prints one JSON line; FAIL lines and exit status 1 on a broken expectation. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "fake_cuda.h"
-
-static int failures, checks;
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        checks++;                                                 \
-        if (!(cond)) {                                            \
-            printf("FAIL %s:%d: ", __func__, __LINE__);          \
-            printf(__VA_ARGS__);                                  \
-            printf("\n");                                         \
-            failures++;                                           \
-        }                                                         \
-    } while (0)
-#define OK(call) CHECK((call) == CUDA_SUCCESS, "%s", #call)
+#include "driver_check.h"
 
 #define CUDA_VERSION_NOW 12080
 
@@ -93,25 +79,13 @@ static get_proc_v2_fn get_proc_v2;
 static get_proc_fn get_proc;
 
 static void open_driver(void) {
-    libcuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!libcuda) {
-        printf("FAIL open_driver: dlopen(libcuda.so.1): %s\n", dlerror());
-        exit(1);
-    }
+    libcuda = open_libcuda();
     *(void **)&get_proc_v2 = dlsym(libcuda, "cuGetProcAddress_v2");
     *(void **)&get_proc = dlsym(libcuda, "cuGetProcAddress");
     if (!get_proc_v2 || !get_proc) {
         printf("FAIL open_driver: no cuGetProcAddress(_v2) in libcuda.so.1\n");
         exit(1);
     }
-}
-
-static const char *library_of(void *address) {
-    Dl_info info;
-    if (!address || !dladdr(address, &info) || !info.dli_fname)
-        return "?";
-    const char *slash = strrchr(info.dli_fname, '/');
-    return slash ? slash + 1 : info.dli_fname;
 }
 
 static const char *symbol_at(void *address) {
@@ -376,37 +350,11 @@ static CUresult launch_with(const struct launcher *launcher, void *fn) {
     return ((kernel_fn)fn)(FAKE_KERNEL(ns), 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
 }
 
-static const volatile uint64_t *stats_page;
-
-static uint64_t stats_launches(void) {
-    return stats_page ? __atomic_load_n((const uint64_t *)((const char *)stats_page + 16),
-                                        __ATOMIC_ACQUIRE)
-                      : 0;
-}
-
-static void map_stats(void) {
-    const char *path = getenv("DILU_STATS");
-    int fd = path ? open(path, O_RDONLY) : -1;
-    void *page = fd >= 0 ? mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (fd >= 0)
-        close(fd);
-    if (page == MAP_FAILED) {
-        printf("FAIL map_stats: cannot map DILU_STATS (%s)\n", path ? path : "unset");
-        exit(1);
-    }
-    stats_page = page;
-}
-
 static int scenario_ptsz(void) {
     bind_shim();
     open_driver();
     map_stats();
-    CUdevice device;
-    CUcontext ctx;
-    OK(cuInit(0));
-    OK(cuDeviceGet(&device, 0));
-    OK(cuDevicePrimaryCtxRetain(&ctx, device));
-    OK(cuCtxSetCurrent(ctx));
+    make_primary_current(LINKED_CONTEXT_CALLS);
     CHECK(shim.enforcing(), "the shim does not enforce (no DILU_CONTROL?)");
     int launched = 0;
     for (int l = 0; l < LAUNCHERS; l++) {
@@ -422,7 +370,7 @@ static int scenario_ptsz(void) {
                 if (!fn)
                     continue;
                 unsigned long long calls_want = fake_calls(want), calls_other = fake_calls(other);
-                uint64_t admitted = stats_launches();
+                uint64_t admitted = stats_word(STATS_LAUNCHES);
                 CUresult result = launch_with(launcher, fn);
                 CHECK(result == CUDA_SUCCESS, "%s via %s returned %d", want, paths[path], result);
                 launched += result == CUDA_SUCCESS;
@@ -432,9 +380,9 @@ static int scenario_ptsz(void) {
                 CHECK(fake_calls(other) == calls_other,
                       "%s via %s: the driver's %s ran %llu times, expected never", want,
                       paths[path], other, fake_calls(other) - calls_other);
-                CHECK(stats_launches() == admitted + 1,
+                CHECK(stats_word(STATS_LAUNCHES) == admitted + 1,
                       "%s via %s: the shim counted %llu launches, expected 1", want,
-                      paths[path], (unsigned long long)(stats_launches() - admitted));
+                      paths[path], (unsigned long long)(stats_word(STATS_LAUNCHES) - admitted));
             }
         }
     }

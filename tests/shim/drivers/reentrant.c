@@ -21,30 +21,17 @@
  * broken expectation. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "fake_cuda.h"
-
-static _Atomic int failures;
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            printf("FAIL %s:%d: ", __func__, __LINE__);          \
-            printf(__VA_ARGS__);                                  \
-            printf("\n");                                         \
-            atomic_fetch_add(&failures, 1);                       \
-        }                                                         \
-    } while (0)
-#define OK(call) CHECK((call) == CUDA_SUCCESS, "%s", #call)
+#include "driver_check.h"
 
 #define KERNEL_NS 20000ull
 
@@ -105,14 +92,6 @@ static void *hook(const char *symbol) {
     return NULL;
 }
 
-static const char *library_of(void *address) {
-    Dl_info info;
-    if (!address || !dladdr(address, &info) || !info.dli_fname)
-        return "?";
-    const char *slash = strrchr(info.dli_fname, '/');
-    return slash ? slash + 1 : info.dli_fname;
-}
-
 /* ---- the driver's un-hooked entry points, looked up by name ---- */
 
 struct api {
@@ -123,15 +102,6 @@ struct api {
     CUresult (*ctx_synchronize)(void);
     unsigned long long (*calls)(const char *);
 };
-
-static void *open_libcuda(void) {
-    void *libcuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!libcuda) {
-        printf("FAIL dlopen(libcuda.so.1): %s\n", dlerror());
-        exit(1);
-    }
-    return libcuda;
-}
 
 static struct api bind_api(void *libcuda) {
     struct api api;
@@ -149,41 +119,9 @@ static struct api bind_api(void *libcuda) {
     return api;
 }
 
-static void make_current(const struct api *api) {
-    CUdevice device;
-    CUcontext ctx;
-    OK(api->init(0));
-    OK(api->device_get(&device, 0));
-    OK(api->primary_ctx_retain(&ctx, device));
-    OK(api->ctx_set_current(ctx));
-}
-
 static CUresult launch_kernel(void *fn, CUstream stream) {
     return ((kernel_fn)fn)(FAKE_KERNEL(KERNEL_NS), 1, 1, 1, 1, 1, 1, 0, stream, NULL, NULL);
 }
-
-/* ---- the stats page, to see what the shim admitted ---- */
-
-static const char *stats_page;
-
-static void map_stats(void) {
-    const char *path = getenv("DILU_STATS");
-    int fd = path ? open(path, O_RDONLY) : -1;
-    void *page = fd >= 0 ? mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (fd >= 0)
-        close(fd);
-    if (page == MAP_FAILED) {
-        printf("FAIL map_stats: cannot map DILU_STATS (%s)\n", path ? path : "unset");
-        exit(1);
-    }
-    stats_page = page;
-}
-
-static uint64_t stats_word(int offset) {
-    return __atomic_load_n((const uint64_t *)(stats_page + offset), __ATOMIC_ACQUIRE);
-}
-#define STATS_LAUNCHES 16
-#define STATS_MEMORY_USED 32
 
 /* ---- constructor: lookups made before main, before the shim initialised ---- */
 
@@ -214,7 +152,7 @@ static int scenario_constructor(void) {
           reentrant_ctor_proc_result, reentrant_ctor_launch_ex,
           library_of(reentrant_ctor_launch_ex));
     struct api api = bind_api(open_libcuda());
-    make_current(&api);
+    make_primary_current(CONTEXT_CALLS_OF(api));
     CHECK(shim_enforcing(), "the shim does not enforce (no DILU_CONTROL?)");
     const int launches = 20;
     unsigned long long calls = api.calls("cuLaunchKernel"), calls_ex = api.calls("cuLaunchKernelEx");
@@ -301,7 +239,7 @@ static void *worker_main(void *arg) {
             w->via_proc[p] = NULL;
     }
     struct api api = bind_api(libcuda);
-    make_current(&api);
+    make_primary_current(CONTEXT_CALLS_OF(api));
     /* Launch through all three kinds of pointer this thread got. */
     void *launchers[3] = {w->via_handle[0], w->via_proc[1], w->via_default[0]};
     for (int i = 0; i < THREAD_LAUNCHES; i++) {
@@ -414,7 +352,7 @@ static int scenario_dlopen_race(void) {
         printf("FAIL the constructor never signalled\n");
         return 1;
     }
-    make_current(&api);
+    make_primary_current(CONTEXT_CALLS_OF(api));
     size_t free_bytes = 0, total_bytes = 0;
     OK(((CUresult(*)(size_t *, size_t *))mem_get_info)(&free_bytes, &total_bytes));
     OK(launch_kernel(launch, NULL));

@@ -18,21 +18,7 @@
 
 #include "fake_cuda.h"
 #include "control_write.h"
-
-#define MS 1000000ull
-#define US 1000ull
-
-static int failures;
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            printf("FAIL %s:%d: ", __func__, __LINE__);          \
-            printf(__VA_ARGS__);                                  \
-            printf("\n");                                         \
-            failures++;                                           \
-        }                                                         \
-    } while (0)
-#define OK(call) CHECK((call) == CUDA_SUCCESS, "%s", #call)
+#include "driver_check.h"
 
 struct api {
     CUresult (*init)(unsigned int);
@@ -81,11 +67,7 @@ static void *proc(const char *base) {
 }
 
 static void bind_api(void) {
-    libcuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!libcuda) {
-        printf("FAIL dlopen: %s\n", dlerror());
-        exit(1);
-    }
+    libcuda = open_libcuda();
     get_proc = dlsym(libcuda, "cuGetProcAddress_v2");
     cu.init = proc("cuInit");
     cu.device_get = proc("cuDeviceGet");
@@ -123,22 +105,11 @@ static void bind_api(void) {
 #define LAUNCH_SYMBOL "cuLaunchKernel"
 #endif
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static CUstream stream;
 
 static void setup(void) {
     bind_api();
-    CUdevice device;
-    CUcontext ctx;
-    OK(cu.init(0));
-    OK(cu.device_get(&device, 0));
-    OK(cu.primary_ctx_retain(&ctx, device));
-    OK(cu.ctx_set_current(ctx));
+    make_primary_current(CONTEXT_CALLS_OF(cu));
     OK(cu.stream_create(&stream, 0));
 }
 
