@@ -61,8 +61,6 @@ static void count(enum counter which) {
     atomic_fetch_add_explicit(&counters[which], 1, memory_order_relaxed);
 }
 
-
-
 void dilu_launch_after_fork(void) {
     dilu_completions_after_fork();
     atomic_fetch_add(&fork_epoch, 1);
