@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="stop a function's instances and forget it")
     delete.add_argument("name")
     delete.set_defaults(run=cmd_delete)
+
+    from services.simulator.__main__ import add_arguments as simulator_arguments
+    from services.simulator.__main__ import run as cmd_simulate
+
+    simulate = sub.add_parser("simulate", help="replay placement traces through every "
+                              "placement policy on a simulated cluster")
+    simulator_arguments(simulate)
+    simulate.set_defaults(run=cmd_simulate)
     return parser
 
 

@@ -13,7 +13,13 @@ from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
-from services.scheduler.placement import POLICIES, Placement, PlacementBounds, make_placement
+from services.scheduler.placement import (
+    DEFAULT_POLICY,
+    POLICIES,
+    Placement,
+    PlacementBounds,
+    make_placement,
+)
 from services.scheduler.scheduler import Scheduler, SchedulerSettings
 from services.scheduler.service import SchedulerServicer
 from services.scheduler.store import Store
@@ -21,9 +27,12 @@ from services.scheduler.store import Store
 log = logging.getLogger("services.scheduler")
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSettings, Placement]:
     parser = service_parser("scheduler", "Dilu scheduler: deploys, places and routes.")
-    parser.add("--placement", default="first-fit", help=f"placement policy: {', '.join(POLICIES)}")
+    parser.add("--placement", default=DEFAULT_POLICY,
+               help=f"placement policy: {', '.join(POLICIES)} (all but the default are baselines)")
+    parser.add("--max-requested", default=1.0, type=float,
+               help="bound on the sum of SM requests per GPU, at most 1 (requests are guaranteed)")
     parser.add("--max-limited", default=1.5, type=float,
                help="bound on the sum of SM limits per GPU (limits are over-subscribed)")
     parser.add("--node-timeout-s", default=10.0, type=float,
@@ -33,15 +42,25 @@ def main() -> None:
                help="minimum age of a placement before agent heartbeats that omit it fail it")
     parser.add("--drain-timeout-s", default=10.0, type=float,
                help="time a stopping instance may take to finish its in-flight requests")
-    args = parser.parse_args()
-    config = server_config("scheduler", args)
-    setup_logging("scheduler", config.log_level)
-    setup_tracing("dilu-scheduler")
+    args = parser.parse_args(argv)
+    try:
+        placement = make_placement(args.placement, PlacementBounds(
+            max_requested=args.max_requested, max_limited=args.max_limited))
+    except ValueError as e:  # name the flags, not the fields behind them
+        parser.error(str(e).replace("max_requested", "--max-requested")
+                     .replace("max_limited", "--max-limited"))
     settings = SchedulerSettings(node_timeout_s=args.node_timeout_s,
                                  reconcile_interval_s=args.reconcile_interval_s,
                                  agent_grace_s=args.agent_grace_s,
                                  drain_timeout_s=args.drain_timeout_s)
-    placement = make_placement(args.placement, PlacementBounds(max_limited=args.max_limited))
+    return server_config("scheduler", args), settings, placement
+
+
+def main() -> None:
+    config, settings, placement = parse()
+    setup_logging("scheduler", config.log_level)
+    setup_tracing("dilu-scheduler")
+    log.info("placement policy %s (%s)", placement.name, placement.bounds)
     asyncio.run(run(config, settings, placement))
 
 

@@ -89,6 +89,7 @@ class SchedulerSettings:
 
 
 def shape_of(spec: types_pb2.FunctionSpec) -> InstanceShape:
+    # max_shards stays 1: a worker runs its model on one GPU, so nothing is split here.
     res = spec.resources
     return InstanceShape(
         function=spec.name, kind=_KINDS[spec.kind], sm_request=res.sm_request,
@@ -155,8 +156,9 @@ class Scheduler:
 
     def _recommit(self, instance: types_pb2.Instance) -> bool:
         function = self._store.functions.get(instance.function)
-        if function is None or not all(self._ledger.gpu(u) for u in instance.gpu_uuids):
-            return False
+        gpus = [self._ledger.gpu(u) for u in instance.gpu_uuids]
+        if function is None or not all(g is not None and g.node == instance.node for g in gpus):
+            return False  # its GPUs are gone or now answer to another node
         self._ledger.commit(instance.id, shape_of(function.spec),
                             Assignment(instance.node, tuple(instance.gpu_uuids)))
         return True
@@ -398,7 +400,7 @@ class Scheduler:
     def _try_place(self, spec: types_pb2.FunctionSpec,
                    instance: types_pb2.Instance) -> list[_AgentCall]:
         shape = shape_of(spec)
-        assignment = self._placement.place(shape, self._ledger.gpus(self._nodes.ready()))
+        assignment = self._placement.place(shape, self._ledger.view(self._nodes.ready()))
         if assignment is None:
             reason = (f"no ready node has {shape.gpus} GPU(s) with room for sm_request "
                       f"{shape.sm_request:g}, sm_limit {shape.sm_limit:g} and "

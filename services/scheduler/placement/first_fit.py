@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import groupby
+import numpy as np
 
-from services.scheduler.placement.types import Assignment, GpuSlot, InstanceShape, PlacementBounds
+from services.scheduler.placement.choose import choose
+from services.scheduler.placement.types import Assignment, InstanceShape, PlacementBounds
+from services.scheduler.placement.view import ClusterView
 
 
 class FirstFit:
@@ -17,9 +18,5 @@ class FirstFit:
     def __init__(self, bounds: PlacementBounds | None = None) -> None:
         self.bounds = bounds or PlacementBounds()
 
-    def place(self, shape: InstanceShape, gpus: Sequence[GpuSlot]) -> Assignment | None:
-        for node, node_gpus in groupby(gpus, key=lambda g: g.node):
-            fitting = [g.uuid for g in node_gpus if self.bounds.admits(g, shape)]
-            if len(fitting) >= shape.gpus:
-                return Assignment(node=node, gpu_uuids=tuple(fitting[: shape.gpus]))
-        return None
+    def place(self, shape: InstanceShape, view: ClusterView) -> Assignment | None:
+        return choose(view, shape, view.admits(shape, self.bounds), -np.arange(view.size, dtype=float))

@@ -3,18 +3,43 @@ and the simulator, so both apply exactly the same arithmetic."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 
-from services.scheduler.placement.types import Assignment, GpuSlot, InstanceShape
+import numpy as np
+
+from services.scheduler.placement.types import (
+    SLO_BOUND,
+    Assignment,
+    GpuSlot,
+    InstanceShape,
+    WorkloadKind,
+)
+from services.scheduler.placement.view import ClusterView, Ints
 
 
 class Ledger:
-    """GPUs by UUID with what is placed on them; instances by id."""
+    """GPUs by UUID with what is placed on them; instances by id.
+
+    Totals per GPU live in numpy columns (see `ClusterView`). Commits and releases update
+    them in place; a change of the GPUs themselves only marks them stale, and they are
+    rebuilt on the next read, so declaring a thousand nodes costs one rebuild.
+    """
 
     def __init__(self) -> None:
-        self._gpus: dict[str, GpuSlot] = {}
+        self._declared: dict[str, dict[str, int]] = {}  # node -> uuid -> memory MiB
+        self._node_of_gpu: dict[str, str] = {}
         self._instances: dict[str, tuple[InstanceShape, Assignment]] = {}
+        self._on_gpu: dict[str, list[str]] = {}  # uuid -> instance ids, in commit order
+        self._replicas: dict[str, Counter[str]] = {}  # function -> uuid -> instances
+        self._stale = True
+        self._index: dict[str, int] = {}
+        self._node_runs: dict[str, tuple[int, int]] = {}  # node -> its GPUs' index range
+        self._view: ClusterView | None = None
+
+    # ---- the GPUs -------------------------------------------------------------------
 
     def set_node(self, node: str, gpus: Iterable[tuple[str, int]]) -> list[str]:
         """Declare a node's GPUs as (uuid, memory MiB), replacing what it had before.
@@ -23,83 +48,175 @@ class Ledger:
         were on GPUs the node no longer has (they are released).
         """
         declared = dict(gpus)
-        gone = [u for u, g in self._gpus.items() if g.node == node and u not in declared]
-        evicted = sorted({i for i, (_, a) in self._instances.items()
-                          if any(u in a.gpu_uuids for u in gone)})
+        before = self._declared.get(node, {})
+        gone = [u for u in before if u not in declared]
+        # A GPU that another node declared before now answers to a different agent, so
+        # what was placed on it through the old one is gone too.
+        moved = [u for u in declared if self._node_of_gpu.get(u, node) != node]
+        evicted = sorted({i for u in gone + moved for i in self._on_gpu.get(u, ())})
         for instance_id in evicted:
             self.release(instance_id)
-        for uuid in gone:
-            del self._gpus[uuid]
-        for uuid, memory_total in declared.items():
-            current = self._gpus.get(uuid)
-            if current is None:
-                self._gpus[uuid] = GpuSlot(node=node, uuid=uuid, memory_total_mib=memory_total)
-            elif current.memory_total_mib != memory_total or current.node != node:
-                self._gpus[uuid] = replace(current, node=node, memory_total_mib=memory_total)
+        if declared != before:
+            for uuid in gone:
+                self._node_of_gpu.pop(uuid, None)
+                self._on_gpu.pop(uuid, None)
+            for uuid in declared:
+                old_node = self._node_of_gpu.get(uuid)
+                if old_node is not None and old_node != node:
+                    self._declared[old_node].pop(uuid, None)  # a GPU moved between nodes
+                self._node_of_gpu[uuid] = node
+                self._on_gpu.setdefault(uuid, [])
+            self._declared[node] = declared
+            self._stale = True
         return evicted
 
     def remove_node(self, node: str) -> list[str]:
         """Forget a node's GPUs; returns the ids of the instances that were on them."""
-        evicted = [iid for iid, (_, a) in self._instances.items() if a.node == node]
-        for iid in evicted:
-            self.release(iid)
-        for uuid in [u for u, g in self._gpus.items() if g.node == node]:
-            del self._gpus[uuid]
+        evicted = sorted({i for u in self._declared.get(node, {}) for i in self._on_gpu.get(u, ())})
+        for instance_id in evicted:
+            self.release(instance_id)
+        for uuid in self._declared.pop(node, {}):
+            self._node_of_gpu.pop(uuid, None)
+            self._on_gpu.pop(uuid, None)
+        self._stale = True
         return evicted
+
+    def view(self, nodes: Iterable[str] | None = None) -> ClusterView:
+        """The GPUs as columns, eligible only on `nodes` when given. The view is live:
+        valid until the next change to the ledger."""
+        view = self._columns()
+        if nodes is None:
+            return view
+        wanted = set(nodes)
+        mask = np.array([name in wanted for name in view.node_names], dtype=bool)
+        eligible = mask[view.node_of] if view.size else np.zeros(0, dtype=bool)
+        return replace(view, eligible=eligible)
 
     def gpus(self, nodes: Iterable[str] | None = None) -> list[GpuSlot]:
         """GPUs in a stable order (node, then uuid), optionally only those of `nodes`."""
-        wanted = None if nodes is None else set(nodes)
-        return sorted(
-            (g for g in self._gpus.values() if wanted is None or g.node in wanted),
-            key=lambda g: (g.node, g.uuid),
-        )
+        view = self._columns()
+        if nodes is None:
+            return [self._slot(view, i) for i in range(view.size)]
+        runs = sorted(self._node_runs[n] for n in set(nodes) if n in self._node_runs)
+        return [self._slot(view, i) for start, end in runs for i in range(start, end)]
 
     def gpu(self, uuid: str) -> GpuSlot | None:
-        return self._gpus.get(uuid)
+        view = self._columns()
+        i = self._index.get(uuid)
+        return None if i is None else self._slot(view, i)
 
     def holds(self, instance_id: str) -> bool:
         return instance_id in self._instances
 
     def instances_on(self, uuid: str) -> list[str]:
-        return sorted(i for i, (_, a) in self._instances.items() if uuid in a.gpu_uuids)
+        return sorted(self._on_gpu.get(uuid, ()))
+
+    # ---- instances ------------------------------------------------------------------
 
     def commit(self, instance_id: str, shape: InstanceShape, assignment: Assignment) -> None:
         """Record a placement. Unknown GPUs are an error: commit only what a policy chose
         or what was committed before a restart on GPUs a heartbeat declared."""
         if instance_id in self._instances:
             return
-        missing = [u for u in assignment.gpu_uuids if u not in self._gpus]
+        missing = [u for u in assignment.gpu_uuids if u not in self._node_of_gpu]
         if missing:
             raise KeyError(f"unknown GPUs {missing}")
-        for uuid in assignment.gpu_uuids:
-            gpu = self._gpus[uuid]
-            self._gpus[uuid] = replace(
-                gpu,
-                sm_requested=gpu.sm_requested + shape.sm_request,
-                sm_limited=gpu.sm_limited + shape.sm_limit,
-                memory_allocated_mib=gpu.memory_allocated_mib + shape.memory_mib,
-                functions=(*gpu.functions, shape.function),
-            )
+        shape = assignment.per_gpu or shape
         self._instances[instance_id] = (shape, assignment)
+        replicas = self._replicas.setdefault(shape.function, Counter())
+        for uuid in assignment.gpu_uuids:
+            self._on_gpu[uuid].append(instance_id)
+            replicas[uuid] += 1
+            self._refresh(uuid)
 
     def release(self, instance_id: str) -> None:
         placed = self._instances.pop(instance_id, None)
         if placed is None:
             return
         shape, assignment = placed
+        replicas = self._replicas[shape.function]
         for uuid in assignment.gpu_uuids:
-            gpu = self._gpus.get(uuid)
-            if gpu is None:
-                continue
-            functions = list(gpu.functions)
-            functions.remove(shape.function)
-            remaining = [s for i, (s, a) in self._instances.items() if uuid in a.gpu_uuids]
-            # Recompute sums from what remains so float error never accumulates.
-            self._gpus[uuid] = replace(
-                gpu,
-                sm_requested=sum(s.sm_request for s in remaining),
-                sm_limited=sum(s.sm_limit for s in remaining),
-                memory_allocated_mib=sum(s.memory_mib for s in remaining),
-                functions=tuple(functions),
-            )
+            on_gpu = self._on_gpu.get(uuid)
+            if on_gpu is None:
+                continue  # the GPU itself is gone
+            on_gpu.remove(instance_id)
+            replicas[uuid] -= 1
+            if not replicas[uuid]:
+                del replicas[uuid]
+            self._refresh(uuid)
+        if not replicas:
+            del self._replicas[shape.function]
+
+    # ---- columns --------------------------------------------------------------------
+
+    def _refresh(self, uuid: str) -> None:
+        """Recompute one GPU's totals from what is on it, so float error never
+        accumulates over many commits and releases."""
+        if self._stale or self._view is None:
+            return  # the next read rebuilds every column
+        i = self._index[uuid]
+        shapes = [self._instances[iid][0] for iid in self._on_gpu[uuid]]
+        view = self._view
+        view.requested[i] = sum(s.sm_request for s in shapes)
+        view.limited[i] = sum(s.sm_limit for s in shapes)
+        view.slo_limited[i] = sum(s.sm_limit for s in shapes if s.kind in SLO_BOUND)
+        view.memory_used[i] = sum(s.memory_mib for s in shapes)
+        view.instances[i] = len(shapes)
+        view.training[i] = sum(s.kind is WorkloadKind.TRAINING for s in shapes)
+
+    def _columns(self) -> ClusterView:
+        if not self._stale and self._view is not None:
+            return self._view
+        nodes = sorted(n for n, gpus in self._declared.items() if gpus)
+        uuids: list[str] = []
+        node_of: list[int] = []
+        starts: list[int] = []
+        memory: list[int] = []
+        for n, node in enumerate(nodes):
+            starts.append(len(uuids))
+            for uuid, total in sorted(self._declared[node].items()):
+                uuids.append(uuid)
+                node_of.append(n)
+                memory.append(total)
+        size = len(uuids)
+        self._index = {u: i for i, u in enumerate(uuids)}
+        self._view = ClusterView(
+            uuids=tuple(uuids), index=self._index, node_names=tuple(nodes),
+            node_of=np.array(node_of, dtype=np.int64),
+            node_starts=np.array(starts, dtype=np.int64),
+            node_kind=_kinds([tuple(sorted(self._declared[n].values())) for n in nodes]),
+            memory_total=np.array(memory, dtype=np.float64),
+            memory_used=np.zeros(size), requested=np.zeros(size), limited=np.zeros(size),
+            slo_limited=np.zeros(size), instances=np.zeros(size, dtype=np.int64),
+            training=np.zeros(size, dtype=np.int64),
+            eligible=np.ones(size, dtype=bool),
+            replicas=partial(self._replicas_of, index=self._index),
+        )
+        self._node_runs = {node: (starts[n], starts[n + 1] if n + 1 < len(starts) else size)
+                           for n, node in enumerate(nodes)}
+        self._stale = False
+        for uuid in uuids:
+            self._refresh(uuid)
+        return self._view
+
+    def _replicas_of(self, function: str, index: dict[str, int]) -> Ints:
+        counts = np.zeros(len(index), dtype=np.int64)
+        for uuid, n in self._replicas.get(function, {}).items():
+            counts[index[uuid]] = n  # GPUs leave only after their instances
+        return counts
+
+    def _slot(self, view: ClusterView, i: int) -> GpuSlot:
+        uuid = view.uuids[i]
+        return GpuSlot(
+            node=view.node_names[view.node_of[i]], uuid=uuid,
+            memory_total_mib=int(view.memory_total[i]),
+            sm_requested=float(view.requested[i]), sm_limited=float(view.limited[i]),
+            memory_allocated_mib=int(view.memory_used[i]),
+            functions=tuple(self._instances[iid][0].function for iid in self._on_gpu[uuid]),
+        )
+
+
+def _kinds(signatures: list[tuple[int, ...]]) -> Ints:
+    """Number each distinct signature in order of first appearance."""
+    numbers: dict[tuple[int, ...], int] = {}
+    return np.array([numbers.setdefault(sig, len(numbers)) for sig in signatures], dtype=np.int64)

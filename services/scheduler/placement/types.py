@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from enum import Enum
 
 
@@ -10,6 +11,14 @@ class WorkloadKind(Enum):
     INFERENCE = "inference"
     LLM_INFERENCE = "llm-inference"
     TRAINING = "training"
+
+
+# Kinds with a latency SLO; training is throughput-bound and yields to them.
+SLO_BOUND = frozenset({WorkloadKind.INFERENCE, WorkloadKind.LLM_INFERENCE})
+
+# What each shard of a split model needs beyond its part of the weights: its own CUDA
+# context, activations passed between stages and the runtime's buffers.
+SHARD_OVERHEAD_MIB = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +31,27 @@ class InstanceShape:
     sm_limit: float
     memory_mib: int
     gpus: int = 1
+    # A single-GPU model that may be split into up to this many pipeline stages on
+    # GPUs of one node when no single GPU has room for it (large-model inference).
+    max_shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.gpus < 1 or self.max_shards < 1:
+            raise ValueError(f"{self.function}: gpus and max_shards must be at least 1")
+        if self.max_shards > 1 and self.gpus != 1:
+            raise ValueError(f"{self.function}: only a single-GPU model can be split")
+
+    def sharded(self, shards: int) -> InstanceShape:
+        """One stage of this model split `shards` ways: each GPU holds an even part of the
+        memory plus `SHARD_OVERHEAD_MIB`, and an even part of the compute, rounded up to
+        a hundredth of a GPU so that a split never asks for less than the whole."""
+        if self.gpus != 1 or not 1 < shards <= self.max_shards:
+            raise ValueError(f"{self.function} cannot be split {shards} ways")
+        def part(share: float) -> float:
+            return math.ceil(share / shards * 100 - 1e-6) / 100
+        return replace(self, sm_request=part(self.sm_request), sm_limit=part(self.sm_limit),
+                       memory_mib=math.ceil(self.memory_mib / shards) + SHARD_OVERHEAD_MIB,
+                       gpus=shards, max_shards=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +77,9 @@ class Assignment:
 
     node: str
     gpu_uuids: tuple[str, ...]
+    # What each GPU holds, when the policy split the instance (`InstanceShape.sharded`);
+    # None: what the instance asked for.
+    per_gpu: InstanceShape | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +90,10 @@ class PlacementBounds:
     max_requested: float = 1.0
     max_limited: float = 1.5
 
-    def admits(self, gpu: GpuSlot, shape: InstanceShape) -> bool:
-        # epsilon so shares that add up to exactly 1.0 in decimal still fit in binary
-        eps = 1e-9
-        return (
-            gpu.sm_requested + shape.sm_request <= self.max_requested + eps
-            and gpu.sm_limited + shape.sm_limit <= self.max_limited + eps
-            and gpu.memory_allocated_mib + shape.memory_mib <= gpu.memory_total_mib
-        )
+    def __post_init__(self) -> None:
+        if not 0 < self.max_requested <= 1:
+            raise ValueError(f"max_requested must be in (0, 1]: requests are guaranteed, "
+                             f"got {self.max_requested}")
+        if not self.max_limited >= self.max_requested:
+            raise ValueError(f"max_limited must be at least max_requested "
+                             f"({self.max_requested}), got {self.max_limited}")
