@@ -157,7 +157,8 @@ class Scheduler:
     def _recommit(self, instance: types_pb2.Instance) -> bool:
         function = self._store.functions.get(instance.function)
         gpus = [self._ledger.gpu(u) for u in instance.gpu_uuids]
-        if function is None or not all(g is not None and g.node == instance.node for g in gpus):
+        if (function is None or len(gpus) != shape_of(function.spec).gpus
+                or not all(g is not None and g.node == instance.node for g in gpus)):
             return False  # its GPUs are gone or now answer to another node
         self._ledger.commit(instance.id, shape_of(function.spec),
                             Assignment(instance.node, tuple(instance.gpu_uuids)))
@@ -366,8 +367,13 @@ class Scheduler:
                      trusted: bool) -> None:
         for revision, node in snapshot.values():
             self._nodes.observe(node, revision, now, trusted=trusted)
-            evicted = self._ledger.set_node(node.id, [(g.uuid, g.memory_total_mib)
-                                                      for g in node.gpus])
+            if self._nodes.state(node.id) == S.NODE_STATE_LOST:
+                # A lost node's record lingers for the bucket's TTL, and the agent that
+                # replaced it may declare the same GPUs: a lost node declares none.
+                evicted = self._ledger.remove_node(node.id)
+            else:
+                evicted = self._ledger.set_node(node.id, [(g.uuid, g.memory_total_mib)
+                                                          for g in node.gpus])
             for instance_id in evicted:
                 instance = self._store.instances.get(instance_id)
                 if instance is not None:

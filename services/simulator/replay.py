@@ -49,6 +49,7 @@ class Result:
     max_requested: float = 0.0     # the most any GPU ever held, in requests
     max_limited: float = 0.0
     max_memory_ratio: float = 0.0  # memory committed / memory of the GPU
+    max_instances: int = 0         # the most instances any GPU ever held at once
 
     @property
     def peak_active_gpus(self) -> int:
@@ -119,3 +120,4 @@ def _start(book: Ledger, policy: Placement, event: Event, result: Result) -> Non
         result.max_limited = max(result.max_limited, gpu.sm_limited)
         result.max_memory_ratio = max(result.max_memory_ratio,
                                       gpu.memory_allocated_mib / gpu.memory_total_mib)
+        result.max_instances = max(result.max_instances, len(gpu.functions))

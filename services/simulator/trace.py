@@ -55,6 +55,8 @@ def load_trace(path: Path, llm_shards: int = 1) -> list[Event]:
             except KeyError as e:
                 raise TraceError(f"{path}:{number}: missing key {e}") from None
             origin = when if origin is None else origin
+            if events and (when - origin).total_seconds() < events[-1].time_s:
+                raise TraceError(f"{path}:{number}: time {when} is before the line above's")
             # Naive wall times subtracted as such: no local zone, no daylight saving.
             events.append(Event((when - origin).total_seconds(), start, name, shape))
     return events

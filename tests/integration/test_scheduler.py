@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -10,6 +11,8 @@ from dilu.v1 import node_agent_pb2, scheduler_pb2, types_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from services.common import subjects
+from services.common.bus import Bus
 from tests.helpers import assert_eventually
 from tests.integration.conftest import Cluster, inference_spec
 
@@ -377,3 +380,32 @@ def test_scale_in_removes_exactly_the_named_instances(cluster: Cluster):
         cluster.sched.ScaleIn(scheduler_pb2.ScaleInRequest(function="pick", instance_ids=["x"]))
     assert wrong.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert wrong.value.details().startswith("instance_ids:")
+
+
+async def test_the_lingering_record_of_a_lost_node_does_not_take_its_gpus_back(cluster: Cluster):
+    cluster.start_scheduler()
+    cluster.start_agent("n1", gpus=1)
+    await asyncio.to_thread(_wait_for_nodes, cluster, "n1")
+    # What an agent restarted under a new node id leaves behind: the old record, with the
+    # same GPUs, which stops changing and lingers until the bucket's TTL.
+    bus = await Bus.connect(cluster.nats.url, "test-ghost")
+    try:
+        nodes = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
+        ghost = await nodes.get("n1")
+        assert ghost is not None
+        ghost.id = "ghost"
+        await nodes.put("ghost", ghost)
+    finally:
+        await bus.close()
+    await asyncio.to_thread(assert_eventually,
+                            lambda: cluster.nodes().get("ghost", S.NodeView()).state == S.NODE_STATE_LOST,
+                            10, 0.1, "the ghost is lost")
+
+    placed = await asyncio.to_thread(cluster.deploy, inference_spec("steady"))
+    first = placed.status.instances[0].id
+    await asyncio.to_thread(assert_eventually, lambda: [
+        i for i in cluster.function("steady").status.instances
+        if i.id == first and i.state == S.INSTANCE_STATE_READY], 15, 0.1, "ready on n1")
+    await asyncio.sleep(2.0)  # ten reconcile passes, each of which sees both records
+    instances = cluster.function("steady").status.instances
+    assert [(i.id, i.node, i.state) for i in instances] == [(first, "n1", S.INSTANCE_STATE_READY)]

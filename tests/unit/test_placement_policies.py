@@ -52,6 +52,12 @@ def one(book: Ledger, uuid: str, request: float, limit: float, memory: int = 0,
         shape(request=request, limit=limit, memory=memory, function=function, kind=kind), uuid)
 
 
+def place_llm(book: Ledger, max_shards: int = 2) -> tuple[InstanceShape, Assignment | None]:
+    """A 24 GiB model (too big beside 26 GB of training) placed by the default policy."""
+    llm = shape(request=0.6, limit=0.8, memory=24576, function="llm", kind=LLM, max_shards=max_shards)
+    return llm, make_placement("complementary").place(llm, book.view())
+
+
 # ---- names and bounds --------------------------------------------------------------------
 
 
@@ -290,8 +296,7 @@ def test_complementary_splits_a_large_model_beside_training():
 
 def test_complementary_keeps_an_unsplittable_model_whole_and_opens_a_gpu():
     book = _training_node()
-    llm = shape(request=0.6, limit=0.8, memory=24576, function="llm", kind=LLM, max_shards=1)
-    got = make_placement("complementary").place(llm, book.view())
+    _, got = place_llm(book, max_shards=1)
     assert got is not None and got.per_gpu is None
     assert got.node == "n1" and len(got.gpu_uuids) == 1
 
@@ -300,8 +305,7 @@ def test_complementary_keeps_a_large_model_whole_when_it_fits_on_a_busy_gpu_with
     book = ledger(nodes=2, gpus=2)
     one(book, "n0-g0", 0.2, 0.4, 8192, function="a")
     one(book, "n0-g1", 0.2, 0.4, 8192, function="b")
-    llm = shape(request=0.6, limit=0.8, memory=24576, function="llm", kind=LLM, max_shards=2)
-    got = make_placement("complementary").place(llm, book.view())
+    _, got = place_llm(book)
     assert got is not None and got.per_gpu is None
     assert got.node == "n0" and len(got.gpu_uuids) == 1
 
@@ -309,8 +313,7 @@ def test_complementary_keeps_a_large_model_whole_when_it_fits_on_a_busy_gpu_with
 def test_complementary_does_not_split_when_the_split_would_open_a_gpu_too():
     book = ledger(nodes=2, gpus=2)
     one(book, "n0-g0", 0.2, 0.4, 20000, function="a")     # room for a stage, not the whole
-    llm = shape(request=0.6, limit=0.8, memory=24576, function="llm", kind=LLM, max_shards=2)
-    got = make_placement("complementary").place(llm, book.view())
+    _, got = place_llm(book)
     assert got is not None and got.per_gpu is None and len(got.gpu_uuids) == 1
     assert got.gpu_uuids != ("n0-g0",)
 
@@ -319,8 +322,7 @@ def test_complementary_splits_onto_busy_gpus_rather_than_open_one():
     book = ledger(nodes=2, gpus=2)
     one(book, "n0-g0", 0.2, 0.4, 20000, function="a")
     one(book, "n0-g1", 0.2, 0.4, 20000, function="b")
-    llm = shape(request=0.6, limit=0.8, memory=24576, function="llm", kind=LLM, max_shards=2)
-    got = make_placement("complementary").place(llm, book.view())
+    llm, got = place_llm(book)
     assert got == Assignment("n0", ("n0-g0", "n0-g1"), per_gpu=llm.sharded(2))
 
 
@@ -345,6 +347,16 @@ def test_complementary_splits_a_model_no_gpu_can_hold_whole_even_when_the_cluste
     big = shape(request=0.6, limit=0.8, memory=50000, function="big", kind=LLM, max_shards=2)
     got = make_placement("complementary").place(big, book.view())
     assert got == Assignment("n0", ("n0-g0", "n0-g1"), per_gpu=big.sharded(2))
+
+
+def test_complementary_prefers_stages_away_from_a_replica_to_the_whole_model_beside_it():
+    book = ledger(nodes=1, gpus=5)                     # two GPUs of five idle: roomy
+    put(book, "llm-1", shape(request=0.3, limit=0.4, memory=12000, function="llm", kind=LLM), "n0-g0")
+    one(book, "n0-g1", 0.2, 0.4, 20000, function="a")
+    one(book, "n0-g2", 0.2, 0.4, 20000, function="b")  # room for stages, not the whole
+    _, got = place_llm(book)
+    assert got == Assignment("n0", ("n0-g1", "n0-g2"), per_gpu=got.per_gpu)
+    assert got.per_gpu is not None
 
 
 # ---- anti-affinity -----------------------------------------------------------------------

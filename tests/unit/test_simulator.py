@@ -149,6 +149,15 @@ def bad_line(**changes: object) -> str:
     return repr(row)
 
 
+def trace_error(tmp_path: Path, text: str) -> tuple[Path, str]:
+    """Load a trace that must fail; its path and the error's message."""
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(TraceError) as caught:
+        load_trace(path)
+    return path, str(caught.value)
+
+
 @pytest.mark.parametrize(("line", "problem"), [
     (bad_line(Action="stop"), r"Action must be start or delete, not 'stop'"),
     (bad_line(type="gaming"), r"Instance\.type must be one of .*'gaming'"),
@@ -158,12 +167,8 @@ def bad_line(**changes: object) -> str:
     (bad_line(sm_requests=0.0, sm_limits=0.5), r"0 < sm_requests"),
 ])
 def test_trace_error_names_file_line_and_problem(tmp_path: Path, line: str, problem: str):
-    path = tmp_path / "bad.txt"
     # A blank line counts: the bad line is line 3 of the file.
-    path.write_text(f"{GOOD}\n\n{line}\n")
-    with pytest.raises(TraceError) as caught:
-        load_trace(path)
-    message = str(caught.value)
+    path, message = trace_error(tmp_path, f"{GOOD}\n\n{line}\n")
     assert message.startswith(f"{path}:3: ")
     assert re.search(problem, message), message
 
@@ -177,11 +182,7 @@ def test_trace_error_names_file_line_and_problem(tmp_path: Path, line: str, prob
     "{'Action': 'start', 'Instance': {}}",                   # nothing in Instance
 ])
 def test_trace_error_on_lines_that_are_not_trace_rows(tmp_path: Path, line: str):
-    path = tmp_path / "odd.txt"
-    path.write_text(f"{GOOD}\n{line}\n{GOOD}\n")
-    with pytest.raises(TraceError) as caught:
-        load_trace(path)
-    message = str(caught.value)
+    path, message = trace_error(tmp_path, f"{GOOD}\n{line}\n{GOOD}\n")
     assert message.startswith(f"{path}:2: ")
     assert len(message) > len(f"{path}:2: ") + 3  # says something about the problem
 
@@ -583,3 +584,9 @@ def test_load_trace_times_do_not_depend_on_the_local_zone(tmp_path: Path):
         time.tzset()
     assert times["UTC"] == [0.0, 7200.0]
     assert times["Europe/Berlin"] == times["UTC"]
+
+
+def test_trace_times_that_go_backwards_are_refused(tmp_path: Path):
+    later = GOOD.replace("2024-06-19 15:46:09", "2024-06-19 15:47:00")
+    path, message = trace_error(tmp_path, f"{later}\n{GOOD}\n")
+    assert message.startswith(f"{path}:2: ") and "before the line above" in message

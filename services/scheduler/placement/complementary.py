@@ -15,12 +15,13 @@ A large model that may be split (`InstanceShape.max_shards`) is split into pipel
 (fewest first) when the stages fit beside training on GPUs of one node: the memory that
 training leaves (5–15 GB on a 40 GB GPU) is too small for any whole large model and of
 the size of a stage, and training yields SM time to the SLO-bound stages at run time. It
-is also split onto GPUs in use when whole it would open a GPU, and anywhere when it fits
-no GPU whole. Without splitting, large models and training never share a GPU (together
-they need more than its memory), which bounds every policy that keeps models whole.
-Splitting to save GPUs stops while fewer than `split_reserve` (30 %) of the GPUs are
-idle: then room is scarce, and stages in training's spare memory would take the room
-that small instances need (measured in `bench/placement.py`'s full-cluster run).
+is also split onto GPUs in use when whole it would open a GPU, and anywhere when it has
+no room whole (while the cluster is roomy) or is larger than any GPU. Without splitting,
+large models and training never share a GPU (together they need more than its memory),
+which bounds every policy that keeps models whole. Splitting to save GPUs stops while
+fewer than `split_reserve` (30 %) of the GPUs are idle: then room is scarce, and stages in
+training's spare memory would take the room that small instances need (measured in
+`bench/placement.py`'s full-cluster run).
 
 Nodes with nothing placed are all alike, so only one of each kind is scored.
 """
@@ -85,14 +86,15 @@ class Complementary:
         if roomy:
             yield from self._split(stages, view, view.training > 0)
         whole = self._place(shape, view, view.admits(shape, self.bounds) & _one_idle_node_each(view))
-        if whole is not None and not _opens(view, whole):
+        opens = whole is not None and _opens(view, whole)
+        if whole is not None and not opens:
             yield whole
-            return
         if roomy:
             yield from self._split(stages, view, in_use)
-        if whole is not None:
+        too_big = not (view.eligible & (view.memory_total >= shape.memory_mib)).any()
+        if whole is not None and opens:
             yield whole
-        elif roomy or not (view.eligible & (view.memory_total >= shape.memory_mib)).any():
+        elif whole is None and (roomy or too_big):
             yield from self._split(stages, view, np.ones(view.size, dtype=bool))
 
     def _split(self, stages: list[InstanceShape], view: ClusterView,

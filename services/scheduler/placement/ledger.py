@@ -72,6 +72,8 @@ class Ledger:
 
     def remove_node(self, node: str) -> list[str]:
         """Forget a node's GPUs; returns the ids of the instances that were on them."""
+        if node not in self._declared:
+            return []
         evicted = sorted({i for u in self._declared.get(node, {}) for i in self._on_gpu.get(u, ())})
         for instance_id in evicted:
             self.release(instance_id)
