@@ -74,10 +74,10 @@ class Ledger:
         """Forget a node's GPUs; returns the ids of the instances that were on them."""
         if node not in self._declared:
             return []
-        evicted = sorted({i for u in self._declared.get(node, {}) for i in self._on_gpu.get(u, ())})
+        evicted = sorted({i for u in self._declared[node] for i in self._on_gpu.get(u, ())})
         for instance_id in evicted:
             self.release(instance_id)
-        for uuid in self._declared.pop(node, {}):
+        for uuid in self._declared.pop(node):
             self._node_of_gpu.pop(uuid, None)
             self._on_gpu.pop(uuid, None)
         self._stale = True
