@@ -97,7 +97,10 @@ def test_transformer_classifies_random_and_explicit_tokens() -> None:
         assert len(result["probs"]) == 3
         assert math.isclose(sum(result["probs"]), 1, abs_tol=1e-5)
         assert result["class"] == max(range(3), key=result["probs"].__getitem__)
-    assert results[1] == results[2]
+    # The same input in two rows of one batch: CPU kernels may vectorise the rows
+    # differently, so the probabilities agree to float32 rounding, not bit for bit.
+    assert results[1]["class"] == results[2]["class"]
+    assert results[1]["probs"] == pytest.approx(results[2]["probs"], abs=1e-6)
 
 
 @pytest.mark.parametrize("model", ["resnet", "transformer"])
