@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
                 str(Path(__file__).resolve().parents[1] / "gen" / "python")]
 
-from services.cli.tables import render  # noqa: E402
+from services.common.tables import render  # noqa: E402
 from services.scheduler.placement import (  # noqa: E402
     DEFAULT_POLICY,
     POLICIES,

@@ -13,8 +13,9 @@ from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import json_format
 
 from services.cli.specs import SpecError, load_spec
-from services.cli.tables import render, status_report
+from services.cli.tables import status_report
 from services.common.config import DEFAULT_PORTS
+from services.common.tables import render
 
 DEFAULT_SCHEDULER = os.environ.get("DILU_SCHEDULER", f"127.0.0.1:{DEFAULT_PORTS['scheduler']}")
 DEFAULT_STATE_DIR = Path(os.environ.get(

@@ -6,13 +6,7 @@ from collections.abc import Sequence
 
 from dilu.v1 import types_pb2
 
-
-def render(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
-    return "\n".join(lines)
+from services.common.tables import render
 
 
 def _short(enum_name: str, prefix: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.cli.tables import render
+from services.common.tables import render
 from services.simulator.replay import Result
 
 HEADERS = ("POLICY", "PEAK GPUS", "MEAN GPUS", "SM FRAG", "MEM FRAG", "FGD SM", "FGD MEM",

@@ -7,7 +7,8 @@ from dilu.v1 import types_pb2
 
 from services.cli.main import build_parser
 from services.cli.specs import SpecError, load_spec, spec_from_dict
-from services.cli.tables import render, status_report
+from services.cli.tables import status_report
+from services.common.tables import render
 from services.scheduler.validation import validate_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -117,19 +117,59 @@ class Ledger:
 
     def commit(self, instance_id: str, shape: InstanceShape, assignment: Assignment) -> None:
         """Record a placement. Unknown GPUs are an error: commit only what a policy chose
-        or what was committed before a restart on GPUs a heartbeat declared."""
-        if instance_id in self._instances:
+        or what was committed before a restart on GPUs a heartbeat declared.
+
+        Committing a known id again is a no-op when it says the same thing, and a
+        `ValueError` when the shape or the GPUs differ: a changed quota is a `resize`, a
+        move is a `release` and a new `commit`.
+        """
+        shape = assignment.per_gpu or shape
+        known = self._instances.get(instance_id)
+        if known is not None:
+            if known != (shape, assignment):
+                raise ValueError(f"{instance_id} is already committed as {known[0]} on "
+                                 f"{known[1].gpu_uuids}; resize or release it first")
             return
         missing = [u for u in assignment.gpu_uuids if u not in self._node_of_gpu]
         if missing:
             raise KeyError(f"unknown GPUs {missing}")
-        shape = assignment.per_gpu or shape
         self._instances[instance_id] = (shape, assignment)
         replicas = self._replicas.setdefault(shape.function, Counter())
         for uuid in assignment.gpu_uuids:
             self._on_gpu[uuid].append(instance_id)
             replicas[uuid] += 1
             self._refresh(uuid)
+
+    def resize(self, instance_id: str, shape: InstanceShape) -> InstanceShape:
+        """Record a new request, limit or memory for a placed instance, on the GPUs it
+        already holds; returns what it held before.
+
+        `shape` is what each of its GPUs holds from now on (for a split instance, one
+        stage). Only the three quantities may change: another function, kind or number of
+        GPUs is a different placement (`ValueError`); an unknown id is a `KeyError`.
+
+        The ledger records, it does not judge: whether a GPU has room for the new size
+        (the placement bounds) is for whoever admits the change — the node agent, which
+        owns its GPUs' budget — so a resize that passes the bounds is recorded as it is,
+        and the policies then see the GPU as full.
+        """
+        placed = self._instances.get(instance_id)
+        if placed is None:
+            raise KeyError(f"{instance_id} is not placed")
+        before, assignment = placed
+        if (shape.function, shape.kind, shape.gpus) != (before.function, before.kind, before.gpus):
+            raise ValueError(f"{instance_id}: a resize keeps function, kind and GPU count "
+                             f"({before.function}, {before.kind.value}, {before.gpus})")
+        self._instances[instance_id] = (shape, assignment)
+        for uuid in assignment.gpu_uuids:
+            if uuid in self._on_gpu:
+                self._refresh(uuid)
+        return before
+
+    def shape_of(self, instance_id: str) -> InstanceShape | None:
+        """What each GPU of a placed instance holds, or None when it is not placed."""
+        placed = self._instances.get(instance_id)
+        return placed[0] if placed else None
 
     def release(self, instance_id: str) -> None:
         placed = self._instances.pop(instance_id, None)
