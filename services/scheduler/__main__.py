@@ -13,6 +13,7 @@ from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
+from services.scheduler.core import SchedulerSettings
 from services.scheduler.placement import (
     DEFAULT_POLICY,
     POLICIES,
@@ -20,7 +21,7 @@ from services.scheduler.placement import (
     PlacementBounds,
     make_placement,
 )
-from services.scheduler.scheduler import Scheduler, SchedulerSettings
+from services.scheduler.scheduler import Scheduler
 from services.scheduler.service import SchedulerServicer
 from services.scheduler.store import Store
 
@@ -42,6 +43,12 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
                help="minimum age of a placement before agent heartbeats that omit it fail it")
     parser.add("--drain-timeout-s", default=10.0, type=float,
                help="time a stopping instance may take to finish its in-flight requests")
+    parser.add("--backoff-initial-s", default=1.0, type=float,
+               help="after a function's first failure its next start waits this long; "
+                    "each further failure in a row doubles the wait")
+    parser.add("--backoff-max-s", default=30.0, type=float,
+               help="the longest wait between starts of a failing function (and the wait "
+                    "of a degraded one)")
     args = parser.parse_args(argv)
     try:
         placement = make_placement(args.placement, PlacementBounds(
@@ -49,10 +56,16 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
     except ValueError as e:  # name the flags, not the fields behind them
         parser.error(str(e).replace("max_requested", "--max-requested")
                      .replace("max_limited", "--max-limited"))
-    settings = SchedulerSettings(node_timeout_s=args.node_timeout_s,
-                                 reconcile_interval_s=args.reconcile_interval_s,
-                                 agent_grace_s=args.agent_grace_s,
-                                 drain_timeout_s=args.drain_timeout_s)
+    try:
+        settings = SchedulerSettings(node_timeout_s=args.node_timeout_s,
+                                     reconcile_interval_s=args.reconcile_interval_s,
+                                     agent_grace_s=args.agent_grace_s,
+                                     drain_timeout_s=args.drain_timeout_s,
+                                     backoff_initial_s=args.backoff_initial_s,
+                                     backoff_max_s=args.backoff_max_s)
+    except ValueError as e:
+        parser.error(str(e).replace("backoff_initial_s", "--backoff-initial-s")
+                     .replace("backoff_max_s", "--backoff-max-s"))
     return server_config("scheduler", args), settings, placement
 
 

@@ -108,6 +108,42 @@ INSTANCE_STATE_LOST: InstanceState.ValueType  # 7
 """Its node stopped sending heartbeats."""
 Global___InstanceState: _TypeAlias = InstanceState  # noqa: Y015
 
+class _FunctionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FunctionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FunctionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FUNCTION_STATE_UNSPECIFIED: _FunctionState.ValueType  # 0
+    FUNCTION_STATE_OK: _FunctionState.ValueType  # 1
+    """No failure since an instance last stayed ready for a minute."""
+    FUNCTION_STATE_BACKING_OFF: _FunctionState.ValueType  # 2
+    """Instances failed recently (refused starts, or workers that exited unasked): new
+    starts wait until `next_retry_at`, twice as long after each failure, up to 30 s.
+    """
+    FUNCTION_STATE_DEGRADED: _FunctionState.ValueType  # 3
+    """Five or more failures in a row: the cause is probably the function itself (a spec
+    its worker cannot run). It is still retried, every 30 s, so it recovers on its own
+    once the cause clears; an instance that stays ready for a minute makes it ok again.
+    """
+
+class FunctionState(_FunctionState, metaclass=_FunctionStateEnumTypeWrapper):
+    """Whether a function's instances start and stay up."""
+
+FUNCTION_STATE_UNSPECIFIED: FunctionState.ValueType  # 0
+FUNCTION_STATE_OK: FunctionState.ValueType  # 1
+"""No failure since an instance last stayed ready for a minute."""
+FUNCTION_STATE_BACKING_OFF: FunctionState.ValueType  # 2
+"""Instances failed recently (refused starts, or workers that exited unasked): new
+starts wait until `next_retry_at`, twice as long after each failure, up to 30 s.
+"""
+FUNCTION_STATE_DEGRADED: FunctionState.ValueType  # 3
+"""Five or more failures in a row: the cause is probably the function itself (a spec
+its worker cannot run). It is still retried, every 30 s, so it recovers on its own
+once the cause clears; an instance that stays ready for a minute makes it ok again.
+"""
+Global___FunctionState: _TypeAlias = FunctionState  # noqa: Y015
+
 class _NodeState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -426,13 +462,30 @@ class FunctionStatus(_message.Message):
     READY_REPLICAS_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_RETRY_AT_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
     desired_replicas: _builtins.int
     """Instances the scheduler keeps."""
     ready_replicas: _builtins.int
+    state: Global___FunctionState.ValueType
+    last_error: _builtins.str
+    """Why the latest instance failed; empty when the function is ok."""
+    consecutive_failures: _builtins.int
+    """Failures in a row (reset by an instance that stays ready for a minute)."""
     @_builtins.property
-    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instance]: ...
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instance]:
+        """Instances of this deployment: the live ones, and the last few that failed, were lost
+        or stopped (at most 5, for at most 30 s).
+        """
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_retry_at(self) -> _timestamp_pb2.Timestamp:
+        """No instance of the function starts before this time; unset when none waits."""
+
     def __init__(
         self,
         *,
@@ -440,10 +493,14 @@ class FunctionStatus(_message.Message):
         ready_replicas: _builtins.int = ...,
         instances: _abc.Iterable[Global___Instance] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___FunctionState.ValueType = ...,
+        last_error: _builtins.str = ...,
+        next_retry_at: _timestamp_pb2.Timestamp | None = ...,
+        consecutive_failures: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_retry_at", b"next_retry_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "desired_replicas", b"desired_replicas", "instances", b"instances", "ready_replicas", b"ready_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "created_at", b"created_at", "desired_replicas", b"desired_replicas", "instances", b"instances", "last_error", b"last_error", "next_retry_at", b"next_retry_at", "ready_replicas", b"ready_replicas", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,420 @@
+"""`SchedulerCore`: the scheduler's decisions without I/O.
+
+Each input — an RPC intent, a read of the nodes' heartbeats, an instance event, an agent
+call's result, a tick — changes the records in `state` and returns an `Outcome`: the
+agent calls to make, the scaling decisions to publish and what changed. The shell
+(`services.scheduler.scheduler`) makes the calls and feeds their results back through
+`call_done`; a simulator does the same in virtual time. Time is always an argument
+(`now`, wall seconds); the core never reads a clock and never waits.
+
+RPC intents that change a function are two-step, so that a change the store refuses
+changes nothing: `deploy` / `delete` / `scale` check the request and return a
+`FunctionChange` (raising `InvalidArgument`, `NotFound` or `FailedPrecondition`), the
+shell makes its record durable, then `apply` carries it out.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+
+from dilu.events.v1 import events_pb2
+from dilu.v1 import types_pb2
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.timestamps import now_timestamp
+from services.scheduler.core import backoff
+from services.scheduler.core.calls import (
+    AgentCall,
+    CallFailed,
+    CallResult,
+    FunctionChange,
+    Outcome,
+    Refusal,
+    SetQuota,
+    StartInstance,
+    StopInstance,
+)
+from services.scheduler.core.heartbeats import Heartbeats, NodeSnapshot
+from services.scheduler.core.lifecycle import Lifecycle
+from services.scheduler.core.records import (
+    HOLDING,
+    LIVE,
+    PLACED,
+    TERMINAL,
+    ClusterState,
+    seconds,
+    state_name,
+)
+from services.scheduler.core.settings import SchedulerSettings
+from services.scheduler.core.shapes import held_shape, quota_shape
+from services.scheduler.placement import Assignment, Ledger, Placement
+from services.scheduler.replicas import plan_replicas
+from services.scheduler.routing import LeastOutstanding
+
+S = types_pb2
+
+
+def random_instance_id(function: str) -> str:
+    return f"{function}-{secrets.token_hex(3)}"
+
+
+class SchedulerCore:
+    """Replica planning, placement and instance lifecycle for one cluster.
+
+    Owns the records (`state`), the committed allocations (`ledger`), node liveness and
+    the invocation router (`router`: the shell counts requests in flight on it).
+    `new_id(function)` names new instances; pass a deterministic one for replays.
+    """
+
+    def __init__(self, placement: Placement, settings: SchedulerSettings | None = None, *,
+                 new_id: Callable[[str], str] = random_instance_id) -> None:
+        self.settings = settings or SchedulerSettings()
+        self.placement = placement
+        self.state = ClusterState()
+        self.ledger = Ledger()
+        self.router = LeastOutstanding()
+        self._new_id = new_id
+        self._lifecycle = Lifecycle(self.state, self.ledger, placement, self.router,
+                                    self.settings)
+        self._heartbeats = Heartbeats(self.state, self.ledger, self._lifecycle, self.settings)
+        # The latest `now` seen: time never goes back inside the core, so a wall clock
+        # stepped back cannot make a new instance look older than its deployment.
+        self._now = float("-inf")
+
+    # ---- start-up ----------------------------------------------------------------------
+
+    def recover(self, functions: Iterable[types_pb2.Function],
+                instances: Iterable[types_pb2.Instance], nodes: NodeSnapshot,
+                now: float) -> Outcome:
+        """Take over the stored records after a (re)start. Instances that held GPUs take
+        them again where their node still declares them; the others were lost."""
+        self.state.load(functions, instances)
+        stamps = [seconds(f.status.created_at) for f in self.state.functions.values()]
+        stamps += [seconds(i.updated_at) for i in self.state.instances.values()]
+        now = self._advance(max([now, *stamps]))
+        self._heartbeats.declare(nodes, now, trusted=False)
+        for instance in sorted(self.state.instances.values(), key=lambda i: i.id):
+            if instance.state not in HOLDING:
+                continue
+            why = self._recommit(instance)
+            if why:
+                self._lifecycle.fail(instance, S.INSTANCE_STATE_LOST, why, now, counts=False)
+            elif instance.state == S.INSTANCE_STATE_READY:
+                self._lifecycle.ready_since[instance.id] = seconds(instance.updated_at)
+        return self._outcome([])
+
+    def _recommit(self, instance: types_pb2.Instance) -> str:
+        """Commit a recovered placement to the ledger; returns why it cannot be, or ''."""
+        function = self.state.functions.get(instance.function)
+        if function is None or not self.state.belongs(instance):
+            return "its function was deleted while the scheduler was down"
+        gpus = [self.ledger.gpu(u) for u in instance.gpu_uuids]
+        if not gpus or not all(g is not None and g.node == instance.node for g in gpus):
+            return f"node {instance.node} is gone after a scheduler restart"
+        self.ledger.commit(instance.id, held_shape(function.spec, instance),
+                           Assignment(instance.node, tuple(instance.gpu_uuids)))
+        return ""
+
+    # ---- RPC intents -------------------------------------------------------------------
+
+    def deploy(self, spec: types_pb2.FunctionSpec, now: float) -> FunctionChange:
+        """A new function from a validated spec, with `replicas.min` replicas."""
+        if spec.name in self.state.functions:
+            raise InvalidArgument("function.name",
+                                  f"a function named {spec.name!r} is already deployed; "
+                                  "delete it first or choose another name")
+        # Strictly after every record left under this name by an earlier deployment, so
+        # none of them counts as this one's.
+        created = self._advance(max([now, *(seconds(i.created_at) + 1e-6
+                                            for i in self.state.all_of(spec.name))]))
+        function = types_pb2.Function(spec=spec)
+        function.status.desired_replicas = spec.replicas.min
+        function.status.created_at.CopyFrom(now_timestamp(created))
+        function.status.state = S.FUNCTION_STATE_OK
+        return FunctionChange(spec.name, function)
+
+    def delete(self, name: str, now: float) -> FunctionChange:
+        self._advance(now)
+        if name not in self.state.functions:
+            raise NotFound(f"no function named {name!r}")
+        return FunctionChange(name, None, reason="function deleted")
+
+    def scale(self, name: str, delta: int, now: float, *, reason: str = "", source: str = "",
+              instance_ids: Iterable[str] = ()) -> FunctionChange:
+        """Change the replica count by `delta` within the function's bounds, or remove
+        exactly `instance_ids` (then `delta` is their number, negated)."""
+        now = self._advance(now)
+        function = self.state.functions.get(name)
+        if function is None:
+            raise NotFound(f"no function named {name!r}")
+        chosen = sorted(set(instance_ids))
+        for instance_id in chosen:
+            instance = self.state.instances.get(instance_id)
+            if (instance is None or instance.function != name or instance.state not in LIVE
+                    or not self.state.belongs(instance)):
+                raise InvalidArgument("instance_ids",
+                                      f"{instance_id!r} is not a live instance of {name}")
+        if chosen:
+            delta = -len(chosen)
+        before = function.status.desired_replicas
+        after = before + delta
+        bounds = function.spec.replicas
+        if after > bounds.max:
+            raise FailedPrecondition(
+                f"{name} would have {after} replicas, above replicas.max={bounds.max}")
+        if after < bounds.min:
+            raise FailedPrecondition(
+                f"{name} would have {after} replicas, below replicas.min={bounds.min}")
+        updated = types_pb2.Function()
+        updated.CopyFrom(function)
+        updated.status.desired_replicas = after
+        decision = events_pb2.ScalingDecision(
+            function=name, at=now_timestamp(now),
+            kind=(events_pb2.SCALING_KIND_HORIZONTAL_OUT if delta > 0
+                  else events_pb2.SCALING_KIND_HORIZONTAL_IN),
+            replicas_before=before, replicas_after=after, reason=reason, source=source)
+        return FunctionChange(name, updated, stop=tuple(chosen), reason=reason or "scaled in",
+                              scaling=decision)
+
+    def apply(self, change: FunctionChange, now: float) -> Outcome:
+        """Carry out a change whose record the shell has made durable."""
+        now = self._advance(now)
+        calls: list[AgentCall] = []
+        if change.record is None:
+            self.state.drop_function(change.name)
+            for instance in self.state.all_of(change.name):
+                if instance.state in TERMINAL:
+                    self._forget(instance.id)  # a later deployment starts with a clean slate
+                elif instance.state != S.INSTANCE_STATE_DRAINING:
+                    calls += self._lifecycle.stop(instance, change.reason, now)
+            return self._outcome(calls)
+        self.state.put_function(change.record)
+        for instance_id in change.stop:
+            chosen = self.state.instances.get(instance_id)
+            if chosen is not None and chosen.state in LIVE:
+                calls += self._lifecycle.stop(chosen, change.reason, now)
+        calls += self._reconcile_function(change.name, now)
+        scaling = (change.scaling,) if change.scaling is not None else ()
+        return self._outcome(calls, scaling)
+
+    def set_quota(self, instance_id: str, quota: types_pb2.Quota, now: float) -> Outcome:
+        """Ask an instance's agent for a new quota; the records change only once the
+        agent has applied it (`call_done`)."""
+        self._advance(now)
+        instance = self.state.instances.get(instance_id)
+        if instance is None or instance.state not in PLACED:
+            raise NotFound(f"no placed instance {instance_id!r}")
+        wanted = types_pb2.Quota()
+        wanted.CopyFrom(quota)
+        return self._outcome([SetQuota(instance.node, instance_id, wanted)])
+
+    # ---- what the nodes say ------------------------------------------------------------
+
+    def observe_nodes(self, snapshot: NodeSnapshot, now: float) -> Outcome:
+        """A fresh read of the node registry (every agent's latest heartbeat)."""
+        now = self._advance(now)
+        return self._outcome(self._heartbeats.observe(snapshot, now))
+
+    def nodes_unreadable(self) -> None:
+        """The registry could not be read: node liveness is not judged until it can."""
+        self._heartbeats.unreadable()
+
+    def instance_reported(self, node: str, report: types_pb2.InstanceReport,
+                          now: float) -> Outcome:
+        """An agent's lifecycle event (ready, failed, stopped) for one instance."""
+        now = self._advance(now)
+        instance = self.state.instances.get(report.instance_id)
+        if instance is None or instance.node != node:
+            return self._outcome([])
+        if instance.state == S.INSTANCE_STATE_DRAINING and report.state == S.INSTANCE_STATE_STOPPED:
+            self._lifecycle.stopped(instance, instance.message or "stopped", now)
+        elif instance.state in PLACED:
+            self._lifecycle.adopt(instance, report.state, report.endpoint, report.message, now)
+        return self._outcome([])
+
+    def call_done(self, call: AgentCall, result: CallResult, now: float) -> Outcome:
+        """The result of an agent call the core asked for."""
+        now = self._advance(now)
+        instance = self.state.instances.get(call.instance_id)
+        if instance is None or instance.node != call.node:
+            return self._outcome([])
+        calls: list[AgentCall] = []
+        if isinstance(call, StartInstance):
+            calls = self._start_done(instance, call, result, now)
+        elif isinstance(call, StopInstance):
+            if not isinstance(result, CallFailed) and instance.state == S.INSTANCE_STATE_DRAINING:
+                self._lifecycle.stopped(instance, instance.message or "stopped", now)
+            # A failed stop is repeated from the heartbeats.
+        elif not isinstance(result, CallFailed) and result.quota is not None:
+            self._adopt_quota(instance, result.quota)
+        return self._outcome(calls)
+
+    def _start_done(self, instance: types_pb2.Instance, call: StartInstance,
+                    result: CallResult, now: float) -> list[AgentCall]:
+        if instance.state not in PLACED:
+            return []
+        if not isinstance(result, CallFailed):
+            if result.report is not None:
+                report = result.report
+                self._lifecycle.adopt(instance, report.state, report.endpoint, report.message, now)
+            return []
+        if result.refusal is Refusal.NO_ROOM and instance.state == S.INSTANCE_STATE_STARTING:
+            # The agent's budget is the truth and the ledger only a cache of it: go
+            # elsewhere at once rather than count it against the function.
+            self._lifecycle.unplace(instance, f"node {call.node} had no room: {result.message}", now)
+            function = self.state.functions.get(instance.function)
+            if function is None or not backoff.may_start(function.status, now):
+                return []
+            start = self._lifecycle.place(function.spec, instance,
+                                          self._heartbeats.nodes.ready(), now)
+            return [start] if start else []
+        if result.refusal is Refusal.UNREACHABLE:
+            self._lifecycle.avoid(instance.function, call.node, now)
+        self._lifecycle.fail(instance, S.INSTANCE_STATE_FAILED,
+                             f"node agent did not start it: {result.message}", now, counts=True)
+        return []
+
+    def _adopt_quota(self, instance: types_pb2.Instance, quota: types_pb2.Quota) -> None:
+        instance.quota.CopyFrom(quota)
+        self.state.touched(instance.id)
+        held = self.ledger.shape_of(instance.id)
+        if held is not None:
+            self.ledger.resize(instance.id, quota_shape(held, quota))
+
+    # ---- time passing ------------------------------------------------------------------
+
+    def tick(self, now: float) -> Outcome:
+        """Bring every function to its replica count (within its back-off), stop what
+        belongs to no function, forget old terminal records and clear healed back-offs."""
+        now = self._advance(now)
+        calls: list[AgentCall] = []
+        for instance in sorted(self.state.instances.values(), key=lambda i: i.id):
+            if (instance.state not in TERMINAL | {S.INSTANCE_STATE_DRAINING}
+                    and not self.state.belongs(instance)):
+                calls += self._lifecycle.stop(instance, "function deleted", now)
+        for name in sorted(self.state.functions):
+            calls += self._reconcile_function(name, now)
+        self._forget_terminal(now)
+        self._heal(now)
+        return self._outcome(calls)
+
+    def _reconcile_function(self, name: str, now: float) -> list[AgentCall]:
+        function = self.state.functions[name]
+        plan = plan_replicas(function.status.desired_replicas, self.state.instances_of(name))
+        calls: list[AgentCall] = []
+        for instance_id in plan.stop:
+            calls += self._lifecycle.stop(self.state.instances[instance_id], "scaled in", now)
+        if not backoff.may_start(function.status, now):
+            return calls  # recent failures: let the cause clear before trying again
+        res = function.spec.resources
+        for _ in range(plan.start):
+            instance = types_pb2.Instance(
+                id=self._new_id(name), function=name, state=S.INSTANCE_STATE_PENDING,
+                created_at=now_timestamp(now), updated_at=now_timestamp(now),
+                quota=types_pb2.Quota(sm_request=res.sm_request, sm_limit=res.sm_limit,
+                                      memory_limit_mib=res.memory_mib))
+            self.state.add(instance)
+        ready_nodes = self._heartbeats.nodes.ready()
+        for instance in self.state.instances_of(name):
+            if instance.state == S.INSTANCE_STATE_PENDING:
+                start = self._lifecycle.place(function.spec, instance, ready_nodes, now)
+                if start is not None:
+                    calls.append(start)
+        return calls
+
+    def _forget_terminal(self, now: float) -> None:
+        """Keep, per function, only the newest `kept_terminal` terminal records, each for
+        at most `terminal_retention_s`; those of deleted deployments go at once."""
+        kept: dict[str, int] = {}
+        terminal = sorted((i for i in self.state.instances.values() if i.state in TERMINAL),
+                          key=lambda i: (-i.updated_at.ToNanoseconds(), i.id))
+        for instance in terminal:
+            age = now - seconds(instance.updated_at)
+            rank = kept.get(instance.function, 0)
+            if (age > self.settings.terminal_retention_s or rank >= self.settings.kept_terminal
+                    or not self.state.belongs(instance)):
+                self._forget(instance.id)
+            else:
+                kept[instance.function] = rank + 1
+
+    def _heal(self, now: float) -> None:
+        for name, function in self.state.functions.items():
+            if function.status.consecutive_failures <= 0:
+                continue
+            since = [self._lifecycle.ready_since[i.id] for i in self.state.instances_of(name)
+                     if i.state == S.INSTANCE_STATE_READY and i.id in self._lifecycle.ready_since]
+            if backoff.healed(function.status, since, now, self.settings):
+                backoff.record_healthy(function.status)
+                self.state.function_touched(name)
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def function(self, name: str) -> types_pb2.Function:
+        """A function with its current deployment's instances (a copy)."""
+        stored = self.state.functions.get(name)
+        if stored is None:
+            raise NotFound(f"no function named {name!r}")
+        function = types_pb2.Function()
+        function.CopyFrom(stored)
+        instances = self.state.instances_of(name)
+        function.status.instances.extend(instances)
+        function.status.ready_replicas = sum(
+            1 for i in instances if i.state == S.INSTANCE_STATE_READY)
+        return function
+
+    def functions(self) -> list[types_pb2.Function]:
+        return [self.function(name) for name in sorted(self.state.functions)]
+
+    def route(self, name: str, exclude: Iterable[str] = ()) -> tuple[str, str]:
+        """The ready instance an invocation should go to, as (id, endpoint): the least
+        loaded per `router`. Raises NotFound, FailedPrecondition (a training function
+        serves no requests) or Unavailable (no ready instance, saying what there is)."""
+        function = self.state.functions.get(name)
+        if function is None:
+            raise NotFound(f"no function named {name!r}")
+        if function.spec.kind == S.FUNCTION_KIND_TRAINING:
+            raise FailedPrecondition(f"function {name!r} is a training job: it serves no "
+                                     "requests (invoke inference functions only)")
+        skip = set(exclude)
+        instances = self.state.instances_of(name)
+        ready = {i.id: i.endpoint for i in instances
+                 if i.state == S.INSTANCE_STATE_READY and i.endpoint and i.id not in skip}
+        chosen = self.router.pick(ready)
+        if chosen is None:
+            states = [state_name(i.state) for i in instances]
+            raise Unavailable(f"function {name!r} has no ready instance "
+                              f"(instances: {', '.join(states) or 'none'})")
+        return chosen, ready[chosen]
+
+    def node_views(self) -> list[types_pb2.NodeView]:
+        nodes = self._heartbeats.nodes
+        views = []
+        for node in nodes.all():
+            view = types_pb2.NodeView(node=node, state=nodes.state(node.id))
+            for gpu in self.ledger.gpus([node.id]):
+                view.allocations.add(
+                    gpu_uuid=gpu.uuid, sm_requested=gpu.sm_requested, sm_limited=gpu.sm_limited,
+                    memory_allocated_mib=gpu.memory_allocated_mib,
+                    instance_ids=self.ledger.instances_on(gpu.uuid))
+            views.append(view)
+        return views
+
+    def node_address(self, node_id: str) -> str | None:
+        node = self._heartbeats.nodes.node(node_id)
+        return node.address if node is not None else None
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _advance(self, now: float) -> float:
+        self._now = max(self._now, now)
+        return self._now
+
+    def _forget(self, instance_id: str) -> None:
+        self._heartbeats.forget(instance_id)
+        self._lifecycle.forget(instance_id)
+
+    def _outcome(self, calls: list[AgentCall],
+                 scaling: tuple[events_pb2.ScalingDecision, ...] = ()) -> Outcome:
+        functions, instances = self.state.take_changes()
+        return Outcome(tuple(calls), scaling, functions, instances)
