@@ -10,10 +10,9 @@ from pathlib import Path
 
 import grpc
 from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
-from google.protobuf import json_format
 
 from services.cli.specs import SpecError, load_spec
-from services.cli.tables import status_report
+from services.cli.tables import status_json, status_report
 from services.common.config import DEFAULT_PORTS
 from services.common.tables import render
 
@@ -45,7 +44,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     functions = stub.ListFunctions(scheduler_pb2.ListFunctionsRequest(), timeout=10).functions
     nodes = stub.ListNodes(scheduler_pb2.ListNodesRequest(), timeout=10).nodes
     if args.json:
-        print(json_format.MessageToJson(scheduler_pb2.ListFunctionsResponse(functions=functions)))
+        print(status_json(functions))
     else:
         print(status_report(functions, nodes))
     return 0

@@ -1,10 +1,12 @@
-"""Plain-text tables for `dilu status`."""
+"""What `dilu status` prints: plain-text tables, or JSON with the API's field names."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
-from dilu.v1 import types_pb2
+from dilu.v1 import scheduler_pb2, types_pb2
+from google.protobuf import json_format
 
 from services.common.tables import render
 
@@ -13,13 +15,34 @@ def _short(enum_name: str, prefix: str) -> str:
     return enum_name.removeprefix(prefix).lower().replace("_", "-")
 
 
+def _clip(text: str, head: int = 26, tail: int = 50) -> str:
+    """One line, its middle cut when long: a worker's error starts with what happened and
+    ends with why (the instances table has the full text)."""
+    line = " ".join(text.split())
+    return line if len(line) <= head + tail + 1 else line[:head] + "…" + line[-tail:]
+
+
+def _retry(status: types_pb2.FunctionStatus, now_s: float) -> str:
+    if not status.HasField("next_retry_at"):
+        return "-"
+    wait_s = status.next_retry_at.ToNanoseconds() / 1e9 - now_s
+    return f"in {wait_s:.0f} s" if wait_s >= 0.5 else "now"
+
+
 def status_report(functions: Sequence[types_pb2.Function],
-                  nodes: Sequence[types_pb2.NodeView]) -> str:
+                  nodes: Sequence[types_pb2.NodeView], now_s: float | None = None) -> str:
+    """Functions (with their back-off state), instances and GPUs as three tables.
+    `now_s` (default: this machine's clock) turns the next retry into a countdown."""
+    now_s = time.time() if now_s is None else now_s
     gpu_index = {g.uuid: f"{view.node.id}/gpu{g.index}" for view in nodes for g in view.node.gpus}
     function_rows = [
         (f.spec.name, _short(types_pb2.FunctionKind.Name(f.spec.kind), "FUNCTION_KIND_"),
          f.spec.model, f"{f.status.ready_replicas}/{f.status.desired_replicas}",
-         f"{f.spec.slo.latency_ms:g} ms" if f.spec.slo.latency_ms else "-")
+         f"{f.spec.slo.latency_ms:g} ms" if f.spec.slo.latency_ms else "-",
+         _short(types_pb2.FunctionState.Name(f.status.state), "FUNCTION_STATE_")
+         if f.status.state else "-",
+         f"{f.status.consecutive_failures}", _retry(f.status, now_s),
+         _clip(f.status.last_error) or "-")
         for f in functions
     ]
     instance_rows = [
@@ -39,9 +62,17 @@ def status_report(functions: Sequence[types_pb2.Function],
                 gpu.model, f"{a.sm_requested:.2f}", f"{a.sm_limited:.2f}",
                 f"{a.memory_allocated_mib}/{gpu.memory_total_mib}", len(a.instance_ids)))
     return "\n\n".join([
-        "FUNCTIONS\n" + render(("NAME", "KIND", "MODEL", "READY", "SLO"), function_rows),
+        "FUNCTIONS\n" + render(("NAME", "KIND", "MODEL", "READY", "SLO", "STATE", "FAILURES",
+                                "NEXT RETRY", "LAST ERROR"), function_rows),
         "INSTANCES\n" + render(("ID", "STATE", "GPU", "REQ/LIMIT", "SHARE", "MEM MiB", "MESSAGE"),
                                instance_rows),
         "GPUS\n" + render(("GPU", "NODE", "MODEL", "SM REQ", "SM LIMIT", "MEM MiB", "INSTANCES"),
                           gpu_rows),
     ])
+
+
+def status_json(functions: Sequence[types_pb2.Function]) -> str:
+    """The functions as JSON with the field names of the API and of spec files
+    (snake_case), not protobuf's camelCase JSON names."""
+    return json_format.MessageToJson(scheduler_pb2.ListFunctionsResponse(functions=functions),
+                                     preserving_proto_field_name=True)

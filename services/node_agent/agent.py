@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,9 @@ from dilu.v1 import profiler_pb2, types_pb2
 
 from services.common import subjects
 from services.common.bus import Bus, ProtoKV
+from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.loops import every
 from services.common.timestamps import now_timestamp
 from services.node_agent.arbiter import Claim, GpuArbiter
 from services.node_agent.gpus import GpuBackend
@@ -94,7 +94,7 @@ class NodeAgent:
     def __init__(self, node_id: str, gpus: GpuBackend, bus: Bus,
                  nodes_kv: ProtoKV[types_pb2.Node], settings: AgentSettings,
                  profiles_kv: ProtoKV[profiler_pb2.Profile] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.node_id = node_id
         self.address = ""  # set once the gRPC port is bound, before start()
         self._gpus = gpus
@@ -122,16 +122,12 @@ class NodeAgent:
                 stale.unlink(missing_ok=True)
         _prune_logs(runtime_dir)
         await self.heartbeat()
-        self._loops = [
-            asyncio.create_task(self._every(self._settings.heartbeat_interval_s, self.heartbeat),
-                                name="heartbeat"),
-            asyncio.create_task(self._every(self._settings.arbiter_period_s, self._arbitrate),
-                                name="arbiter"),
-            asyncio.create_task(self._every(self._settings.telemetry_interval_s,
-                                            self._publish_telemetry), name="telemetry"),
-            asyncio.create_task(self._every(self._settings.qos_window_s, self._publish_qos),
-                                name="qos"),
-        ]
+        periodic = [(self._settings.heartbeat_interval_s, self.heartbeat, "heartbeat"),
+                    (self._settings.arbiter_period_s, self._arbitrate, "arbiter"),
+                    (self._settings.telemetry_interval_s, self._publish_telemetry, "telemetry"),
+                    (self._settings.qos_window_s, self._publish_qos, "qos")]
+        self._loops = [asyncio.create_task(every(interval, action, clock=self._clock, name=name),
+                                           name=name) for interval, action, name in periodic]
 
     async def close(self) -> None:
         for task in self._loops:
@@ -144,29 +140,11 @@ class NodeAgent:
                                for i in list(self._held)), return_exceptions=True)
         self._gpus.close()
 
-    async def _every(self, interval_s: float,
-                     action: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `action` on a fixed schedule; a late run does not shift the ones after it,
-        and a stall skips missed runs instead of bunching them up."""
-        due = time.monotonic() + interval_s
-        while True:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            try:
-                await action()
-            except Unavailable as error:
-                log.warning("%s not delivered: %s", action.__name__, error)
-            except Exception:
-                log.exception("%s failed", action.__name__)
-            due += interval_s
-            now = time.monotonic()
-            if due <= now:  # the action overran: skip, never run back to back
-                due = now + interval_s
-
     # ---- status and heartbeat --------------------------------------------------------
 
     def status(self) -> types_pb2.Node:
         node = types_pb2.Node(id=self.node_id, address=self.address, gpu_backend=self._gpus.name,
-                              heartbeat_at=now_timestamp(self._clock()))
+                              heartbeat_at=now_timestamp(self._clock.time()))
         for device in self._devices.values():
             utilization, memory = self._gpu_use.get(device.uuid, (0.0, 0))
             node.gpus.add(uuid=device.uuid, index=device.index, model=device.model,
@@ -348,7 +326,7 @@ class NodeAgent:
         """Every period: each GPU's arbiter turns requests, limits and who waited for credit
         into effective shares; changed pages are rewritten at once."""
         hungry: dict[str, bool] = {}
-        now = time.monotonic()
+        now = self._clock.monotonic()
         for instance_id, held in self._held.items():
             throttled = held.worker.stats.throttled_ns()
             if throttled > held.last_throttled_ns:
@@ -389,12 +367,12 @@ class NodeAgent:
         measured = {s.uuid: s for s in await asyncio.to_thread(self._gpus.sample)}
         held = list(self._held.values())
         # The window is timed where the counters are read, after the (variable) NVML call.
-        now_s = time.monotonic()
+        now_s = self._clock.monotonic()
         readings = self._read_stats(held)
         interval = now_s - self._telemetry_at if self._telemetry_at else (
             self._settings.telemetry_interval_s)
         self._telemetry_at = now_s
-        now = self._clock()
+        now = self._clock.time()
         for uuid, device in self._devices.items():
             usages = [UsageSample(h.info, h.report.quota.effective_share,
                                   h.telemetry_from or readings[h.report.instance_id],
@@ -410,8 +388,8 @@ class NodeAgent:
             one.telemetry_from = readings.get(one.report.instance_id, one.telemetry_from)
 
     async def _publish_qos(self) -> None:
-        now_s = time.monotonic()
-        now = self._clock()
+        now_s = self._clock.monotonic()
+        now = self._clock.time()
         held = [h for h in self._held.values() if h.report.state == S.INSTANCE_STATE_READY]
         readings = self._read_stats(held)
         for one in held:
@@ -435,7 +413,7 @@ class NodeAgent:
         event = events_pb2.InstanceEvent(
             function=report.function, instance_id=report.instance_id, node=self.node_id,
             kind=kind, endpoint=report.endpoint, message=message or report.message,  # type: ignore[arg-type]
-            at=now_timestamp(self._clock()))
+            at=now_timestamp(self._clock.time()))
         try:
             await self._bus.publish(subjects.instance_events(report.function), event)
         except Unavailable as error:

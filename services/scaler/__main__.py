@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from dilu.events.v1 import events_pb2
 from dilu.v1 import scaler_pb2_grpc
 
 from services.common import subjects
 from services.common.bus import Bus
+from services.common.clock import SYSTEM_CLOCK
 from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
@@ -31,7 +31,7 @@ async def run(config: ServerConfig) -> None:
     observer = QosObserver()
 
     async def on_qos(_subject: str, report: events_pb2.QosReport) -> None:
-        observer.on_qos(report, time.time())
+        observer.on_qos(report, SYSTEM_CLOCK.time())
 
     async def on_decision(_subject: str, decision: events_pb2.ScalingDecision) -> None:
         observer.on_decision(decision)

@@ -3,10 +3,9 @@ token bucket, reading the effective share from the control page at every admissi
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
+from services.common.clock import SYSTEM_CLOCK, Clock
 from services.node_agent.pages import Control, ControlPageReader, StatsWriter
 from services.node_agent.token_bucket import BLOCKED, BucketParams, TokenBucket
 
@@ -16,12 +15,12 @@ class QuotaGate:
     launch and busy counters): the gate then admits everything at once and counts nothing."""
 
     def __init__(self, control: ControlPageReader, stats: StatsWriter,
-                 clock_ns: Callable[[], int] = time.monotonic_ns, enforcing: bool = True) -> None:
+                 clock: Clock = SYSTEM_CLOCK, enforcing: bool = True) -> None:
         self._control = control
         self._stats = stats
         self.enforcing = enforcing
-        self._clock_ns = clock_ns
-        self._bucket = TokenBucket(clock_ns(), control.read().burst_ns)
+        self._clock = clock
+        self._bucket = TokenBucket(clock.monotonic_ns(), control.read().burst_ns)
 
     def control(self) -> Control:
         return self._control.read()
@@ -36,14 +35,14 @@ class QuotaGate:
             control = self._control.read()
             params = BucketParams(control.share, control.burst_ns, control.inflight_cap_ns,
                                   control.paused)
-            now = self._clock_ns()
+            now = self._clock.monotonic_ns()
             wait = self._bucket.wait_ns(cost_ns, now, params)
             if wait == 0:
                 break
             delay = control.period_ns if wait == BLOCKED else min(wait, control.period_ns)
-            await asyncio.sleep(delay / 1e9)
+            await self._clock.sleep(delay / 1e9)
             # Counted as it accrues, so the arbiter sees a waiting instance while it waits.
-            self._stats.add("throttled_ns", self._clock_ns() - now)
+            self._stats.add("throttled_ns", self._clock.monotonic_ns() - now)
         self._bucket.admit(cost_ns)
         self._stats.add("launches", 1)
         return control
@@ -59,7 +58,7 @@ class SimDevice:
     """Runs simulated GPU work through the gate in period-sized launches, the way a real
     batch is many kernels: each launch is admitted under the share of that moment."""
 
-    def __init__(self, gate: QuotaGate, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, gate: QuotaGate, clock: Clock = SYSTEM_CLOCK) -> None:
         self._gate = gate
         self._clock = clock
         self._device_time = 0.0  # when the simulated device finishes its queued work
@@ -70,15 +69,15 @@ class SimDevice:
         remaining_ns = max(1, round(cost_s * 1e9))
         while remaining_ns > 0:
             launch_ns = min(remaining_ns, self._gate.control().period_ns)
-            asked = self._clock()
+            asked = self._clock.monotonic()
             control = await self._gate.admit(launch_ns)
-            now = self._clock()
+            now = self._clock.monotonic()
             # If the gate held the launch back, the bucket paces it; otherwise a device clock
             # that may trail by 2 ms keeps sleep overshoot from adding up over launches.
             held_back = now - asked > 0.0005
             start = now if held_back else max(self._device_time, now - 0.002)
             self._device_time = start + launch_ns / 1e9 * stretch(max(control.share, 1e-3))
             if self._device_time > now:
-                await asyncio.sleep(self._device_time - now)
+                await self._clock.sleep(self._device_time - now)
             self._gate.complete(launch_ns, launch_ns)
             remaining_ns -= launch_ns
