@@ -1,5 +1,9 @@
 """What the scheduler does when a function keeps failing, against real processes: back-off,
-the degraded state, a bounded failure history, a clean re-deploy; and invoking training."""
+the degraded state, a bounded failure history, a clean re-deploy; and invoking training.
+
+A torch spec whose weights file is missing stands for "a spec only the worker can find
+out it cannot run": Deploy cannot check a file on the node, so it is accepted and every
+worker exits within a couple of seconds."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def dilu(*args: str, scheduler: str) -> subprocess.CompletedProcess[str]:
                            *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
 
 
-def test_a_function_only_its_worker_cannot_run_backs_off_degrades_and_redeploys_clean(
+def test_a_function_only_its_worker_cannot_run_backs_off_and_degrades(
         cluster: Cluster, tmp_path: Path):
     scheduler = cluster.start_scheduler(*QUICK_BACKOFF)
     cluster.start_agent("n1")
@@ -79,17 +83,28 @@ def test_a_function_only_its_worker_cannot_run_backs_off_degrades_and_redeploys_
     assert "consecutive_failures" in printed["functions"][0]["status"]
     assert "desired_replicas" in printed["functions"][0]["status"]
 
-    cluster.sched.DeleteFunction(scheduler_pb2.DeleteFunctionRequest(name="broken"))
-    fresh = cluster.deploy(inference_spec("broken"))
 
+def test_a_redeployed_function_shows_none_of_the_deleted_ones_failures(
+        one_node: Cluster, tmp_path: Path):
+    spec = torch_inference_spec("again")
+    spec.weights_uri = str(tmp_path / "missing.pt")
+    one_node.deploy(spec)
+    old = assert_eventually(
+        lambda: {i.id for i in one_node.function("again").status.instances
+                 if i.state == S.INSTANCE_STATE_FAILED},
+        timeout=20, message="the first deployment fails")
+
+    one_node.sched.DeleteFunction(scheduler_pb2.DeleteFunctionRequest(name="again"))
+    fresh = one_node.deploy(inference_spec("again"))
+
+    assert [i.state for i in fresh.status.instances] == [S.INSTANCE_STATE_STARTING]
+    assert not {i.id for i in fresh.status.instances} & old
     assert fresh.status.state == S.FUNCTION_STATE_OK
     assert fresh.status.consecutive_failures == 0 and not fresh.status.last_error
-    assert [i.state for i in fresh.status.instances] == [S.INSTANCE_STATE_STARTING]
-    assert not {i.id for i in fresh.status.instances} & seen
     ready = assert_eventually(
-        lambda: (f := cluster.function("broken")).status.ready_replicas == 1 and f,
+        lambda: (f := one_node.function("again")).status.ready_replicas == 1 and f,
         timeout=15, message="the re-deployed function serves")
-    assert {i.id for i in ready.status.instances}.isdisjoint(seen)
+    assert {i.id for i in ready.status.instances}.isdisjoint(old)
 
 
 def test_invoking_a_training_function_is_a_failed_precondition(one_node: Cluster):
@@ -104,3 +119,17 @@ def test_invoking_a_training_function_is_a_failed_precondition(one_node: Cluster
 
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "training" in refused.value.details()
+
+
+def test_dilu_status_json_uses_the_api_field_names(one_node: Cluster):
+    one_node.deploy(inference_spec("named"))
+    assert one_node.scheduler is not None
+
+    shown = dilu("status", "--json", scheduler=one_node.scheduler.address)
+
+    assert shown.returncode == 0, shown.stderr
+    function = json.loads(shown.stdout)["functions"][0]
+    assert function["spec"]["resources"]["sm_request"] == 0.3
+    assert function["status"]["desired_replicas"] == 1
+    assert "created_at" in function["status"]["instances"][0]
+    assert "desiredReplicas" not in shown.stdout
