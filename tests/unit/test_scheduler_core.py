@@ -428,3 +428,21 @@ def _check_ledger(world: World) -> None:
                    if i.state in HOLDING and slot.uuid in i.gpu_uuids]
         assert slot.sm_requested == pytest.approx(sum(i.quota.sm_request for i in holders))
         assert sorted(core.ledger.instances_on(slot.uuid)) == sorted(i.id for i in holders)
+
+
+def test_a_clock_stepped_back_across_a_restart_never_orphans_new_instances():
+    world = World(FakeAgent("n1"))
+    world.deploy(inference_spec("svc", max_replicas=2))
+    after = SchedulerCore(make_placement("first-fit"), world.settings, new_id=world.new_id)
+    world.now -= 60  # the machine's clock was stepped back while the scheduler was down
+    snapshot = {a.node_id: (a.revision, a.node()) for a in world.agents.values()}
+    after.recover(list(world.core.state.functions.values()),
+                  list(world.core.state.instances.values()), snapshot, world.now)
+    world.core = after
+    world.heartbeat()
+
+    world.scale("svc", +1)
+    world.tick()
+
+    assert [i.id for i in world.live("svc")] == ["svc-1", "svc-2"]
+    assert not [c for c in world.made if isinstance(c, StopInstance)]

@@ -14,11 +14,18 @@ makes the calls and reports each result with `call_done`.
     an agent call's result                  call_done(call, CallSucceeded | CallFailed)
     time passing (about once a second)      tick()
     a restart                               recover(functions, instances, snapshot)
+    a quota change to ask an agent for      set_quota(instance_id, quota)
 
-Modules: `core` (the facade), `lifecycle` (one instance's transitions), `heartbeats`
-(node liveness and level-triggered repair), `backoff` (failure back-off per function),
-`records` (the records in memory), `calls` (the values crossing the boundary),
-`shapes` (spec to placement shape), `settings`.
+Reading: `function(name)`, `functions()`, `route(name, exclude)` (where an invocation
+goes), `node_views()`, `node_address(node)`; `state` (the records), `ledger`, `router`.
+
+Modules: `core` (the facade), `intents` (RPC intents checked), `lifecycle` (one
+instance's transitions), `heartbeats` (node liveness and level-triggered repair),
+`backoff` (failure back-off per function), `records` (the records in memory), `views`
+(what readers see), `calls` (the values crossing the boundary), `shapes` (spec to
+placement shape), `settings`. Pure pieces it builds on stay where they were:
+`services.scheduler.replicas` (how many to start, which to stop), `.nodes` (liveness),
+`.routing` (least outstanding requests) and `.placement`.
 """
 
 from __future__ import annotations

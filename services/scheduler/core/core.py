@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 from dilu.events.v1 import events_pb2
 from dilu.v1 import types_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.errors import NotFound
 from services.common.timestamps import now_timestamp
-from services.scheduler.core import backoff
+from services.scheduler.core import backoff, intents, views
 from services.scheduler.core.calls import (
     AgentCall,
     CallFailed,
@@ -44,7 +44,6 @@ from services.scheduler.core.records import (
     TERMINAL,
     ClusterState,
     seconds,
-    state_name,
 )
 from services.scheduler.core.settings import SchedulerSettings
 from services.scheduler.core.shapes import held_shape, quota_shape
@@ -78,8 +77,8 @@ class SchedulerCore:
         self._lifecycle = Lifecycle(self.state, self.ledger, placement, self.router,
                                     self.settings)
         self._heartbeats = Heartbeats(self.state, self.ledger, self._lifecycle, self.settings)
-        # The latest `now` seen: time never goes back inside the core, so a wall clock
-        # stepped back cannot make a new instance look older than its deployment.
+        # The latest `now` seen: time never goes back inside the core (a wall clock may
+        # be stepped back), so records are stamped in the order things happened.
         self._now = float("-inf")
 
     # ---- start-up ----------------------------------------------------------------------
@@ -90,9 +89,7 @@ class SchedulerCore:
         """Take over the stored records after a (re)start. Instances that held GPUs take
         them again where their node still declares them; the others were lost."""
         self.state.load(functions, instances)
-        stamps = [seconds(f.status.created_at) for f in self.state.functions.values()]
-        stamps += [seconds(i.updated_at) for i in self.state.instances.values()]
-        now = self._advance(max([now, *stamps]))
+        now = self._advance(now)
         self._heartbeats.declare(nodes, now, trusted=False)
         for instance in sorted(self.state.instances.values(), key=lambda i: i.id):
             if instance.state not in HOLDING:
@@ -120,62 +117,18 @@ class SchedulerCore:
 
     def deploy(self, spec: types_pb2.FunctionSpec, now: float) -> FunctionChange:
         """A new function from a validated spec, with `replicas.min` replicas."""
-        if spec.name in self.state.functions:
-            raise InvalidArgument("function.name",
-                                  f"a function named {spec.name!r} is already deployed; "
-                                  "delete it first or choose another name")
-        # Strictly after every record left under this name by an earlier deployment, so
-        # none of them counts as this one's.
-        created = self._advance(max([now, *(seconds(i.created_at) + 1e-6
-                                            for i in self.state.all_of(spec.name))]))
-        function = types_pb2.Function(spec=spec)
-        function.status.desired_replicas = spec.replicas.min
-        function.status.created_at.CopyFrom(now_timestamp(created))
-        function.status.state = S.FUNCTION_STATE_OK
-        return FunctionChange(spec.name, function)
+        return intents.deploy(self.state, spec, self._advance(now))
 
     def delete(self, name: str, now: float) -> FunctionChange:
         self._advance(now)
-        if name not in self.state.functions:
-            raise NotFound(f"no function named {name!r}")
-        return FunctionChange(name, None, reason="function deleted")
+        return intents.delete(self.state, name)
 
     def scale(self, name: str, delta: int, now: float, *, reason: str = "", source: str = "",
               instance_ids: Iterable[str] = ()) -> FunctionChange:
         """Change the replica count by `delta` within the function's bounds, or remove
         exactly `instance_ids` (then `delta` is their number, negated)."""
-        now = self._advance(now)
-        function = self.state.functions.get(name)
-        if function is None:
-            raise NotFound(f"no function named {name!r}")
-        chosen = sorted(set(instance_ids))
-        for instance_id in chosen:
-            instance = self.state.instances.get(instance_id)
-            if (instance is None or instance.function != name or instance.state not in LIVE
-                    or not self.state.belongs(instance)):
-                raise InvalidArgument("instance_ids",
-                                      f"{instance_id!r} is not a live instance of {name}")
-        if chosen:
-            delta = -len(chosen)
-        before = function.status.desired_replicas
-        after = before + delta
-        bounds = function.spec.replicas
-        if after > bounds.max:
-            raise FailedPrecondition(
-                f"{name} would have {after} replicas, above replicas.max={bounds.max}")
-        if after < bounds.min:
-            raise FailedPrecondition(
-                f"{name} would have {after} replicas, below replicas.min={bounds.min}")
-        updated = types_pb2.Function()
-        updated.CopyFrom(function)
-        updated.status.desired_replicas = after
-        decision = events_pb2.ScalingDecision(
-            function=name, at=now_timestamp(now),
-            kind=(events_pb2.SCALING_KIND_HORIZONTAL_OUT if delta > 0
-                  else events_pb2.SCALING_KIND_HORIZONTAL_IN),
-            replicas_before=before, replicas_after=after, reason=reason, source=source)
-        return FunctionChange(name, updated, stop=tuple(chosen), reason=reason or "scaled in",
-                              scaling=decision)
+        return intents.scale(self.state, name, delta, self._advance(now), reason=reason,
+                             source=source, instance_ids=instance_ids)
 
     def apply(self, change: FunctionChange, now: float) -> Outcome:
         """Carry out a change whose record the shell has made durable."""
@@ -308,10 +261,12 @@ class SchedulerCore:
         if not backoff.may_start(function.status, now):
             return calls  # recent failures: let the cause clear before trying again
         res = function.spec.resources
+        # Never stamped before its deployment, even by a clock stepped back since.
+        created = now_timestamp(max(now, seconds(function.status.created_at)))
         for _ in range(plan.start):
             instance = types_pb2.Instance(
                 id=self._new_id(name), function=name, state=S.INSTANCE_STATE_PENDING,
-                created_at=now_timestamp(now), updated_at=now_timestamp(now),
+                created_at=created, updated_at=now_timestamp(now),
                 quota=types_pb2.Quota(sm_request=res.sm_request, sm_limit=res.sm_limit,
                                       memory_limit_mib=res.memory_mib))
             self.state.add(instance)
@@ -352,16 +307,7 @@ class SchedulerCore:
 
     def function(self, name: str) -> types_pb2.Function:
         """A function with its current deployment's instances (a copy)."""
-        stored = self.state.functions.get(name)
-        if stored is None:
-            raise NotFound(f"no function named {name!r}")
-        function = types_pb2.Function()
-        function.CopyFrom(stored)
-        instances = self.state.instances_of(name)
-        function.status.instances.extend(instances)
-        function.status.ready_replicas = sum(
-            1 for i in instances if i.state == S.INSTANCE_STATE_READY)
-        return function
+        return views.function(self.state, name)
 
     def functions(self) -> list[types_pb2.Function]:
         return [self.function(name) for name in sorted(self.state.functions)]
@@ -370,35 +316,10 @@ class SchedulerCore:
         """The ready instance an invocation should go to, as (id, endpoint): the least
         loaded per `router`. Raises NotFound, FailedPrecondition (a training function
         serves no requests) or Unavailable (no ready instance, saying what there is)."""
-        function = self.state.functions.get(name)
-        if function is None:
-            raise NotFound(f"no function named {name!r}")
-        if function.spec.kind == S.FUNCTION_KIND_TRAINING:
-            raise FailedPrecondition(f"function {name!r} is a training job: it serves no "
-                                     "requests (invoke inference functions only)")
-        skip = set(exclude)
-        instances = self.state.instances_of(name)
-        ready = {i.id: i.endpoint for i in instances
-                 if i.state == S.INSTANCE_STATE_READY and i.endpoint and i.id not in skip}
-        chosen = self.router.pick(ready)
-        if chosen is None:
-            states = [state_name(i.state) for i in instances]
-            raise Unavailable(f"function {name!r} has no ready instance "
-                              f"(instances: {', '.join(states) or 'none'})")
-        return chosen, ready[chosen]
+        return views.route(self.state, self.router, name, exclude)
 
     def node_views(self) -> list[types_pb2.NodeView]:
-        nodes = self._heartbeats.nodes
-        views = []
-        for node in nodes.all():
-            view = types_pb2.NodeView(node=node, state=nodes.state(node.id))
-            for gpu in self.ledger.gpus([node.id]):
-                view.allocations.add(
-                    gpu_uuid=gpu.uuid, sm_requested=gpu.sm_requested, sm_limited=gpu.sm_limited,
-                    memory_allocated_mib=gpu.memory_allocated_mib,
-                    instance_ids=self.ledger.instances_on(gpu.uuid))
-            views.append(view)
-        return views
+        return views.node_views(self._heartbeats.nodes, self.ledger)
 
     def node_address(self, node_id: str) -> str | None:
         node = self._heartbeats.nodes.node(node_id)
