@@ -74,6 +74,10 @@ def refusal_of(code: grpc.StatusCode) -> Refusal:
 
 
 class Scheduler:
+    """The scheduler service's state and behaviour behind its gRPC servicer: `deploy`,
+    `delete`, `scale`, `invoke`, reads, and a reconcile pass every
+    `reconcile_interval_s` (`start()` begins it, `close()` ends it)."""
+
     def __init__(self, bus: Bus, store: Store, nodes_kv: ProtoKV[types_pb2.Node],
                  placement: Placement, settings: SchedulerSettings,
                  clock: Clock = SYSTEM_CLOCK) -> None:

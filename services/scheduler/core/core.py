@@ -250,6 +250,7 @@ class SchedulerCore:
             calls += self._reconcile_function(name, now)
         self._forget_terminal(now)
         self._heal(now)
+        self._lifecycle.prune(now)
         return self._outcome(calls)
 
     def _reconcile_function(self, name: str, now: float) -> list[AgentCall]:

@@ -154,6 +154,14 @@ class Lifecycle:
             instance.quota.effective_share = effective_share
             self._state.touched(instance.id)
 
+    def prune(self, now: float) -> None:
+        """Drop stop timestamps of ids no record has any more (stops of instances an
+        agent ran unknown to the scheduler) once they could no longer be repeated."""
+        repeat_after = self._settings.drain_timeout_s + self._settings.agent_timeout_s
+        for instance_id, sent in list(self._stop_sent.items()):
+            if instance_id not in self._state.instances and now - sent > 2 * repeat_after:
+                del self._stop_sent[instance_id]
+
     def forget(self, instance_id: str) -> None:
         """Drop a record and everything kept about it."""
         self._stop_sent.pop(instance_id, None)
