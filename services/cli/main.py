@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from services.cli.specs import SpecError, load_spec
 from services.cli.tables import status_json, status_report
 from services.common.config import DEFAULT_PORTS
 from services.common.tables import render
+from services.perf import SIM_MODELS
 
 DEFAULT_SCHEDULER = os.environ.get("DILU_SCHEDULER", f"127.0.0.1:{DEFAULT_PORTS['scheduler']}")
 DEFAULT_STATE_DIR = Path(os.environ.get(
@@ -75,6 +77,32 @@ def cmd_delete(args: argparse.Namespace) -> int:
     reply = _scheduler(args).DeleteFunction(
         scheduler_pb2.DeleteFunctionRequest(name=args.name), timeout=30)
     print(f"deleted {args.name} ({reply.stopped_instances} instances stopped)")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    if not args.offline:
+        print("error: the live profiler (profiling a running worker) is not built yet; "
+              "add --offline to search the bundled A100 tables", file=sys.stderr)
+        return 2
+    from services.common.errors import DiluError
+    from services.profiler.offline import profile_offline
+
+    try:
+        profile = profile_offline(args.model, args.slo_ms)
+    except DiluError as error:
+        print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
+        return 2 if error.code == grpc.StatusCode.INVALID_ARGUMENT else 1
+    if args.json:
+        print(json.dumps(profile.to_json()))
+        return 0
+    rows = [(label, f"{c.share:.2f}", c.batch, f"{c.measurement.latency_s * 1e3:.1f}",
+             f"{c.measurement.throughput_rps:.1f}", f"{c.efficiency:.1f}", c.measurement.memory_mib)
+            for label, c in (("choice", profile.choice), ("exhaustive", profile.exhaustive))]
+    print(f"{profile.model} at a latency SLO of {args.slo_ms:g} ms, on the bundled A100 table "
+          "(raw measurements)")
+    print(render(("", "SHARE", "BATCH", "LATENCY MS", "THROUGHPUT RPS", "TE RPS/GPU", "MEMORY MIB"), rows))
+    print(f"probes: {profile.probes} of {profile.grid_points} points (the exhaustive sweep measures all)")
     return 0
 
 
@@ -167,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="stop a function's instances and forget it")
     delete.add_argument("name")
     delete.set_defaults(run=cmd_delete)
+
+    profile = sub.add_parser(
+        "profile", help="find a function's most efficient SM share and batch size for an SLO",
+        description="Search the (share, batch) grid for the point of highest efficiency "
+        "(throughput per share) that meets the latency SLO. Shares are fractions of one GPU "
+        "(0.3 = 30 % of its SMs). Only --offline works yet: it searches the bundled A100 "
+        "measurements and prints the choice, the exhaustive optimum and the probes used.")
+    profile.add_argument("--model", required=True, help="one of: " + ", ".join(SIM_MODELS))
+    profile.add_argument("--slo-ms", type=float, required=True, help="latency SLO in milliseconds")
+    profile.add_argument("--offline", action="store_true",
+                         help="search the bundled A100 tables (the live profiler is not built yet)")
+    profile.add_argument("--json", action="store_true", help='print {"choice": {"share", "batch"}, '
+                         '"exhaustive": {"share", "batch"}, "probes"}; shares are fractions of a GPU')
+    profile.set_defaults(run=cmd_profile)
 
     from services.simulator.__main__ import add_arguments as simulator_arguments
     from services.simulator.__main__ import run as cmd_simulate

@@ -1,5 +1,6 @@
 """gRPC servicer of dilu.v1.ProfilerService. Stored profiles are served from JetStream KV;
-the profiling search itself is not built yet and says so."""
+live profiling is not built yet and says so (the search itself, `services.profiler.search`,
+runs offline on the bundled tables: `dilu profile --offline`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ class ProfilerServicer(profiler_pb2_grpc.ProfilerServiceServicer):
                               context: grpc.aio.ServicerContext) -> profiler_pb2.ProfileFunctionResponse:
         if not request.function.name:
             raise InvalidArgument("function.name", "must not be empty")
-        raise Unimplemented("the multi-factor profiling search (SM request, SM limit and batch "
-                            "size for an SLO) is not built yet")
+        raise Unimplemented("the live multi-factor profiling search (SM request, SM limit and batch "
+                            "size for an SLO, measured on a running worker) is not built yet; "
+                            "`dilu profile --offline` runs the search on the bundled A100 tables")
 
     async def GetProfile(self, request: profiler_pb2.GetProfileRequest,
                          context: grpc.aio.ServicerContext) -> profiler_pb2.GetProfileResponse:

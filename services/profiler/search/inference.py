@@ -1,0 +1,191 @@
+"""The inference profiling search: the (share, batch) of highest efficiency that meets a
+latency SLO, found with few probes.
+
+Efficiency is TE = throughput / share (requests/s per whole GPU). The answer is the point
+of highest TE among those that meet the SLO; points within `TIE` (2 %) of the best TE
+count as equal, and among them the smaller share wins, then the smaller batch.
+
+How it searches
+---------------
+Every probe bounds every other point (see `bounds`): a lower and an upper bound on its
+latency and on its throughput. A point is **settled** when it was probed, when its
+latency lower bound exceeds the SLO (it cannot meet it), or when its TE upper bound does
+not exceed the best TE measured so far among points that meet the SLO (it cannot win).
+The search probes until every point is settled, then answers from what it measured.
+
+1. The first probe is the smallest share at the smallest batch: the highest TE its
+   batch can have, and the paper's starting point.
+2. Every later probe is chosen by one step of look-ahead: for each unsettled point, take
+   its predicted latency and throughput (between its bounds, in log scale: 0.45 of the way
+   from the lower latency bound to the upper one, and the mirror image for throughput),
+   and count the points that would stay unsettled had the probe returned exactly that.
+   The probe that would leave the fewest is made; ties go to the higher predicted TE
+   among points predicted to meet the SLO, then the smaller share, then the smaller batch.
+3. If nothing measured meets the SLO when all is settled, the grid's largest share at
+   its smallest batch (the fastest point) is measured if it was not yet; if it misses
+   too, the search raises `InfeasibleSlo` naming the fastest latency measured.
+
+Worked numbers (roberta-large at 60 ms on the raw A100 table; shares as fractions; TE in
+requests/s per whole GPU). (0.1, 1) measures 31.1 ms, TE 321: it meets the SLO, and 51
+of the other 59 points stay unsettled. (0.4, 16) misses at 103.6 ms: nothing with share
+<= 0.4 at batch >= 16 can meet the SLO (L1, L2), nor (0.5, 16) (L3 over one step:
+>= 103.6 × 0.4 / 0.5 / 1.13 = 73 ms) nor (0.6, 16) (>= 69 ms); (0.7, 16) could (59 ms),
+so it stays open — 39 left. (0.1, 4) misses (103.2 ms): 37 left. (0.4, 8) meets at 56.4 ms,
+TE 355, the best so far; every point it bounds below that is settled, e.g. (0.6, 4), whose
+TE is at most 355 × (0.6 / 0.4) × 0.4 / 0.6 = 355 by T4 and T1 — 19 left. Then (0.2, 4)
+meets, TE 346; (1.0, 16) meets, TE 279; (0.7, 32) misses; (0.1, 2) meets, TE 350; (0.3, 8)
+misses at 64.8 ms, which rules out (0.2, 8) (>= 64.8 / 1.05 = 61.7 ms by L1); (0.5, 8)
+meets, TE 355; and (0.3, 4) — open only because one share step may be 13 % faster than
+proportional — measures 34.2 ms, TE 390. Nothing is left: 11 probes of 60, and the answer
+(0.3, 4) is the exhaustive optimum. HGSS, walking up from (0.1, 1), stops after 6 probes
+at (0.2, 4), TE 346 (11 % less).
+
+What holds whatever the data
+----------------------------
+- The answer is always a point the search measured and saw meet the SLO: on the
+  measured values, no choice ever violates the SLO, however noisy they are.
+- No point is measured twice, so the search makes at most `grid.size` probes.
+- When the figures obey the assumptions of `bounds` (within its tolerances), every
+  settled point is truly infeasible or no better than the best measured, so the answer's
+  TE is the highest TE of any feasible point of the grid (and the answer is within the
+  tie rule of the exhaustive optimum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from services.profiler.search.bounds import BoundFactors, Tolerances, bound_factors
+from services.profiler.search.types import (
+    DEFAULT_GRID,
+    Choice,
+    Grid,
+    InfeasibleSlo,
+    Measurer,
+    Probe,
+    check_slo,
+)
+
+__all__ = ["PREDICTION_WEIGHT", "TIE", "best_with_ties", "search_inference"]
+
+TIE = 0.02
+"""Points whose TE is within this fraction of the best are equal: the smaller share wins,
+then the smaller batch."""
+
+PREDICTION_WEIGHT = 0.45
+"""Where between its bounds a point's latency is predicted, in log scale: 0 is the lower
+bound, 1 the upper. Leaning to the optimistic side makes the search try promising points
+early; the look-ahead's counts then do the rest."""
+
+Vector = npt.NDArray[np.float64]
+
+# A bound equal to the best TE up to float rounding settles a point: the points a probe
+# bounds by its own TE (less share, smaller batch) would otherwise stay open by one ulp.
+_ROUNDING = 1.0 + 1e-9
+
+# A bound equal to the best TE up to float rounding settles a point: the points a probe
+# bounds by its own TE (less share, smaller batch) would otherwise stay open by one ulp.
+_ROUNDING = 1.0 + 1e-9
+
+
+def search_inference(measurer: Measurer, slo_s: float, grid: Grid = DEFAULT_GRID,
+                     tolerances: Tolerances | None = None) -> Choice:
+    """Search `grid` for the most efficient point that meets `slo_s` (seconds).
+
+    Raises `InfeasibleSlo` when no point measured meets it, after measuring the fastest
+    point of the grid. See the module docstring for the rules.
+    """
+    check_slo(slo_s)
+    state = _SearchState(grid, slo_s, bound_factors(grid, tolerances or Tolerances()))
+    state.probe(measurer, 0)
+    while True:
+        while (point := state.next_probe()) is not None:
+            state.probe(measurer, point)
+        if state.best_efficiency > 0:
+            break
+        fastest = (len(grid.shares) - 1) * len(grid.batches)
+        if state.probed[fastest]:
+            raise InfeasibleSlo(slo_s, min(state.probes, key=lambda p: p.measurement.latency_s))
+        # Nothing met the SLO on inference alone; measure the fastest point before
+        # declaring the SLO infeasible, so the error names a measured figure.
+        state.probe(measurer, fastest)
+    chosen = best_with_ties([p for p in state.probes if p.meets(slo_s)])
+    return Choice(share=chosen.share, batch=chosen.batch, measurement=chosen.measurement,
+                  probes=tuple(state.probes))
+
+
+def best_with_ties(candidates: list[Probe]) -> Probe:
+    """The tie rule: the highest TE, where TE within `TIE` of the best counts as equal
+    and the smaller share, then the smaller batch, wins among equals."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    best = max(p.efficiency for p in candidates)
+    return min((p for p in candidates if p.efficiency >= (1.0 - TIE) * best),
+               key=lambda p: (p.share, p.batch))
+
+
+class _SearchState:
+    """Probes made so far and the bounds they put on every point of the grid."""
+
+    def __init__(self, grid: Grid, slo_s: float, factors: BoundFactors) -> None:
+        self.grid, self.slo_s, self.factors = grid, slo_s, factors
+        nb = len(grid.batches)
+        count = grid.size
+        self.shares = np.array([grid.shares[p // nb] for p in range(count)])
+        self.probed = np.zeros(count, dtype=bool)
+        self.latency_low: Vector = np.zeros(count)
+        self.latency_high: Vector = np.full(count, np.inf)
+        self.throughput_low: Vector = np.zeros(count)
+        self.throughput_high: Vector = np.full(count, np.inf)
+        self.best_efficiency = 0.0
+        self.probes: list[Probe] = []
+
+    def probe(self, measurer: Measurer, point: int) -> None:
+        nb = len(self.grid.batches)
+        share, batch = self.grid.shares[point // nb], self.grid.batches[point % nb]
+        measured = Probe(share, batch, measurer.measure(batch, share))
+        self.probes.append(measured)
+        self.probed[point] = True
+        latency, throughput = measured.measurement.latency_s, measured.measurement.throughput_rps
+        f = self.factors
+        self.latency_low = np.maximum(self.latency_low, latency * f.latency_low[:, point])
+        self.latency_high = np.minimum(self.latency_high, latency * f.latency_high[:, point])
+        if throughput > 0:  # a zero says the point did not run, not how fast others run
+            self.throughput_low = np.maximum(self.throughput_low, throughput * f.throughput_low[:, point])
+            self.throughput_high = np.minimum(self.throughput_high, throughput * f.throughput_high[:, point])
+        if measured.meets(self.slo_s):
+            self.best_efficiency = max(self.best_efficiency, measured.efficiency)
+
+    def unsettled(self) -> npt.NDArray[np.bool_]:
+        return (~self.probed & (self.latency_low <= self.slo_s)
+                & (self.throughput_high / self.shares > self.best_efficiency * _ROUNDING))
+
+    def next_probe(self) -> int | None:
+        """The unsettled point whose predicted outcome leaves the fewest unsettled."""
+        candidates = np.flatnonzero(self.unsettled())
+        if candidates.size == 0:
+            return None
+        f = self.factors
+        w = PREDICTION_WEIGHT
+        latency = self.latency_low[candidates] ** (1 - w) * self.latency_high[candidates] ** w
+        # No upper bound yet (only zero throughputs measured): predict none, not inf × 0.
+        high = self.throughput_high[candidates]
+        throughput = np.where(np.isfinite(high), high, 0.0) ** (1 - w) * self.throughput_low[candidates] ** w
+        efficiency = throughput / self.shares[candidates]
+        meets = (latency <= self.slo_s) & (throughput > 0)
+        best = np.maximum(self.best_efficiency, np.where(meets, efficiency, 0.0))
+        # Row c: the bounds on every point had candidate c measured its prediction.
+        latency_low = np.maximum(self.latency_low[None, :], latency[:, None] * f.latency_low[:, candidates].T)
+        throughput_high = np.minimum(self.throughput_high[None, :],
+                                     throughput[:, None] * f.throughput_high[:, candidates].T)
+        still_open = ((latency_low <= self.slo_s)
+                      & (throughput_high / self.shares[None, :] > best[:, None] * _ROUNDING)
+                      & ~self.probed[None, :])
+        still_open[np.arange(candidates.size), candidates] = False
+        remaining = still_open.sum(axis=1)
+        # np.lexsort sorts by its last key first: fewest remaining, then highest predicted
+        # TE among predicted feasible points, then the lowest point number (smaller share,
+        # then smaller batch).
+        order = np.lexsort((candidates, -np.where(meets, efficiency, 0.0), remaining))
+        return int(candidates[order[0]])
