@@ -27,8 +27,10 @@ from services.profiler.search import (
     Choice,
     Grid,
     InfeasibleSlo,
+    InferenceSearch,
     Measurement,
     TableMeasurer,
+    TrainingSearch,
     hgss_inference,
     hgss_training,
     search_inference,
@@ -150,6 +152,52 @@ def test_on_noisy_curves_the_choice_always_met_its_slo_as_measured(
         assert error.fastest_latency_s == min(seen)
         return
     check_answer(choice, measurer, slo_s)
+
+
+class LiveLike:
+    """What a live capacity probe reports: a point that meets the SLO reports the latency
+    its capacity was verified at (just under the SLO, whatever the share), one that
+    misses reports a lone batch's latency; throughput is batch / lone latency."""
+
+    def __init__(self, curve: Curve, slo_s: float) -> None:
+        self.curve, self.slo_s = curve, slo_s
+
+    def measure(self, batch: int, share: float) -> Measurement:
+        lone = self.curve(share, batch)
+        reported = 0.95 * self.slo_s if lone <= self.slo_s else lone
+        return Measurement(latency_s=reported, throughput_rps=batch / lone, memory_mib=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(curve=monotone_curves(), position=st.floats(0.0, 1.0))
+def test_with_live_probe_semantics_the_search_is_still_exact(curve: Curve, position: float) -> None:
+    values = latencies(curve, DEFAULT_GRID)
+    low, high = min(values), max(values)
+    slo_s = low * (high / low) ** position if high > low else low
+    choice = search_inference(LiveLike(curve, slo_s), slo_s)
+    best = max(b / curve(s, b) / s for s in DEFAULT_GRID.shares for b in DEFAULT_GRID.batches
+               if curve(s, b) <= slo_s)
+    assert max(p.efficiency for p in choice.probes if p.meets(slo_s)) == pytest.approx(best, rel=1e-9)
+
+
+def test_the_search_can_be_driven_step_by_step():
+    table = TableMeasurer.a100("gpt2-large")
+    search = InferenceSearch(0.060)
+    with pytest.raises(RuntimeError, match="not finished"):
+        search.result()
+    while (point := search.next_probe()) is not None:
+        share, batch = point
+        search.record(share, batch, table.measure(batch, share))
+    assert search.result() == search_inference(table, 0.060)
+    first = search.probes[0]
+    with pytest.raises(ValueError, match="already measured"):
+        search.record(first.share, first.batch, first.measurement)
+    with pytest.raises(ValueError, match="not a point of the grid"):
+        search.record(0.35, 4, first.measurement)
+    training = TrainingSearch(batch=8)
+    assert training.next_probe() == 1.0
+    with pytest.raises(ValueError, match="not asked for"):
+        training.record(0.5, first.measurement)
 
 
 def test_an_slo_below_every_latency_is_refused_naming_the_fastest_measured():

@@ -53,21 +53,24 @@ What holds whatever the data
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
-from services.profiler.search.bounds import BoundFactors, Tolerances, bound_factors
+from services.profiler.search.bounds import Tolerances, bound_factors
 from services.profiler.search.types import (
     DEFAULT_GRID,
     Choice,
     Grid,
     InfeasibleSlo,
+    Measurement,
     Measurer,
     Probe,
     check_slo,
 )
 
-__all__ = ["PREDICTION_WEIGHT", "TIE", "best_with_ties", "search_inference"]
+__all__ = ["PREDICTION_WEIGHT", "TIE", "InferenceSearch", "best_with_ties", "search_inference"]
 
 TIE = 0.02
 """Points whose TE is within this fraction of the best are equal: the smaller share wins,
@@ -91,28 +94,17 @@ _ROUNDING = 1.0 + 1e-9
 
 def search_inference(measurer: Measurer, slo_s: float, grid: Grid = DEFAULT_GRID,
                      tolerances: Tolerances | None = None) -> Choice:
-    """Search `grid` for the most efficient point that meets `slo_s` (seconds).
+    """Search `grid` for the most efficient point that meets `slo_s` (seconds), asking
+    `measurer` for each probe: the synchronous driver of `InferenceSearch`.
 
     Raises `InfeasibleSlo` when no point measured meets it, after measuring the fastest
     point of the grid. See the module docstring for the rules.
     """
-    check_slo(slo_s)
-    state = _SearchState(grid, slo_s, bound_factors(grid, tolerances or Tolerances()))
-    state.probe(measurer, 0)
-    while True:
-        while (point := state.next_probe()) is not None:
-            state.probe(measurer, point)
-        if state.best_efficiency > 0:
-            break
-        fastest = (len(grid.shares) - 1) * len(grid.batches)
-        if state.probed[fastest]:
-            raise InfeasibleSlo(slo_s, min(state.probes, key=lambda p: p.measurement.latency_s))
-        # Nothing met the SLO on inference alone; measure the fastest point before
-        # declaring the SLO infeasible, so the error names a measured figure.
-        state.probe(measurer, fastest)
-    chosen = best_with_ties([p for p in state.probes if p.meets(slo_s)])
-    return Choice(share=chosen.share, batch=chosen.batch, measurement=chosen.measurement,
-                  probes=tuple(state.probes))
+    search = InferenceSearch(slo_s, grid, tolerances)
+    while (point := search.next_probe()) is not None:
+        share, batch = point
+        search.record(share, batch, measurer.measure(batch, share))
+    return search.result()
 
 
 def best_with_ties(candidates: list[Probe]) -> Probe:
@@ -125,63 +117,115 @@ def best_with_ties(candidates: list[Probe]) -> Probe:
                key=lambda p: (p.share, p.batch))
 
 
-class _SearchState:
-    """Probes made so far and the bounds they put on every point of the grid."""
+class InferenceSearch:
+    """The search as a pure state machine, for shells that measure asynchronously (a
+    live profiler awaits each probe): ask `next_probe()` for the (share, batch) to measure,
+    `record()` what was measured, repeat until `next_probe()` returns None, then take
+    `result()`. It never asks for a point twice and asks at most `grid.size` times.
+    """
 
-    def __init__(self, grid: Grid, slo_s: float, factors: BoundFactors) -> None:
-        self.grid, self.slo_s, self.factors = grid, slo_s, factors
+    def __init__(self, slo_s: float, grid: Grid = DEFAULT_GRID, tolerances: Tolerances | None = None) -> None:
+        self.slo_s = check_slo(slo_s)
+        self.grid = grid
+        self._factors = bound_factors(grid, tolerances or Tolerances())
         nb = len(grid.batches)
         count = grid.size
-        self.shares = np.array([grid.shares[p // nb] for p in range(count)])
-        self.probed = np.zeros(count, dtype=bool)
-        self.latency_low: Vector = np.zeros(count)
-        self.latency_high: Vector = np.full(count, np.inf)
-        self.throughput_low: Vector = np.zeros(count)
-        self.throughput_high: Vector = np.full(count, np.inf)
-        self.best_efficiency = 0.0
-        self.probes: list[Probe] = []
+        self._shares = np.array([grid.shares[p // nb] for p in range(count)])
+        self._probed = np.zeros(count, dtype=bool)
+        self._latency_low: Vector = np.zeros(count)
+        self._latency_high: Vector = np.full(count, np.inf)
+        self._throughput_low: Vector = np.zeros(count)
+        self._throughput_high: Vector = np.full(count, np.inf)
+        self._best_efficiency = 0.0
+        self._probes: list[Probe] = []
 
-    def probe(self, measurer: Measurer, point: int) -> None:
-        nb = len(self.grid.batches)
-        share, batch = self.grid.shares[point // nb], self.grid.batches[point % nb]
-        measured = Probe(share, batch, measurer.measure(batch, share))
-        self.probes.append(measured)
-        self.probed[point] = True
-        latency, throughput = measured.measurement.latency_s, measured.measurement.throughput_rps
-        f = self.factors
-        self.latency_low = np.maximum(self.latency_low, latency * f.latency_low[:, point])
-        self.latency_high = np.minimum(self.latency_high, latency * f.latency_high[:, point])
-        if throughput > 0:  # a zero says the point did not run, not how fast others run
-            self.throughput_low = np.maximum(self.throughput_low, throughput * f.throughput_low[:, point])
-            self.throughput_high = np.minimum(self.throughput_high, throughput * f.throughput_high[:, point])
-        if measured.meets(self.slo_s):
-            self.best_efficiency = max(self.best_efficiency, measured.efficiency)
+    @property
+    def probes(self) -> tuple[Probe, ...]:
+        """Every measurement recorded, in order."""
+        return tuple(self._probes)
 
-    def unsettled(self) -> npt.NDArray[np.bool_]:
-        return (~self.probed & (self.latency_low <= self.slo_s)
-                & (self.throughput_high / self.shares > self.best_efficiency * _ROUNDING))
-
-    def next_probe(self) -> int | None:
-        """The unsettled point whose predicted outcome leaves the fewest unsettled."""
-        candidates = np.flatnonzero(self.unsettled())
-        if candidates.size == 0:
+    def next_probe(self) -> tuple[float, int] | None:
+        """The (share, batch) to measure next, or None when the search is done."""
+        point = self._next_point()
+        if point is None:
             return None
-        f = self.factors
+        nb = len(self.grid.batches)
+        return self.grid.shares[point // nb], self.grid.batches[point % nb]
+
+    def record(self, share: float, batch: int, measurement: Measurement) -> None:
+        """What measuring (share, batch) found. `ValueError` for a point off the grid or
+        one already recorded."""
+        point = self._point(share, batch)
+        if self._probed[point]:
+            raise ValueError(f"share {share:g}, batch {batch} was already measured")
+        measured = Probe(self.grid.shares[point // len(self.grid.batches)], batch, measurement)
+        self._probes.append(measured)
+        self._probed[point] = True
+        latency, throughput = measurement.latency_s, measurement.throughput_rps
+        f = self._factors
+        self._latency_low = np.maximum(self._latency_low, latency * f.latency_low[:, point])
+        self._latency_high = np.minimum(self._latency_high, latency * f.latency_high[:, point])
+        if throughput > 0:  # a zero says the point did not run, not how fast others run
+            self._throughput_low = np.maximum(self._throughput_low, throughput * f.throughput_low[:, point])
+            self._throughput_high = np.minimum(self._throughput_high,
+                                               throughput * f.throughput_high[:, point])
+        if measured.meets(self.slo_s):
+            self._best_efficiency = max(self._best_efficiency, measured.efficiency)
+
+    def result(self) -> Choice:
+        """The answer once `next_probe()` returned None; `InfeasibleSlo` when nothing
+        measured met the SLO."""
+        if self._next_point() is not None:
+            raise RuntimeError("the search is not finished: call next_probe() and record() first")
+        feasible = [p for p in self._probes if p.meets(self.slo_s)]
+        if not feasible:
+            raise InfeasibleSlo(self.slo_s, min(self._probes, key=lambda p: p.measurement.latency_s))
+        chosen = best_with_ties(feasible)
+        return Choice(share=chosen.share, batch=chosen.batch, measurement=chosen.measurement,
+                      probes=tuple(self._probes))
+
+    def _point(self, share: float, batch: int) -> int:
+        for i, grid_share in enumerate(self.grid.shares):
+            if math.isclose(grid_share, share, rel_tol=1e-9) and batch in self.grid.batches:
+                return i * len(self.grid.batches) + self.grid.batches.index(batch)
+        raise ValueError(f"share {share:g}, batch {batch} is not a point of the grid")
+
+    def _next_point(self) -> int | None:
+        if not self._probes:
+            return 0
+        candidates = np.flatnonzero(self._unsettled())
+        if candidates.size:
+            return self._look_ahead(candidates)
+        fastest = (len(self.grid.shares) - 1) * len(self.grid.batches)
+        if self._best_efficiency == 0 and not self._probed[fastest]:
+            # Nothing met the SLO on inference alone; measure the fastest point before
+            # declaring the SLO infeasible, so the error names a measured figure.
+            return fastest
+        return None
+
+    def _unsettled(self) -> npt.NDArray[np.bool_]:
+        return (~self._probed & (self._latency_low <= self.slo_s)
+                & (self._throughput_high / self._shares > self._best_efficiency * _ROUNDING))
+
+    def _look_ahead(self, candidates: npt.NDArray[np.intp]) -> int:
+        """The candidate whose predicted outcome leaves the fewest points unsettled."""
+        f = self._factors
         w = PREDICTION_WEIGHT
-        latency = self.latency_low[candidates] ** (1 - w) * self.latency_high[candidates] ** w
+        latency = self._latency_low[candidates] ** (1 - w) * self._latency_high[candidates] ** w
         # No upper bound yet (only zero throughputs measured): predict none, not inf × 0.
-        high = self.throughput_high[candidates]
-        throughput = np.where(np.isfinite(high), high, 0.0) ** (1 - w) * self.throughput_low[candidates] ** w
-        efficiency = throughput / self.shares[candidates]
+        high = self._throughput_high[candidates]
+        throughput = np.where(np.isfinite(high), high, 0.0) ** (1 - w) * self._throughput_low[candidates] ** w
+        efficiency = throughput / self._shares[candidates]
         meets = (latency <= self.slo_s) & (throughput > 0)
-        best = np.maximum(self.best_efficiency, np.where(meets, efficiency, 0.0))
+        best = np.maximum(self._best_efficiency, np.where(meets, efficiency, 0.0))
         # Row c: the bounds on every point had candidate c measured its prediction.
-        latency_low = np.maximum(self.latency_low[None, :], latency[:, None] * f.latency_low[:, candidates].T)
-        throughput_high = np.minimum(self.throughput_high[None, :],
+        latency_low = np.maximum(self._latency_low[None, :],
+                                 latency[:, None] * f.latency_low[:, candidates].T)
+        throughput_high = np.minimum(self._throughput_high[None, :],
                                      throughput[:, None] * f.throughput_high[:, candidates].T)
         still_open = ((latency_low <= self.slo_s)
-                      & (throughput_high / self.shares[None, :] > best[:, None] * _ROUNDING)
-                      & ~self.probed[None, :])
+                      & (throughput_high / self._shares[None, :] > best[:, None] * _ROUNDING)
+                      & ~self._probed[None, :])
         still_open[np.arange(candidates.size), candidates] = False
         remaining = still_open.sum(axis=1)
         # np.lexsort sorts by its last key first: fewest remaining, then highest predicted
