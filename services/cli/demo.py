@@ -21,6 +21,7 @@ from dilu.events.v1 import events_pb2
 from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from nats.aio.msg import Msg
 
+from services.cli.scrape import rate_table, scrape, sum_by
 from services.cli.specs import load_spec
 from services.cli.tables import status_report
 from services.cli.up import StackOptions, running_stack
@@ -165,7 +166,21 @@ def _summary(outcomes: dict[str, Outcomes], watch: BusWatch, gpu_names: dict[str
     return "\n".join(lines)
 
 
-async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s: float) -> int:
+# The node agent's counter of served requests, per instance (see services/node_agent/metrics.py).
+REQUESTS_METRIC = "dilu_instance_requests_total"
+
+
+async def _requests_counted(metrics: dict[str, str]) -> dict[str, float]:
+    """Requests served per function, as the node agent's /metrics counts them now."""
+    url = metrics.get("node-agent")
+    if not url:
+        return {}
+    return sum_by(await asyncio.to_thread(scrape, url), REQUESTS_METRIC, "function")
+
+
+async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s: float,
+               metrics: dict[str, str] | None = None) -> int:
+    metrics = metrics or {}
     async with grpc.aio.insecure_channel(stack_endpoints["scheduler"]) as channel:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         await _wait_for_node(stub)
@@ -201,6 +216,7 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
         await bus.subscribe("dilu.qos.>", cb=watch.on_qos)
         await bus.subscribe("dilu.telemetry.gpu.>", cb=watch.on_telemetry)
         outcomes = {name: Outcomes(specs[name].slo.latency_ms) for name in LOAD_SCALE}
+        counted_before = await _requests_counted(metrics)
         rng = random.Random(7)
         started = time.monotonic()
         drivers = asyncio.gather(*(_drive(stub, name, scale, outcomes[name], duration_s, rng)
@@ -218,15 +234,25 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
 
         _step("summary")
         print(_summary(outcomes, watch, gpu_names))
+        if metrics.get("node-agent"):
+            # The agent counts a request in the QoS window it finished in: wait for the
+            # windows that hold the last ones to close before reading the counters.
+            await asyncio.sleep(2.5)
+            table, _ = rate_table({n: o.sent for n, o in outcomes.items()}, counted_before,
+                                  await _requests_counted(metrics), duration_s)
+            _step(f"request rates averaged over the demo: offered vs {metrics['node-agent']}")
+            print(table)
         return 0 if all(o.served for o in outcomes.values()) else 1
 
 
 def run_demo(options: StackOptions, duration_s: float = 60.0, table_every_s: float = 5.0) -> int:
     with running_stack(options) as stack:
         _step("local stack")
+        metrics = stack.metrics_endpoints()
         for name, address in stack.endpoints().items():
-            print(f"  {name:<11} {address}")
-        code = asyncio.run(_run(stack.endpoints(), duration_s, table_every_s))
+            print(f"  {name:<11} {address:<22} {metrics.get(name, '')}".rstrip())
+        print("  (curl any metrics URL while the demo runs to see its Prometheus figures)")
+        code = asyncio.run(_run(stack.endpoints(), duration_s, table_every_s, metrics))
         _step("done: stopping the stack")
     return code
 

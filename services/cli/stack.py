@@ -64,6 +64,8 @@ class ManagedProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     address: str = ""
+    # Its Prometheus endpoint, host:port ("" when it serves none).
+    metrics_address: str = ""
 
     @property
     def pid(self) -> int:
@@ -144,7 +146,8 @@ class ServiceLauncher:
             [str(root), str(root / "gen" / "python"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         command = [sys.executable, "-m", MODULES[service], "--host", "127.0.0.1",
                    "--port", str(port), "--nats-url", self.nats_url, "--ready-file", str(ready),
-                   *extra]
+                   # A stack on free ports (tests, the demo) takes free metrics ports too.
+                   *(["--metrics-port", "0"] if port == 0 else []), *extra]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
@@ -155,7 +158,9 @@ class ServiceLauncher:
                 tail = log_path.read_text(errors="replace")[-2000:]
                 raise StackError(f"{name} exited with {process.returncode}:\n{tail}")
             if ready.exists():
-                managed.address = json.loads(ready.read_text())["address"]
+                announced = json.loads(ready.read_text())
+                managed.address = announced["address"]
+                managed.metrics_address = announced.get("metrics_address", "")
                 return managed
             time.sleep(0.05)
         managed.kill()

@@ -51,6 +51,11 @@ class RunningStack:
     def endpoints(self) -> dict[str, str]:
         return {"nats": self.nats.url, **{n: p.address for n, p in self.services.items()}}
 
+    def metrics_endpoints(self) -> dict[str, str]:
+        """Each service's Prometheus endpoint, as a URL."""
+        return {n: f"http://{p.metrics_address}/metrics" for n, p in self.services.items()
+                if p.metrics_address}
+
     def pids(self) -> dict[str, int]:
         procs = {n: p.pid for n, p in self.services.items()}
         return {"nats": self.nats.proc.pid, **procs} if self.nats.proc else procs
@@ -119,7 +124,8 @@ def stack_file(state_dir: Path) -> Path:
 
 def _write_stack_file(state_dir: Path, stack: RunningStack) -> None:
     stack_file(state_dir).write_text(json.dumps(
-        {"pid": os.getpid(), "endpoints": stack.endpoints(), "pids": stack.pids()}, indent=2))
+        {"pid": os.getpid(), "endpoints": stack.endpoints(), "pids": stack.pids(),
+         "metrics": stack.metrics_endpoints()}, indent=2))
 
 
 def run_up(options: StackOptions) -> int:
@@ -131,8 +137,10 @@ def run_up(options: StackOptions) -> int:
         with running_stack(options) as stack:
             _write_stack_file(options.state_dir, stack)
             print("Dilu is up:")
+            metrics = stack.metrics_endpoints()
             for name, address in stack.endpoints().items():
-                print(f"  {name:<11} {address:<24} pid {stack.pids()[name]}")
+                print(f"  {name:<11} {address:<24} pid {stack.pids()[name]:<8} "
+                      f"{metrics.get(name, '')}".rstrip())
             print(f"logs in {options.state_dir / 'logs'}; Ctrl-C or `dilu down` stops everything",
                   flush=True)
             while not stop.wait(0.5):

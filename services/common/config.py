@@ -18,11 +18,28 @@ DEFAULT_PORTS = {
     "profiler": 50053,
     "scaler": 50054,
 }
+# Prometheus `/metrics` ports, one per service so a node running several needs no overrides.
+DEFAULT_METRICS_PORTS = {
+    "scheduler": 9451,
+    "node-agent": 9452,
+    "profiler": 9453,
+    "scaler": 9454,
+}
 
 
 def env_name(flag: str) -> str:
     """`--node-timeout-s` -> `DILU_NODE_TIMEOUT_S`."""
     return "DILU_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+class MetricsPort(int):
+    """A `--metrics-port` value: a TCP port, 0 (pick a free one) or -1 (off)."""
+
+    def __new__(cls, raw: str | int) -> MetricsPort:
+        port = int(raw)
+        if not -1 <= port <= 65535:
+            raise ValueError(f"{port} is not a port, 0 or -1")
+        return super().__new__(cls, port)
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,6 +67,8 @@ class ServerConfig:
     ready_file: str | None
     grace_s: float
     log_level: str
+    # Prometheus endpoint: 0 picks a free port, -1 (METRICS_DISABLED) serves none.
+    metrics_port: int = DEFAULT_METRICS_PORTS["scheduler"]
 
 
 def service_parser(service: str, description: str) -> Parser:
@@ -59,10 +78,13 @@ def service_parser(service: str, description: str) -> Parser:
                help="gRPC port; 0 picks a free one")
     parser.add("--nats-url", default=DEFAULT_NATS_URL, help="NATS server URL(s), comma separated")
     parser.add("--ready-file", default=None,
-               help="write {address, pid} as JSON here once serving")
+               help="write {address, metrics_address, pid} as JSON here once serving")
     parser.add("--grace-s", default=5.0, type=float,
                help="seconds in-flight RPCs get on shutdown (below systemd's TimeoutStopSec)")
     parser.add("--log-level", default="INFO", help="log level")
+    parser.add("--metrics-port", default=DEFAULT_METRICS_PORTS[service], type=MetricsPort,
+               help="Prometheus /metrics port (same address as --host); 0 picks a free one, "
+                    "-1 turns it off")
     return parser
 
 
@@ -75,4 +97,5 @@ def server_config(service: str, args: argparse.Namespace) -> ServerConfig:
         ready_file=args.ready_file,
         grace_s=args.grace_s,
         log_level=args.log_level,
+        metrics_port=int(args.metrics_port),
     )

@@ -1,5 +1,5 @@
 """The aio gRPC server every service runs: health, reflection, error mapping, tracing,
-graceful shutdown on SIGTERM/SIGINT."""
+RPC metrics, graceful shutdown on SIGTERM/SIGINT, readiness and watchdog for systemd."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.interceptors import error_interceptor, tracing_interceptor
+from services.common import systemd
+from services.common.interceptors import (
+    error_interceptor,
+    metrics_interceptor,
+    tracing_interceptor,
+)
+from services.common.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,9 @@ class GrpcServer:
     def __init__(self, host: str, port: int) -> None:
         self._requested = f"{host}:{port}"
         self._host = host
-        self._server = grpc.aio.server(interceptors=[tracing_interceptor(), error_interceptor()])
+        # The first interceptor is the outermost: metrics see the code the caller gets.
+        self._server = grpc.aio.server(interceptors=[metrics_interceptor(), tracing_interceptor(),
+                                                     error_interceptor()])
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -61,30 +69,44 @@ class GrpcServer:
         await self._server.stop(grace_s)
 
 
-def write_ready_file(path: str | None, address: str) -> None:
-    """Announce the bound address atomically (tests and `dilu up` wait for this file)."""
+def write_ready_file(path: str | None, address: str, metrics_address: str = "") -> None:
+    """Announce the bound addresses atomically (tests and `dilu up` wait for this file)."""
     if not path:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    tmp.write_text(json.dumps({"address": address, "metrics_address": metrics_address,
+                               "pid": os.getpid()}))
     tmp.replace(target)
 
 
 async def serve_until_stopped(server: GrpcServer, ready_file: str | None, grace_s: float,
-                              *cleanups: Callable[[], Awaitable[None]]) -> None:
-    """Start serving, announce readiness, and on SIGTERM/SIGINT shut down in order:
-    health NOT_SERVING and in-flight RPCs finish, then each cleanup (e.g. the bus drain)."""
+                              *cleanups: Callable[[], Awaitable[None]],
+                              metrics: MetricsServer | None = None) -> None:
+    """Start serving (gRPC, then the metrics endpoint), announce readiness (the ready file,
+    then `READY=1` to systemd) and feed systemd's watchdog from this loop; on SIGTERM/SIGINT
+    shut down in order: health NOT_SERVING and in-flight RPCs finish, then each cleanup
+    (e.g. the bus drain)."""
     await server.start()
-    write_ready_file(ready_file, server.address)
+    metrics_address = await metrics.start() if metrics is not None else ""
+    write_ready_file(ready_file, server.address, metrics_address)
+    notifier = systemd.Notifier.from_environment()
+    watchdog = notifier.start_watchdog()
+    notifier.ready(f"serving on {server.address}")
     await wait_for_stop_signal()
+    notifier.stopping("shutting down")
     await server.stop(grace_s)
     for cleanup in cleanups:
         try:
             await cleanup()
         except Exception:
             log.exception("cleanup during shutdown failed")
+    if metrics is not None:
+        await metrics.stop()
+    if watchdog is not None:  # fed until the end: a shutdown that hangs is killed too
+        watchdog.cancel()
+    notifier.close()
     log.info("stopped")
 
 

@@ -1,4 +1,4 @@
-"""Server interceptors: domain errors to status codes, and a server span per RPC."""
+"""Server interceptors: RPC metrics, domain errors to status codes, a server span per RPC."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 
 from services.common.errors import DiluError, InvalidArgument
+from services.common.metrics import measured_unary
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ def error_interceptor() -> grpc.aio.ServerInterceptor:
     """Turns `DiluError` into its status code (with BadRequest details for bad fields)
     and anything else into INTERNAL."""
     return _UnaryWrapping(_wrap_unary)
+
+
+def metrics_interceptor() -> grpc.aio.ServerInterceptor:
+    """Counts every unary RPC and times it, by method and final status code (Prometheus)."""
+    return _UnaryWrapping(measured_unary)
 
 
 def tracing_interceptor() -> grpc.aio.ServerInterceptor:

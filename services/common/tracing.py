@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from importlib import metadata
 
 from opentelemetry import trace
 from opentelemetry.propagate import inject
@@ -24,8 +26,22 @@ from opentelemetry.sdk.trace.export import (
 log = logging.getLogger(__name__)
 
 
-def setup_tracing(service_name: str) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+def service_resource(service_name: str, **attributes: str) -> Resource:
+    """Who emits the spans: the service, its release, the host and process, plus
+    `attributes` (e.g. `dilu.node.id`). `OTEL_RESOURCE_ATTRIBUTES` adds more."""
+    try:
+        version = metadata.version("dilu")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    host = socket.gethostname()
+    return Resource.create({
+        "service.name": service_name, "service.namespace": "dilu", "service.version": version,
+        "service.instance.id": f"{host}/{os.getpid()}", "host.name": host,
+        "process.pid": os.getpid(), **attributes})
+
+
+def setup_tracing(service_name: str, **attributes: str) -> TracerProvider:
+    provider = TracerProvider(resource=service_resource(service_name, **attributes))
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
         try:

@@ -18,9 +18,11 @@ from services.common.bus import Bus
 from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
+from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
 from services.node_agent.agent import AgentSettings, NodeAgent
 from services.node_agent.gpus import BACKENDS, SIM_GPU_TYPES, GpuBackendUnavailable, open_backend
+from services.node_agent.metrics import NodeAgentCollector
 from services.node_agent.service import NodeAgentServicer
 from services.node_agent.shim import ShimBuildError, build_shim
 
@@ -74,7 +76,7 @@ def main() -> None:
         parser.error(f"--node-id: {args.node_id!r} may only hold letters, digits, '_' and '-'")
     config = server_config("node-agent", args)
     setup_logging("node-agent", config.log_level)
-    setup_tracing("dilu-node-agent")
+    setup_tracing("dilu-node-agent", **{"dilu.node.id": args.node_id})
     asyncio.run(run(config, args))
 
 
@@ -115,7 +117,9 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         arbiter_period_s=args.arbiter_period_ms / 1000,
         telemetry_interval_s=args.telemetry_interval_s, qos_window_s=args.qos_window_s,
         drain_timeout_s=args.drain_timeout_s, cuda_shim=shim)
-    agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv)
+    agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv,
+                      on_qos=lambda report: collector.record_qos(report))
+    collector = NodeAgentCollector(agent.status)
     server = GrpcServer(config.host, config.port)
     server.add(node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server,
                NodeAgentServicer(agent), "dilu.v1.NodeAgentService")
@@ -124,7 +128,9 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
     agent.address = args.advertise_address or server.address
     await agent.start()
     log.info("node %s up with %d %s GPUs", args.node_id, len(gpus.devices()), gpus.name)
-    await serve_until_stopped(server, config.ready_file, config.grace_s, agent.close, bus.close)
+    metrics = metrics_server("node-agent", config.host, config.metrics_port, collector)
+    await serve_until_stopped(server, config.ready_file, config.grace_s, agent.close, bus.close,
+                              metrics=metrics)
 
 
 if __name__ == "__main__":

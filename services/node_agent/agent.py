@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.loops import every
 from services.common.timestamps import now_timestamp
+from services.common.tracing import trace_headers
 from services.node_agent.arbiter import Claim, GpuArbiter
 from services.node_agent.gpus import GpuBackend
 from services.node_agent.pages import MIB, Control, Stats, control_for
@@ -94,7 +96,8 @@ class NodeAgent:
     def __init__(self, node_id: str, gpus: GpuBackend, bus: Bus,
                  nodes_kv: ProtoKV[types_pb2.Node], settings: AgentSettings,
                  profiles_kv: ProtoKV[profiler_pb2.Profile] | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK,
+                 on_qos: Callable[[events_pb2.QosReport], None] | None = None) -> None:
         self.node_id = node_id
         self.address = ""  # set once the gRPC port is bound, before start()
         self._gpus = gpus
@@ -104,6 +107,8 @@ class NodeAgent:
         self._profiles_kv = profiles_kv
         self._settings = settings
         self._clock = clock
+        # Sees every QoS report before it is published (the Prometheus exporter).
+        self._on_qos = on_qos
         self._held: dict[str, _Held] = {}
         self._arbiters = {uuid: GpuArbiter() for uuid in self._devices}
         self._gpu_use: dict[str, tuple[float, int]] = {}  # uuid -> (utilization, memory MiB)
@@ -229,7 +234,9 @@ class NodeAgent:
     def _worker_env(self, gpu_uuids: list[str], spec: types_pb2.FunctionSpec) -> dict[str, str]:
         # CUDA accepts GPU UUIDs here; simulated GPUs have no CUDA device behind them.
         visible = ",".join(gpu_uuids) if self._gpus.name == "nvml" else ""
-        env = {"CUDA_VISIBLE_DEVICES": visible, "DILU_GPU_UUIDS": ",".join(gpu_uuids)}
+        env = {"CUDA_VISIBLE_DEVICES": visible, "DILU_GPU_UUIDS": ",".join(gpu_uuids),
+               # The worker's start-up span joins the trace of the StartInstance that made it.
+               "DILU_TRACEPARENT": trace_headers().get("traceparent", "")}
         if self._settings.cuda_shim is not None and spec.runtime == types_pb2.RUNTIME_TORCH:
             env.update(preload_env(self._settings.cuda_shim))
         return env
@@ -399,8 +406,10 @@ class NodeAgent:
             previous, one.qos_from = one.qos_from, (after, now_s)
             if previous is not None:
                 before, started = previous
-                await self._bus.publish(subjects.qos(one.info.function), qos_report(
-                    one.info, self.node_id, before, after, now_s - started, now))
+                report = qos_report(one.info, self.node_id, before, after, now_s - started, now)
+                if self._on_qos is not None:
+                    self._on_qos(report)
+                await self._bus.publish(subjects.qos(one.info.function), report)
 
     # ---- events ----------------------------------------------------------------------
 

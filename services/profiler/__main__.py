@@ -11,7 +11,9 @@ from services.common.bus import Bus
 from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
+from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
+from services.profiler.metrics import ProfilingMetrics
 from services.profiler.service import ProfilerServicer
 
 
@@ -28,8 +30,10 @@ async def run(config: ServerConfig) -> None:
     profiles = await bus.kv(subjects.PROFILES_BUCKET, profiler_pb2.Profile)
     server = GrpcServer(config.host, config.port)
     server.add(profiler_pb2_grpc.add_ProfilerServiceServicer_to_server,
-               ProfilerServicer(profiles), "dilu.v1.ProfilerService")
-    await serve_until_stopped(server, config.ready_file, config.grace_s, bus.close)
+               ProfilerServicer(profiles, ProfilingMetrics()), "dilu.v1.ProfilerService")
+    metrics = metrics_server("profiler", config.host, config.metrics_port)
+    await serve_until_stopped(server, config.ready_file, config.grace_s, bus.close,
+                              metrics=metrics)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,15 @@ from dilu.v1 import profiler_pb2, profiler_pb2_grpc
 
 from services.common.bus import ProtoKV
 from services.common.errors import InvalidArgument, NotFound, Unimplemented
+from services.profiler.metrics import ProfilingMetrics
 
 
 class ProfilerServicer(profiler_pb2_grpc.ProfilerServiceServicer):
-    def __init__(self, profiles: ProtoKV[profiler_pb2.Profile]) -> None:
+    def __init__(self, profiles: ProtoKV[profiler_pb2.Profile],
+                 metrics: ProfilingMetrics | None = None) -> None:
         self._profiles = profiles
+        # The profiling search, once built, times each run with `self.metrics.run()`.
+        self.metrics = metrics
 
     async def ProfileFunction(self, request: profiler_pb2.ProfileFunctionRequest,
                               context: grpc.aio.ServicerContext) -> profiler_pb2.ProfileFunctionResponse:

@@ -12,8 +12,10 @@ from services.common.bus import Bus
 from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.logs import setup_logging
+from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
 from services.scheduler.core import SchedulerSettings
+from services.scheduler.metrics import SchedulerCollector
 from services.scheduler.placement import (
     DEFAULT_POLICY,
     POLICIES,
@@ -91,8 +93,10 @@ async def run(config: ServerConfig, settings: SchedulerSettings, placement: Plac
     server = GrpcServer(config.host, config.port)
     server.add(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                SchedulerServicer(scheduler), "dilu.v1.SchedulerService")
+    metrics = metrics_server("scheduler", config.host, config.metrics_port,
+                             SchedulerCollector(scheduler.functions, scheduler.list_nodes))
     await serve_until_stopped(server, config.ready_file, config.grace_s,
-                              scheduler.close, bus.close)
+                              scheduler.close, bus.close, metrics=metrics)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from dilu.v1 import types_pb2, worker_pb2_grpc
@@ -29,6 +30,7 @@ from services.node_agent.shim import shim_enforcing_here
 from services.node_agent.worker.engines import inference_engine, training_engine
 from services.node_agent.worker.gate import QuotaGate
 from services.node_agent.worker.serving import InferenceWorker
+from services.node_agent.worker.spans import record_startup
 
 log = logging.getLogger("services.node_agent.worker")
 
@@ -36,6 +38,8 @@ EXIT_BAD_SPEC = 2
 # How long a drain may take before the worker gives up on stragglers; the agent enforces
 # its own (shorter) drain timeout with SIGKILL.
 MAX_DRAIN_S = 60.0
+# Unix ns when main() began, the start of the worker's start-up span.
+_STARTED_NS = 0
 
 
 class CannotRun(Exception):
@@ -56,6 +60,7 @@ def _die_with_agent() -> None:
 
 
 def _announce(endpoint: str = "") -> None:
+    record_startup(_STARTED_NS, os.environ.get("DILU_TRACEPARENT", ""))
     sys.stdout.write(f"READY {endpoint}".rstrip() + "\n")
     sys.stdout.flush()
     # Nobody reads stdout after READY: later prints (ours, torch's, C libraries') go to the
@@ -132,6 +137,8 @@ async def run(spec: types_pb2.FunctionSpec, control_path: Path, stats_path: Path
 
 
 def main() -> None:
+    global _STARTED_NS
+    _STARTED_NS = time.time_ns()
     instance_id = os.environ.get("DILU_INSTANCE_ID", "worker")
     setup_logging(f"worker {instance_id}", os.environ.get("DILU_LOG_LEVEL", "info"))
     _die_with_agent()
@@ -142,7 +149,7 @@ def main() -> None:
     except KeyError as missing:
         log.error("missing environment variable %s (the node agent sets it)", missing)
         sys.exit(EXIT_BAD_SPEC)
-    setup_tracing("dilu-worker")
+    setup_tracing("dilu-worker", **{"dilu.instance.id": instance_id, "dilu.function": spec.name})
     try:
         asyncio.run(run(spec, control_path, stats_path))
     except (CannotRun, DiluError) as error:

@@ -17,6 +17,7 @@ from services.node_agent.pages import StatsWriter
 from services.node_agent.worker.batching import ArrivalRate, BatchState, batch_size, batch_wait_s
 from services.node_agent.worker.engines import InferenceEngine
 from services.node_agent.worker.gate import QuotaGate
+from services.node_agent.worker.spans import Arrival, next_batch_id, record_batch
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 class _Pending:
     sample: Any
     arrived_s: float
+    # The request's trace and Unix arrival time, for its queued and batch spans.
+    arrival: Arrival = field(default_factory=lambda: Arrival(queued_ns=time.time_ns()))
     done: asyncio.Future[tuple[bytes, int, float]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -106,9 +109,11 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
         live = [p for p in batch if not p.done.done()]  # callers that gave up are skipped
         if not live:
             return
+        batch_id, started_ns = next_batch_id(), time.time_ns()
         try:
             outputs = await self._engine.run([p.sample for p in live])
             finished = time.monotonic()
+            record_batch([p.arrival for p in live], batch_id, len(live), started_ns, time.time_ns())
             self._stats.add("batches", 1)
             for pending, output in zip(live, outputs, strict=True):
                 latency_ms = (finished - pending.arrived_s) * 1000
@@ -118,6 +123,8 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
         except Exception as error:
             # One failing batch fails its callers, not the worker.
             log.exception("batch of %d failed", len(live))
+            record_batch([p.arrival for p in live], batch_id, len(live), started_ns,
+                         time.time_ns(), error)
             for pending in live:
                 if not pending.done.done():
                     pending.done.set_exception(error)

@@ -1,0 +1,41 @@
+"""Reading a service's Prometheus endpoint, as `curl` would: used by `dilu demo` to check
+that the node agent's request counters agree with the load it offered."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> list[Sample]:
+    """Every sample a `/metrics` endpoint serves now."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+        text = answer.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def sum_by(samples: list[Sample], name: str, label: str) -> dict[str, float]:
+    """`sum by (label) (name)` over one scrape."""
+    totals: dict[str, float] = defaultdict(float)
+    for sample in samples:
+        if sample.name == name:
+            totals[sample.labels.get(label, "")] += sample.value
+    return dict(totals)
+
+
+def rate_table(offered: dict[str, int], before: dict[str, float], after: dict[str, float],
+               duration_s: float) -> tuple[str, dict[str, float]]:
+    """Each function's request rate over the run: offered by the client against counted by
+    the exporter (`dilu_instance_requests_total`). Returns the table and the ratios."""
+    lines = [f"  {'FUNCTION':<12}{'OFFERED REQ/S':>15}{'METRICS REQ/S':>15}{'RATIO':>8}"]
+    ratios = {}
+    for function, sent in offered.items():
+        offered_rps = sent / duration_s
+        counted_rps = (after.get(function, 0.0) - before.get(function, 0.0)) / duration_s
+        ratios[function] = counted_rps / offered_rps if offered_rps else float("nan")
+        lines.append(f"  {function:<12}{offered_rps:>15.2f}{counted_rps:>15.2f}"
+                     f"{ratios[function]:>8.3f}")
+    return "\n".join(lines), ratios
