@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run up test test-unit test-integration gen lint shim bench-shim clean
+.PHONY: run up test test-unit test-integration gen lint shim bench-shim prometheus clean
 
 # Installing also compiles the CUDA shim (a second, with the system C compiler); without a
 # compiler the shim is skipped here and fails with a clear error when a node needs it.
@@ -31,6 +31,12 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
+
+## prometheus: Debian's Prometheus server and promtool, unpacked into the venv for the tests
+prometheus: $(VENV)/prometheus/usr/bin/prometheus
+
+$(VENV)/prometheus/usr/bin/prometheus: scripts/install_prometheus.sh | $(STAMP)
+	scripts/install_prometheus.sh $(VENV)/prometheus
 
 ## gen: regenerate gen/python from protos/ (commit the result)
 gen: $(STAMP)

@@ -251,6 +251,9 @@ class NodeAgent:
                 await self._failed(held, str(error))
                 return
             if held.stopping is None:
+                # The first QoS window starts now, so no request served goes unreported.
+                with contextlib.suppress(ValueError):
+                    held.qos_from = (held.worker.stats.read(), time.monotonic())
                 held.report.state = S.INSTANCE_STATE_READY
                 held.report.endpoint = endpoint
                 held.report.message = "serving" if endpoint else "training"
