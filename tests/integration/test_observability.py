@@ -13,7 +13,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher, free_port
 from tests.helpers import assert_eventually
-from tests.integration.conftest import FAST_AGENT, FAST_SCHEDULER, Cluster, inference_spec
+from tests.integration.conftest import Cluster, inference_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dilu.json"
