@@ -119,7 +119,7 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         drain_timeout_s=args.drain_timeout_s, cuda_shim=shim)
     agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv,
                       on_qos=lambda report: collector.record_qos(report))
-    collector = NodeAgentCollector(agent.status)
+    collector = NodeAgentCollector(agent.status, agent.stats_readings)
     server = GrpcServer(config.host, config.port)
     server.add(node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server,
                NodeAgentServicer(agent), "dilu.v1.NodeAgentService")

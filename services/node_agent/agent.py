@@ -251,9 +251,6 @@ class NodeAgent:
                 await self._failed(held, str(error))
                 return
             if held.stopping is None:
-                # The first QoS window starts now, so no request served goes unreported.
-                with contextlib.suppress(ValueError):
-                    held.qos_from = (held.worker.stats.read(), time.monotonic())
                 held.report.state = S.INSTANCE_STATE_READY
                 held.report.endpoint = endpoint
                 held.report.message = "serving" if endpoint else "training"
@@ -363,6 +360,11 @@ class NodeAgent:
                 held.written = wanted
 
     # ---- telemetry and QoS -----------------------------------------------------------
+
+    def stats_readings(self) -> dict[str, Stats]:
+        """Each instance's stats page as it reads now (its counters run from the worker's
+        start): what the Prometheus exporter counts requests from."""
+        return self._read_stats(list(self._held.values()))
 
     def _read_stats(self, held: list[_Held]) -> dict[str, Stats]:
         readings = {}

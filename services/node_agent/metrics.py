@@ -3,47 +3,35 @@ have no scrape target of their own).
 
 At scrape time the collector reads the agent's `status()` — each GPU's utilisation and
 memory from the last telemetry sample, each instance's state, request, limit and the
-effective share the arbiter gave it last period. The agent hands it every QoS report it
-builds from the stats pages (`record_qos`): the per-window figures become gauges and the
-requests and SLO violations add up into counters, so Prometheus's `rate()` and SLO
-attainment over any range (`1 - violations / requests`) come from exact counts.
+effective share the arbiter gave it last period — and its instances' stats pages, whose
+counters of requests served and SLO violations run from each worker's start: exact
+counters for Prometheus's `rate()` and for SLO attainment over any range
+(`1 - violations / requests`). The agent also hands it every QoS report it publishes
+(`record_qos`), whose last window becomes the per-window gauges (rps, p99, attainment).
 
-`agent_families` is pure (a Node and the QoS kept per instance in, metric families out).
+`agent_families` is pure (a Node, page readings and the last QoS reports in, metric
+families out).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from dilu.events.v1 import events_pb2
 from dilu.v1 import types_pb2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.node_agent.pages import MIB
+from services.node_agent.pages import MIB, Stats
 
 INSTANCE_STATES = {value: name.removeprefix("INSTANCE_STATE_").lower()
                    for name, value in types_pb2.InstanceState.items() if value}
 _INSTANCE = ["node", "function", "instance"]
 
 
-@dataclass(slots=True)
-class InstanceQos:
-    """What the QoS reports of one instance added up to, and its latest window."""
-
-    requests: int = 0
-    violations: int = 0
-    latest: events_pb2.QosReport | None = None
-
-    def add(self, report: events_pb2.QosReport) -> None:
-        self.requests += report.requests
-        self.violations += report.violations
-        self.latest = report
-
-
-def agent_families(node: types_pb2.Node, qos: dict[str, InstanceQos]) -> list[Metric]:
+def agent_families(node: types_pb2.Node, readings: dict[str, Stats],
+                   qos: dict[str, events_pb2.QosReport]) -> list[Metric]:
     gpu_labels = ["node", "gpu", "gpu_index", "model"]
     utilization = GaugeMetricFamily("dilu_gpu_utilization",
                                     "Fraction of the last telemetry sample a GPU was busy",
@@ -79,10 +67,11 @@ def agent_families(node: types_pb2.Node, qos: dict[str, InstanceQos]) -> list[Me
         effective.add_metric(labels, instance.quota.effective_share)
         memory_limit.add_metric(labels, instance.quota.memory_limit_mib * MIB)
     return [utilization, used, total, states, request, limit, effective, memory_limit,
-            *_qos_families(node, qos)]
+            *_qos_families(node, readings, qos)]
 
 
-def _qos_families(node: types_pb2.Node, qos: dict[str, InstanceQos]) -> list[Metric]:
+def _qos_families(node: types_pb2.Node, readings: dict[str, Stats],
+                  qos: dict[str, events_pb2.QosReport]) -> list[Metric]:
     requests = CounterMetricFamily("dilu_instance_requests",
                                    "Requests an instance served", labels=_INSTANCE)
     violations = CounterMetricFamily("dilu_instance_slo_violations",
@@ -106,13 +95,14 @@ def _qos_families(node: types_pb2.Node, qos: dict[str, InstanceQos]) -> list[Met
                                    "Training iterations per second over the last QoS window",
                                    labels=_INSTANCE)
     for instance in node.instances:
-        kept = qos.get(instance.instance_id)
-        if kept is None or kept.latest is None:
-            continue
         labels = [node.id, instance.function, instance.instance_id]
-        latest = kept.latest
-        requests.add_metric(labels, kept.requests)
-        violations.add_metric(labels, kept.violations)
+        reading = readings.get(instance.instance_id)
+        if reading is not None:
+            requests.add_metric(labels, reading.requests)
+            violations.add_metric(labels, reading.violations)
+        latest = qos.get(instance.instance_id)
+        if latest is None:
+            continue
         rps.add_metric(labels, latest.rps)
         p99.add_metric(labels, latest.p99_ms / 1000)
         if latest.requests:
@@ -124,19 +114,22 @@ def _qos_families(node: types_pb2.Node, qos: dict[str, InstanceQos]) -> list[Met
 
 
 class NodeAgentCollector(Collector):
-    """Adds up the agent's QoS reports and reads its status whenever Prometheus scrapes."""
+    """Reads the agent's status and stats pages whenever Prometheus scrapes, and keeps the
+    last QoS report of each instance."""
 
-    def __init__(self, status: Callable[[], types_pb2.Node]) -> None:
+    def __init__(self, status: Callable[[], types_pb2.Node],
+                 readings: Callable[[], dict[str, Stats]] = dict) -> None:
         self._status = status
-        self._qos: dict[str, InstanceQos] = {}
+        self._readings = readings
+        self._qos: dict[str, events_pb2.QosReport] = {}
 
     def record_qos(self, report: events_pb2.QosReport) -> None:
         """Called by the agent with every QoS report it publishes."""
-        self._qos.setdefault(report.instance_id, InstanceQos()).add(report)
+        self._qos[report.instance_id] = report
 
     def collect(self) -> Iterator[Metric]:
         node = self._status()
         present = {i.instance_id for i in node.instances}
         for gone in self._qos.keys() - present:  # stopped instances' series end with them
             del self._qos[gone]
-        yield from agent_families(node, self._qos)
+        yield from agent_families(node, self._readings(), self._qos)

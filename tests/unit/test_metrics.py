@@ -17,6 +17,7 @@ from services.common.errors import NotFound
 from services.common.grpc_server import GrpcServer
 from services.common.metrics import REGISTRY, MetricsServer
 from services.node_agent.metrics import NodeAgentCollector
+from services.node_agent.pages import Stats
 from services.profiler.metrics import ProfilingMetrics
 from services.scaler.metrics import ReplayCursor, ScalingMetrics
 from services.scaler.observer import QosObserver
@@ -193,6 +194,12 @@ def _node(*instances: tuple[str, str, int, float]) -> types_pb2.Node:
     return node
 
 
+def _page(requests: int, violations: int) -> Stats:
+    return Stats(busy_ns=0, launches=0, throttled_ns=0, memory_used_bytes=0, memory_peak_bytes=0,
+                 requests=requests, violations=violations, iterations=0, batches=0,
+                 queue_length=0, pid=1, histogram=(0,) * 128)
+
+
 def _qos(instance_id: str, requests: int, violations: int, p99_ms: float = 40.0) -> events_pb2.QosReport:
     return events_pb2.QosReport(function="bert", instance_id=instance_id, requests=requests,
                                 rps=requests / 1.0, p99_ms=p99_ms, slo_ms=100,
@@ -220,16 +227,19 @@ def test_the_agent_exports_gpus_and_each_instances_quota_and_share():
     assert _value(registry, "dilu_instance_requests_total", **one) is None
 
 
-def test_qos_reports_add_up_into_counters_and_the_last_window_into_gauges():
+def test_counters_come_from_the_stats_pages_and_gauges_from_the_last_qos_window():
     node = _node(("bert-1", "bert", S.INSTANCE_STATE_READY, 0.45))
-    collector = NodeAgentCollector(lambda: node)
+    pages = {"bert-1": _page(requests=30, violations=5)}
+    collector = NodeAgentCollector(lambda: node, lambda: pages)
     registry = CollectorRegistry()
     registry.register(collector)
-    collector.record_qos(_qos("bert-1", requests=10, violations=0, p99_ms=30))
-    collector.record_qos(_qos("bert-1", requests=20, violations=5, p99_ms=120))
     one = {"node": "n1", "function": "bert", "instance": "bert-1"}
+    # Counted from the page even before the first QoS window closed.
     assert _value(registry, "dilu_instance_requests_total", **one) == 30
     assert _value(registry, "dilu_instance_slo_violations_total", **one) == 5
+    assert _value(registry, "dilu_instance_requests_per_second", **one) is None
+    collector.record_qos(_qos("bert-1", requests=10, violations=0, p99_ms=30))
+    collector.record_qos(_qos("bert-1", requests=20, violations=5, p99_ms=120))
     assert _value(registry, "dilu_instance_requests_per_second", **one) == 20
     assert _value(registry, "dilu_instance_latency_p99_seconds", **one) == pytest.approx(0.12)
     assert _value(registry, "dilu_instance_slo_attainment", **one) == 0.75
@@ -238,19 +248,23 @@ def test_qos_reports_add_up_into_counters_and_the_last_window_into_gauges():
     collector.record_qos(_qos("bert-1", requests=0, violations=0))
     # An idle window has no attainment to report (0 of 0 is not 100 %).
     assert _value(registry, "dilu_instance_slo_attainment", **one) is None
-    assert _value(registry, "dilu_instance_requests_total", **one) == 30
+    pages["bert-1"] = _page(requests=31, violations=5)
+    assert _value(registry, "dilu_instance_requests_total", **one) == 31
 
 
 def test_an_instance_that_left_the_node_takes_its_series_with_it():
     node = _node(("bert-1", "bert", S.INSTANCE_STATE_READY, 0.45))
-    collector = NodeAgentCollector(lambda: node)
+    pages = {"bert-1": _page(requests=10, violations=0)}
+    collector = NodeAgentCollector(lambda: node, lambda: pages)
     registry = CollectorRegistry()
     registry.register(collector)
     collector.record_qos(_qos("bert-1", requests=10, violations=0))
     one = {"node": "n1", "function": "bert", "instance": "bert-1"}
     assert _value(registry, "dilu_instance_requests_total", **one) == 10
     del node.instances[:]
+    pages.clear()
     assert _value(registry, "dilu_instance_requests_total", **one) is None
+    assert _value(registry, "dilu_instance_requests_per_second", **one) is None
     assert _value(registry, "dilu_instance_effective_share", **one) is None
 
 
