@@ -26,3 +26,21 @@ def test_a_malformed_environment_value_is_named(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SystemExit):
         service_parser("profiler", "")
     assert "DILU_GRACE_S='soon'" in capsys.readouterr().err
+
+
+def test_each_service_has_its_documented_metrics_port_and_env_overrides_it(
+        monkeypatch: pytest.MonkeyPatch):
+    defaults = {service: server_config(service, service_parser(service, "").parse_args([]))
+                .metrics_port for service in ("scheduler", "node-agent", "profiler", "scaler")}
+    assert defaults == {"scheduler": 9451, "node-agent": 9452, "profiler": 9453, "scaler": 9454}
+    monkeypatch.setenv("DILU_METRICS_PORT", "0")
+    assert server_config("scaler", service_parser("scaler", "").parse_args([])).metrics_port == 0
+    args = service_parser("scaler", "").parse_args(["--metrics-port", "-1"])
+    assert server_config("scaler", args).metrics_port == -1
+
+
+@pytest.mark.parametrize("value", ["-2", "65536", "off"])
+def test_a_metrics_port_that_is_no_port_is_refused(value: str, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        service_parser("profiler", "").parse_args(["--metrics-port", value])
+    assert "--metrics-port" in capsys.readouterr().err

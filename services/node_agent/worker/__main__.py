@@ -2,7 +2,8 @@
 
 The node agent starts it with the instance's files in the environment:
 DILU_INSTANCE_ID, DILU_SPEC (a serialized FunctionSpec), DILU_CONTROL (control page),
-DILU_STATS (stats page). When it serves, it prints one line `READY <endpoint>` on stdout
+DILU_STATS (stats page), and DILU_TRACEPARENT (the W3C trace its start-up span joins).
+When it serves, it prints one line `READY <endpoint>` on stdout
 (training workers print `READY` alone); logs go to stderr. SIGTERM drains: no new
 requests, queued and running ones finish, then it exits 0. Exit code 2 means the
 instance cannot run as specified (the reason is the last log line).
