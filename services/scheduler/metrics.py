@@ -22,6 +22,8 @@ INSTANCE_STATES = {value: name.removeprefix("INSTANCE_STATE_").lower()
                    for name, value in types_pb2.InstanceState.items() if value}
 NODE_STATES = {value: name.removeprefix("NODE_STATE_").lower()
                for name, value in types_pb2.NodeState.items() if value}
+FUNCTION_STATES = {value: name.removeprefix("FUNCTION_STATE_").lower().replace("_", "-")
+                   for name, value in types_pb2.FunctionState.items() if value}
 FUNCTION_KINDS = {value: name.removeprefix("FUNCTION_KIND_").lower().replace("_", "-")
                   for name, value in types_pb2.FunctionKind.items() if value}
 
@@ -37,6 +39,11 @@ def scheduler_families(functions: Iterable[types_pb2.Function],
                             "A function's latency SLO (0: none)", labels=["function"])
     instances = GaugeMetricFamily("dilu_instances", "Instances the scheduler tracks, by state",
                                   labels=["function", "state"])
+    health = GaugeMetricFamily("dilu_function_state",
+                               "1 for the state a function is in (ok, backing-off, degraded)",
+                               labels=["function", "state"])
+    failures = GaugeMetricFamily("dilu_function_consecutive_failures",
+                                 "Instance failures of a function in a row", labels=["function"])
     kinds: Counter[str] = Counter({kind: 0 for kind in FUNCTION_KINDS.values()})
     for function in functions:
         name = function.spec.name
@@ -44,6 +51,9 @@ def scheduler_families(functions: Iterable[types_pb2.Function],
         desired.add_metric([name], function.status.desired_replicas)
         ready.add_metric([name], function.status.ready_replicas)
         slo.add_metric([name], function.spec.slo.latency_ms / 1000)
+        for value, state in FUNCTION_STATES.items():
+            health.add_metric([name, state], 1 if function.status.state == value else 0)
+        failures.add_metric([name], function.status.consecutive_failures)
         states = Counter(INSTANCE_STATES.get(i.state, "unspecified")
                          for i in function.status.instances)
         for state in INSTANCE_STATES.values():
@@ -70,7 +80,8 @@ def scheduler_families(functions: Iterable[types_pb2.Function],
             memory.add_metric(labels, allocation.memory_allocated_mib * MIB)
     for state, count in sorted(counts.items()):
         node_states.add_metric([state], count)
-    return [by_kind, desired, ready, slo, instances, node_states, requested, limited, memory]
+    return [by_kind, desired, ready, slo, instances, health, failures, node_states, requested,
+            limited, memory]
 
 
 class SchedulerCollector(Collector):

@@ -134,6 +134,7 @@ async def test_every_rpc_is_counted_and_timed_by_method_and_final_code():
 def _function(name: str, kind: int, states: list[int], slo_ms: float = 100) -> types_pb2.Function:
     function = S.Function(spec=S.FunctionSpec(name=name, kind=kind, slo=S.Slo(latency_ms=slo_ms)))  # type: ignore[arg-type]
     function.status.desired_replicas = len(states)
+    function.status.state = S.FUNCTION_STATE_OK
     function.status.ready_replicas = states.count(S.INSTANCE_STATE_READY)
     for i, state in enumerate(states):
         function.status.instances.add(id=f"{name}-{i}", function=name, state=state)  # type: ignore[arg-type]
@@ -162,6 +163,9 @@ def test_the_scheduler_exports_functions_instances_nodes_and_allocations():
     assert _value(registry, "dilu_function_desired_replicas", function="bert") == 3
     assert _value(registry, "dilu_function_ready_replicas", function="bert") == 2
     assert _value(registry, "dilu_function_slo_latency_seconds", function="bert") == 0.1
+    assert _value(registry, "dilu_function_state", function="bert", state="ok") == 1
+    assert _value(registry, "dilu_function_state", function="bert", state="degraded") == 0
+    assert _value(registry, "dilu_function_consecutive_failures", function="bert") == 0
     assert _value(registry, "dilu_nodes", state="ready") == 1
     assert _value(registry, "dilu_nodes", state="lost") == 1
     assert _value(registry, "dilu_nodes", state="unconfirmed") == 0
