@@ -24,6 +24,13 @@ from opentelemetry.sdk.trace.export import (
 )
 
 log = logging.getLogger(__name__)
+# Whether spans leave this process (OTLP or a trace file): optional spans skip work otherwise.
+_exporting = False
+
+
+def exporting() -> bool:
+    """True once setup_tracing found somewhere to send spans."""
+    return _exporting
 
 
 def service_resource(service_name: str, **attributes: str) -> Resource:
@@ -41,6 +48,7 @@ def service_resource(service_name: str, **attributes: str) -> Resource:
 
 
 def setup_tracing(service_name: str, **attributes: str) -> TracerProvider:
+    global _exporting
     provider = TracerProvider(resource=service_resource(service_name, **attributes))
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
@@ -48,6 +56,7 @@ def setup_tracing(service_name: str, **attributes: str) -> TracerProvider:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            _exporting = True
             log.info("exporting traces over OTLP to %s", endpoint)
         except Exception:  # telemetry never stops a service from starting
             log.exception("could not set up the OTLP exporter; traces are not exported")
@@ -56,6 +65,7 @@ def setup_tracing(service_name: str, **attributes: str) -> TracerProvider:
         out = open(trace_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(
             out=out, formatter=lambda span: span.to_json(indent=None) + "\n")))
+        _exporting = True
     trace.set_tracer_provider(provider)
     return provider
 

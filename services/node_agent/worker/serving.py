@@ -113,13 +113,15 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
         try:
             outputs = await self._engine.run([p.sample for p in live])
             finished = time.monotonic()
-            record_batch([p.arrival for p in live], batch_id, len(live), started_ns, time.time_ns())
+            ended_ns = time.time_ns()
             self._stats.add("batches", 1)
             for pending, output in zip(live, outputs, strict=True):
                 latency_ms = (finished - pending.arrived_s) * 1000
                 self._stats.record_latency(latency_ms, self._slo_ms)
                 if not pending.done.done():
                     pending.done.set_result((output, len(live), latency_ms))
+            # After the answers: their callers resume only once this step yields anyway.
+            record_batch([p.arrival for p in live], batch_id, len(live), started_ns, ended_ns)
         except Exception as error:
             # One failing batch fails its callers, not the worker.
             log.exception("batch of %d failed", len(live))
