@@ -14,7 +14,7 @@ from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.cli.specs import SpecError, load_spec
 from services.cli.tables import status_json, status_report
-from services.common.config import DEFAULT_PORTS
+from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 from services.common.tables import render
 from services.perf import SIM_MODELS
 
@@ -112,7 +112,9 @@ def _stack_options(args: argparse.Namespace, state_dir: Path):  # type: ignore[n
     return StackOptions(state_dir=state_dir, nats_port=args.nats_port,
                         scheduler_port=args.scheduler_port, node_agent_port=args.node_agent_port,
                         profiler_port=args.profiler_port, scaler_port=args.scaler_port,
-                        sim_gpus=args.sim_gpus)
+                        sim_gpus=args.sim_gpus,
+                        metrics_ports={s: getattr(args, f"{s.replace('-', '_')}_metrics_port")
+                                       for s in DEFAULT_METRICS_PORTS})
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -141,6 +143,11 @@ def _stack_flags(parser: argparse.ArgumentParser, ports_default: Callable[[str],
     parser.add_argument("--nats-port", type=int, default=ports_default("nats"))
     for service in DEFAULT_PORTS:
         parser.add_argument(f"--{service}-port", type=int, default=ports_default(service))
+    for service in DEFAULT_METRICS_PORTS:
+        # The fixed defaults with fixed gRPC ports; free ones (0) with free gRPC ports.
+        parser.add_argument(f"--{service}-metrics-port", type=int,
+                            default=DEFAULT_METRICS_PORTS[service] if ports_default(service) else 0,
+                            help="its Prometheus /metrics port (0: a free one, -1: none)")
     parser.add_argument("--sim-gpus", type=int, default=2, help="simulated GPUs of the node agent")
 
 

@@ -133,7 +133,8 @@ class ServiceLauncher:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self, service: str, *extra: str, name: str | None = None, port: int = 0,
-              timeout_s: float = 30.0) -> ManagedProcess:
+              timeout_s: float = 30.0, metrics_port: int | None = None) -> ManagedProcess:
+        """`metrics_port` None: a free one with a free gRPC port, else the service's default."""
         name = name or service
         ready = self.state_dir / "run" / f"{name}.json"
         ready.unlink(missing_ok=True)
@@ -144,10 +145,12 @@ class ServiceLauncher:
         env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(
             [str(root), str(root / "gen" / "python"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        if metrics_port is None and port == 0:
+            metrics_port = 0  # a stack on free ports (the tests) takes free metrics ports too
         command = [sys.executable, "-m", MODULES[service], "--host", "127.0.0.1",
                    "--port", str(port), "--nats-url", self.nats_url, "--ready-file", str(ready),
-                   # A stack on free ports (tests, the demo) takes free metrics ports too.
-                   *(["--metrics-port", "0"] if port == 0 else []), *extra]
+                   *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
+                   *extra]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)

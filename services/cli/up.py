@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher, StackError
-from services.common.config import DEFAULT_PORTS
+from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 # A service that keeps dying is given up on: this many restarts within the window.
 MAX_RESTARTS = 5
@@ -31,6 +31,8 @@ class StackOptions:
     scaler_port: int = DEFAULT_PORTS["scaler"]
     sim_gpus: int = 2
     node_id: str = "local"
+    # Prometheus /metrics port per service (0: a free one, -1: none).
+    metrics_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ class _ServiceSpec:
     service: str
     port: int
     extra: tuple[str, ...] = ()
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -64,7 +67,8 @@ class RunningStack:
         spec = self.specs[name]
         # Re-binding the same port right after a crash may briefly fail; the launcher
         # reports that as a StackError and the supervisor tries again.
-        process = self.launcher.start(spec.service, *spec.extra, port=spec.port)
+        process = self.launcher.start(spec.service, *spec.extra, port=spec.port,
+                                      metrics_port=spec.metrics_port)
         self.services[name] = process
         return process
 
@@ -98,14 +102,17 @@ def running_stack(options: StackOptions) -> Iterator[RunningStack]:
     """Start everything, yield, then stop in reverse order (services first, NATS last)."""
     options.state_dir.mkdir(parents=True, exist_ok=True)
     nats = NatsServer(options.state_dir / "nats", port=options.nats_port)
+    metrics = options.metrics_ports
     specs = {
-        "scheduler": _ServiceSpec("scheduler", options.scheduler_port),
+        "scheduler": _ServiceSpec("scheduler", options.scheduler_port,
+                                  metrics_port=metrics.get("scheduler")),
         "node-agent": _ServiceSpec("node-agent", options.node_agent_port, (
             "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus),
             # Pages live under the state dir, so two stacks on one host never share them.
-            "--runtime-dir", str(options.state_dir / "run"))),
-        "profiler": _ServiceSpec("profiler", options.profiler_port),
-        "scaler": _ServiceSpec("scaler", options.scaler_port),
+            "--runtime-dir", str(options.state_dir / "run")), metrics_port=metrics.get("node-agent")),
+        "profiler": _ServiceSpec("profiler", options.profiler_port,
+                                 metrics_port=metrics.get("profiler")),
+        "scaler": _ServiceSpec("scaler", options.scaler_port, metrics_port=metrics.get("scaler")),
     }
     stack = RunningStack(nats, ServiceLauncher(options.state_dir, ""), specs)
     try:

@@ -102,7 +102,9 @@ def test_dilu_up_serves_until_dilu_down_and_stops_every_child(tmp_path: Path):
     from services.cli.stack import free_port
 
     ports = {flag: str(free_port()) for flag in (
-        "--nats-port", "--scheduler-port", "--node-agent-port", "--profiler-port", "--scaler-port")}
+        "--nats-port", "--scheduler-port", "--node-agent-port", "--profiler-port", "--scaler-port",
+        "--scheduler-metrics-port", "--node-agent-metrics-port", "--profiler-metrics-port",
+        "--scaler-metrics-port")}
     state = tmp_path / "state"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen' / 'python'}"}
     up = subprocess.Popen(
@@ -114,6 +116,8 @@ def test_dilu_up_serves_until_dilu_down_and_stops_every_child(tmp_path: Path):
             (state / "stack.json").read_text()), timeout=60, message="dilu up wrote stack.json")
         scheduler = stack["endpoints"]["scheduler"]
         assert scheduler == f"127.0.0.1:{ports['--scheduler-port']}"
+        assert stack["metrics"]["scaler"] == \
+            f"http://127.0.0.1:{ports['--scaler-metrics-port']}/metrics"
         deployed = dilu("deploy", str(ROOT / "examples" / "resnet152.yaml"), scheduler=scheduler)
         assert deployed.returncode == 0, deployed.stderr
         before = dilu("status", scheduler=scheduler).stdout
