@@ -14,6 +14,7 @@ from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.cli.specs import SpecError, load_spec
 from services.cli.tables import status_json, status_report
+from services.common.attribution import CLI
 from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 from services.common.tables import render
 from services.perf import SIM_MODELS
@@ -65,10 +66,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
     stub = _scheduler(args)
     if args.out:
         function = stub.ScaleOut(scheduler_pb2.ScaleOutRequest(
-            function=args.name, count=args.out, reason="dilu scale"), timeout=30).function
+            function=args.name, count=args.out, reason="dilu scale", source=CLI),
+            timeout=30).function
     else:
         function = stub.ScaleIn(scheduler_pb2.ScaleInRequest(
-            function=args.name, count=args.into, reason="dilu scale"), timeout=30).function
+            function=args.name, count=args.into, reason="dilu scale", source=CLI),
+            timeout=30).function
     print(_function_summary(function))
     return 0
 

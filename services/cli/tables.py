@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dilu.v1 import scheduler_pb2, types_pb2
 from google.protobuf import json_format
 
+from services.common.bounds import announced
 from services.common.tables import render
 
 
@@ -31,8 +32,10 @@ def _retry(status: types_pb2.FunctionStatus, now_s: float) -> str:
 
 def status_report(functions: Sequence[types_pb2.Function],
                   nodes: Sequence[types_pb2.NodeView], now_s: float | None = None) -> str:
-    """Functions (with their back-off state), instances and GPUs as three tables.
-    `now_s` (default: this machine's clock) turns the next retry into a countdown."""
+    """Functions (with their back-off state), instances (with their live quotas, as their
+    agents applied them) and GPUs (what is committed against the bounds their node
+    announces) as three tables. `now_s` (default: this machine's clock) turns the next
+    retry into a countdown."""
     now_s = time.time() if now_s is None else now_s
     gpu_index = {g.uuid: f"{view.node.id}/gpu{g.index}" for view in nodes for g in view.node.gpus}
     function_rows = [
@@ -55,19 +58,21 @@ def status_report(functions: Sequence[types_pb2.Function],
     gpu_rows = []
     for view in nodes:
         allocations = {a.gpu_uuid: a for a in view.allocations}
+        bounds = announced(view.node)
         for gpu in view.node.gpus:
             a = allocations.get(gpu.uuid, types_pb2.GpuAllocation())
             gpu_rows.append((
                 gpu_index[gpu.uuid], _short(types_pb2.NodeState.Name(view.state), "NODE_STATE_"),
-                gpu.model, f"{a.sm_requested:.2f}", f"{a.sm_limited:.2f}",
+                gpu.model, f"{a.sm_requested:.2f}/{bounds.max_requested:g}",
+                f"{a.sm_limited:.2f}/{bounds.max_limited:g}",
                 f"{a.memory_allocated_mib}/{gpu.memory_total_mib}", len(a.instance_ids)))
     return "\n\n".join([
         "FUNCTIONS\n" + render(("NAME", "KIND", "MODEL", "READY", "SLO", "STATE", "FAILURES",
                                 "NEXT RETRY", "LAST ERROR"), function_rows),
         "INSTANCES\n" + render(("ID", "STATE", "GPU", "REQ/LIMIT", "SHARE", "MEM MiB", "MESSAGE"),
                                instance_rows),
-        "GPUS\n" + render(("GPU", "NODE", "MODEL", "SM REQ", "SM LIMIT", "MEM MiB", "INSTANCES"),
-                          gpu_rows),
+        "GPUS\n" + render(("GPU", "NODE", "MODEL", "SM REQ/MAX", "SM LIMIT/MAX", "MEM MiB",
+                           "INSTANCES"), gpu_rows),
     ])
 
 

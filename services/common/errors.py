@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message import Message
 
 
 class DiluError(Exception):
@@ -13,6 +14,10 @@ class DiluError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def details(self) -> list[Message]:
+        """Rich error details (`google.rpc.*` messages) for the status; none by default."""
+        return []
 
 
 class InvalidArgument(DiluError):
@@ -43,6 +48,9 @@ class Unavailable(DiluError):
 
 
 class ResourceExhausted(DiluError):
+    """A value in range that does not fit the room left now (a quota raise on a full GPU):
+    the caller may try elsewhere or later. Subclasses say which room in `details()`."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

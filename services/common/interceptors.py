@@ -34,6 +34,10 @@ def _status_for(error: DiluError) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         details.append(packed)
+    for detail in error.details():
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        details.append(packed)
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.name), message=error.message, details=details
     )
@@ -88,8 +92,9 @@ class _UnaryWrapping(grpc.aio.ServerInterceptor):
 
 
 def error_interceptor() -> grpc.aio.ServerInterceptor:
-    """Turns `DiluError` into its status code (with BadRequest details for bad fields)
-    and anything else into INTERNAL."""
+    """Turns `DiluError` into its status code (with BadRequest details for bad fields and
+    the error's own `details()`, e.g. where a GPU had no room) and anything else into
+    INTERNAL."""
     return _UnaryWrapping(_wrap_unary)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from dilu.v1 import node_agent_pb2_grpc, profiler_pb2, types_pb2
 
 from services.common import subjects
+from services.common.bounds import AGENT_DEFAULT, PlacementBounds
 from services.common.bus import Bus
 from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
@@ -60,6 +61,13 @@ def main() -> None:
     parser.add("--qos-window-s", default=1.0, type=float, help="QoS report window")
     parser.add("--drain-timeout-s", default=10.0, type=float,
                help="default time a stopping worker may take to finish in-flight requests")
+    parser.add("--max-requested", default=AGENT_DEFAULT.max_requested, type=float,
+               help="placement bound: the SM requests on one GPU add up to at most this, "
+                    "in (0, 1] (announced to the scheduler; StartInstance and SetQuota "
+                    "beyond it are RESOURCE_EXHAUSTED)")
+    parser.add("--max-limited", default=AGENT_DEFAULT.max_limited, type=float,
+               help="placement bound: the SM limits on one GPU add up to at most this, "
+                    "at least --max-requested ('inf': unbounded)")
     parser.add("--cuda-shim", default="auto",
                help="preload the CUDA shim into torch workers: auto (when the GPUs are real), "
                     "on, or off")
@@ -72,6 +80,11 @@ def main() -> None:
                  "heartbeat_interval_s"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')}: must be > 0, got {getattr(args, flag)}")
+    try:
+        args.bounds = PlacementBounds(args.max_requested, args.max_limited)
+    except ValueError as error:
+        parser.error(str(error).replace("max_requested", "--max-requested")
+                     .replace("max_limited", "--max-limited"))
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.node_id):
         parser.error(f"--node-id: {args.node_id!r} may only hold letters, digits, '_' and '-'")
     config = server_config("node-agent", args)
@@ -111,12 +124,15 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
     bus = await Bus.connect(config.nats_url, f"dilu-node-agent-{args.node_id}")
     nodes_kv = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
     profiles_kv = await bus.kv(subjects.PROFILES_BUCKET, profiler_pb2.Profile)
+    # Applied quota changes are scaling decisions: kept even before a scheduler made the stream.
+    await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
+                            subjects.SCALING_STREAM_MAX_MSGS)
     settings = AgentSettings(
         runtime_dir=Path(args.runtime_dir) / args.node_id,
         heartbeat_interval_s=args.heartbeat_interval_s,
         arbiter_period_s=args.arbiter_period_ms / 1000,
         telemetry_interval_s=args.telemetry_interval_s, qos_window_s=args.qos_window_s,
-        drain_timeout_s=args.drain_timeout_s, cuda_shim=shim)
+        drain_timeout_s=args.drain_timeout_s, cuda_shim=shim, bounds=args.bounds)
     agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv,
                       on_qos=lambda report: collector.record_qos(report))
     collector = NodeAgentCollector(agent.status, agent.stats_readings)
@@ -127,7 +143,9 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
     # Heartbeats announce the address, so the agent starts once the port is bound.
     agent.address = args.advertise_address or server.address
     await agent.start()
-    log.info("node %s up with %d %s GPUs", args.node_id, len(gpus.devices()), gpus.name)
+    log.info("node %s up with %d %s GPUs (bounds per GPU: requests ≤ %g, limits ≤ %g)",
+             args.node_id, len(gpus.devices()), gpus.name, args.bounds.max_requested,
+             args.bounds.max_limited)
     metrics = metrics_server("node-agent", config.host, config.metrics_port, collector)
     await serve_until_stopped(server, config.ready_file, config.grace_s, agent.close, bus.close,
                               metrics=metrics)

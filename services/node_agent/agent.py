@@ -1,5 +1,11 @@
 """The node agent's shell: worker processes for its instances, their quotas (the per-GPU
-arbiter writing control pages), heartbeats, lifecycle events, telemetry and QoS."""
+arbiter writing control pages), heartbeats, lifecycle events, telemetry and QoS.
+
+The agent owns its GPUs' budget (`NodeBudget`): `start_instance` and `set_quota` admit
+against the node's placement bounds before their first `await`, so that on the event
+loop each admission and its record are one step. Every applied quota change is published
+(an instance event of kind QUOTA_CHANGED, the next heartbeat, a vertical scaling
+decision) with a version that orders it."""
 
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from dilu.events.v1 import events_pb2
 from dilu.v1 import profiler_pb2, types_pb2
 
 from services.common import subjects
+from services.common.attribution import MANUAL
+from services.common.bounds import AGENT_DEFAULT, PlacementBounds
 from services.common.bus import Bus, ProtoKV
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -23,6 +31,7 @@ from services.common.loops import every
 from services.common.timestamps import now_timestamp
 from services.common.tracing import trace_headers
 from services.node_agent.arbiter import Claim, GpuArbiter
+from services.node_agent.budget import Hold, NodeBudget
 from services.node_agent.gpus import GpuBackend
 from services.node_agent.pages import MIB, Control, Stats, control_for
 from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
@@ -49,6 +58,8 @@ class AgentSettings:
     hunger_hold_s: float = 0.2
     # Preloaded into torch workers, where it replaces the Python gate (None: not used).
     cuda_shim: Path | None = None
+    # What this node admits on each GPU (announced in its heartbeat).
+    bounds: PlacementBounds = AGENT_DEFAULT
 
 
 @dataclass
@@ -77,9 +88,10 @@ def _check_quota(quota: types_pb2.Quota, field_prefix: str) -> None:
     if not quota.sm_request <= quota.sm_limit <= 1:
         raise InvalidArgument(f"{field_prefix}.sm_limit",
                               f"must be in [sm_request, 1], got {quota.sm_limit}")
-    if quota.memory_limit_mib < 0:
+    if quota.memory_limit_mib <= 0:
+        # The budget counts memory: an instance without a limit could take any amount.
         raise InvalidArgument(f"{field_prefix}.memory_limit_mib",
-                              f"must be ≥ 0, got {quota.memory_limit_mib}")
+                              f"must be set (MiB per GPU, > 0), got {quota.memory_limit_mib}")
 
 
 # Logs of failed workers kept in the runtime dir (often RAM-backed) across agent restarts.
@@ -110,6 +122,8 @@ class NodeAgent:
         # Sees every QoS report before it is published (the Prometheus exporter).
         self._on_qos = on_qos
         self._held: dict[str, _Held] = {}
+        self._budget = NodeBudget(node_id, {d.uuid: d.memory_total_mib for d in self._devices.values()},
+                                  settings.bounds)
         self._arbiters = {uuid: GpuArbiter() for uuid in self._devices}
         self._gpu_use: dict[str, tuple[float, int]] = {}  # uuid -> (utilization, memory MiB)
         self._loops: list[asyncio.Task[None]] = []
@@ -156,7 +170,13 @@ class NodeAgent:
                           memory_total_mib=device.memory_total_mib, memory_used_mib=memory,
                           utilization=utilization)
         node.instances.extend(held.report for held in self._held.values())
+        node.bounds.CopyFrom(self._settings.bounds.to_proto())
         return node
+
+    @property
+    def budget(self) -> NodeBudget:
+        """What each instance holds on each GPU (read only: the agent changes it)."""
+        return self._budget
 
     async def heartbeat(self) -> None:
         await self._nodes_kv.put(self.node_id, self.status())
@@ -178,14 +198,20 @@ class NodeAgent:
         existing = self._held.get(instance_id)
         if existing is not None:
             return existing.report
+        # Admitted and recorded before the first await: nothing can take the room between.
+        self._budget.start(instance_id, gpu_uuids, Hold.of(quota))
         report = types_pb2.InstanceReport(
             instance_id=instance_id, function=spec.name, state=S.INSTANCE_STATE_STARTING,
-            quota=quota, message="starting worker")
+            quota=quota, message="starting worker", gpu_uuids=gpu_uuids, quota_version=1)
         report.quota.effective_share = quota.sm_request
         control = control_for(quota.sm_request, quota.sm_request, quota.sm_limit,
                               quota.memory_limit_mib * MIB)
-        worker = WorkerProcess(instance_id, spec, self._settings.runtime_dir, control,
-                               self._worker_env(gpu_uuids, spec))
+        try:
+            worker = WorkerProcess(instance_id, spec, self._settings.runtime_dir, control,
+                                   self._worker_env(gpu_uuids, spec))
+        except BaseException:
+            self._budget.release(instance_id)
+            raise
         held = _Held(report, spec, tuple(gpu_uuids), worker, InstanceInfo(
             instance_id, spec.name, spec.slo.latency_ms, spec.kind == S.FUNCTION_KIND_TRAINING),
             written=control)
@@ -225,6 +251,7 @@ class NodeAgent:
             await held.worker.spawn()
         except OSError as error:
             self._held.pop(held.report.instance_id, None)
+            self._budget.release(held.report.instance_id)
             held.worker.remove_files(keep_log=True)
             raise Unavailable(f"cannot start a worker process: {error}") from error
         held.tasks.append(asyncio.create_task(self._watch(held),
@@ -272,6 +299,7 @@ class NodeAgent:
         log.warning("instance %s failed: %s (log: %s)", held.report.instance_id, reason,
                     held.worker.log_path)
         self._held.pop(held.report.instance_id)
+        self._budget.release(held.report.instance_id)
         held.worker.remove_files(keep_log=True)
         _prune_logs(self._settings.runtime_dir)
         held.report.state = S.INSTANCE_STATE_FAILED
@@ -303,29 +331,45 @@ class NodeAgent:
         for task in held.tasks:
             task.cancel()
         self._held.pop(held.report.instance_id, None)
+        self._budget.release(held.report.instance_id)
         # Exits we caused are clean; anything else during the drain deserves its log.
         held.worker.remove_files(keep_log=code not in _REQUESTED_EXITS)
         held.report.state = S.INSTANCE_STATE_STOPPED
         await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_STOPPED, why)
         await self._arbitrate()
 
-    async def set_quota(self, instance_id: str, quota: types_pb2.Quota) -> types_pb2.Quota:
+    async def set_quota(self, instance_id: str, quota: types_pb2.Quota, *, reason: str = "",
+                        source: str = MANUAL) -> tuple[types_pb2.Quota, int]:
+        """Apply a new request, limit and memory limit; returns the quota as applied and
+        its version. Refuses (changing nothing) an unknown or stopping instance
+        (NotFound), bad values (InvalidArgument), a memory limit below what the instance
+        uses (FailedPrecondition) and what its GPUs have no room for (`NoRoom`)."""
         held = self._held.get(instance_id)
         if held is None or held.stopping is not None:
             raise NotFound(f"no running instance {instance_id!r} on node {self.node_id}")
         _check_quota(quota, "quota")
         in_use = held.worker.stats.read().most_on_one_gpu()  # the limit is per GPU
-        if quota.memory_limit_mib and quota.memory_limit_mib * MIB < in_use:
+        if quota.memory_limit_mib * MIB < in_use:
             raise FailedPrecondition(
                 f"quota.memory_limit_mib: the instance already uses {in_use // MIB} MiB "
                 f"of a GPU, more than {quota.memory_limit_mib} MiB")
-        held.report.quota.sm_request = quota.sm_request
-        held.report.quota.sm_limit = quota.sm_limit
-        held.report.quota.memory_limit_mib = quota.memory_limit_mib
-        await self._arbitrate()
+        before = types_pb2.Quota()
+        before.CopyFrom(held.report.quota)
+        if Hold.of(quota) != Hold.of(before):
+            # Admitted and applied before the first await (see the module docstring).
+            self._budget.resize(instance_id, Hold.of(quota))
+            held.report.quota.sm_request = quota.sm_request
+            held.report.quota.sm_limit = quota.sm_limit
+            held.report.quota.memory_limit_mib = quota.memory_limit_mib
+            held.report.quota_version += 1
+            await self._arbitrate()
+            await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_QUOTA_CHANGED,
+                                f"quota changed by {source}" + (f": {reason}" if reason else ""))
+            await self._publish_decision(held, before, reason, source)
+            await self._heartbeat_soon()
         applied = types_pb2.Quota()
         applied.CopyFrom(held.report.quota)
-        return applied
+        return applied, held.report.quota_version
 
     # ---- the arbiter -----------------------------------------------------------------
 
@@ -427,9 +471,26 @@ class NodeAgent:
         event = events_pb2.InstanceEvent(
             function=report.function, instance_id=report.instance_id, node=self.node_id,
             kind=kind, endpoint=report.endpoint, message=message or report.message,  # type: ignore[arg-type]
-            at=now_timestamp(self._clock.time()))
+            at=now_timestamp(self._clock.time()), quota=report.quota,
+            quota_version=report.quota_version)
         try:
             await self._bus.publish(subjects.instance_events(report.function), event)
         except Unavailable as error:
             # The scheduler also learns it from the next heartbeat that reaches it.
             log.warning("instance event not delivered: %s", error)
+
+    async def _publish_decision(self, held: _Held, before: types_pb2.Quota, reason: str,
+                                source: str) -> None:
+        """Record an applied quota change in DILU_SCALING as a vertical decision."""
+        after = held.report.quota
+        up = ((after.sm_request, after.sm_limit, after.memory_limit_mib)
+              > (before.sm_request, before.sm_limit, before.memory_limit_mib))
+        decision = events_pb2.ScalingDecision(
+            function=held.report.function, at=now_timestamp(self._clock.time()),
+            kind=events_pb2.SCALING_KIND_VERTICAL_UP if up else events_pb2.SCALING_KIND_VERTICAL_DOWN,
+            instance_id=held.report.instance_id, quota_before=before, quota_after=after,
+            reason=reason, source=source, node=self.node_id)
+        try:
+            await self._bus.publish(subjects.scaling_events(held.report.function), decision)
+        except Unavailable as error:
+            log.warning("scaling decision not delivered: %s", error)

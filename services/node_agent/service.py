@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from dilu.v1 import node_agent_pb2, node_agent_pb2_grpc
 
+from services.common.attribution import checked_source
 from services.common.errors import InvalidArgument
 from services.node_agent.agent import NodeAgent
 
@@ -33,8 +34,10 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
                        context: grpc.aio.ServicerContext) -> node_agent_pb2.SetQuotaResponse:
         if not request.instance_id:
             raise InvalidArgument("instance_id", "must not be empty")
-        return node_agent_pb2.SetQuotaResponse(
-            quota=await self._agent.set_quota(request.instance_id, request.quota))
+        source = checked_source("source", request.source)
+        quota, version = await self._agent.set_quota(request.instance_id, request.quota,
+                                                     reason=request.reason, source=source)
+        return node_agent_pb2.SetQuotaResponse(quota=quota, quota_version=version)
 
     async def GetNodeStatus(self, request: node_agent_pb2.GetNodeStatusRequest,
                             context: grpc.aio.ServicerContext) -> node_agent_pb2.GetNodeStatusResponse:

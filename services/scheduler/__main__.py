@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 
 from dilu.v1 import scheduler_pb2_grpc, types_pb2
 
 from services.common import subjects
+from services.common.bounds import REQUESTS_ONLY
 from services.common.bus import Bus
 from services.common.config import ServerConfig, server_config, service_parser
 from services.common.grpc_server import GrpcServer, serve_until_stopped
@@ -20,7 +22,6 @@ from services.scheduler.placement import (
     DEFAULT_POLICY,
     POLICIES,
     Placement,
-    PlacementBounds,
     make_placement,
 )
 from services.scheduler.scheduler import Scheduler
@@ -34,10 +35,11 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
     parser = service_parser("scheduler", "Dilu scheduler: deploys, places and routes.")
     parser.add("--placement", default=DEFAULT_POLICY,
                help=f"placement policy: {', '.join(POLICIES)} (all but the default are baselines)")
-    parser.add("--max-requested", default=1.0, type=float,
-               help="bound on the sum of SM requests per GPU, at most 1 (requests are guaranteed)")
-    parser.add("--max-limited", default=1.5, type=float,
-               help="bound on the sum of SM limits per GPU (limits are over-subscribed)")
+    # The placement bounds moved to the node agents, which admit against them and announce
+    # them; the scheduler places within what each node announces. The old flags are
+    # refused with a pointer (DILU_MAX_* in a shared env file configure the agents).
+    parser.add_argument("--max-requested", "--max-limited", dest="moved_bound",
+                        help=argparse.SUPPRESS)
     parser.add("--node-timeout-s", default=10.0, type=float,
                help="a node without a heartbeat for this long is lost")
     parser.add("--reconcile-interval-s", default=1.0, type=float, help="reconcile period")
@@ -52,12 +54,16 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
                help="the longest wait between starts of a failing function (and the wait "
                     "of a degraded one)")
     args = parser.parse_args(argv)
+    if args.moved_bound is not None:
+        parser.error("--max-requested and --max-limited are node agent settings now: each "
+                     "agent admits against its own bounds and announces them, and the "
+                     "scheduler places within what each node announces")
     try:
-        placement = make_placement(args.placement, PlacementBounds(
-            max_requested=args.max_requested, max_limited=args.max_limited))
-    except ValueError as e:  # name the flags, not the fields behind them
-        parser.error(str(e).replace("max_requested", "--max-requested")
-                     .replace("max_limited", "--max-limited"))
+        # The policy's own rule only (e.g. infless-l's limits ≤ 1); the bounds of each
+        # node are the rest, and the stricter holds.
+        placement = make_placement(args.placement, REQUESTS_ONLY)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         settings = SchedulerSettings(node_timeout_s=args.node_timeout_s,
                                      reconcile_interval_s=args.reconcile_interval_s,
@@ -75,7 +81,8 @@ def main() -> None:
     config, settings, placement = parse()
     setup_logging("scheduler", config.log_level)
     setup_tracing("dilu-scheduler")
-    log.info("placement policy %s (%s)", placement.name, placement.bounds)
+    log.info("placement policy %s (its own rule: %s; each node's bounds apply too)",
+             placement.name, placement.bounds)
     asyncio.run(run(config, settings, placement))
 
 

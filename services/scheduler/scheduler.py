@@ -57,11 +57,13 @@ log = logging.getLogger(__name__)
 S = types_pb2
 T = TypeVar("T")
 
-# Instance events as the state they report; other kinds (starting) change nothing.
+# Instance events as the state they report; a quota change reports none (its quota is
+# what counts); other kinds (starting) change nothing.
 _EVENT_STATES = {
     events_pb2.INSTANCE_EVENT_KIND_READY: S.INSTANCE_STATE_READY,
     events_pb2.INSTANCE_EVENT_KIND_FAILED: S.INSTANCE_STATE_FAILED,
     events_pb2.INSTANCE_EVENT_KIND_STOPPED: S.INSTANCE_STATE_STOPPED,
+    events_pb2.INSTANCE_EVENT_KIND_QUOTA_CHANGED: S.INSTANCE_STATE_UNSPECIFIED,
 }
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -229,7 +231,10 @@ class Scheduler:
             return
         report = types_pb2.InstanceReport(instance_id=event.instance_id, function=event.function,
                                           state=state, endpoint=event.endpoint,
-                                          message=event.message)
+                                          message=event.message,
+                                          quota_version=event.quota_version)
+        if event.HasField("quota"):
+            report.quota.CopyFrom(event.quota)
         async with self._lock:
             self._done(self.core.instance_reported(event.node, report, self._clock.time()))
             await self._store.flush(self.core.state)
@@ -272,9 +277,10 @@ class Scheduler:
                 return CallSucceeded(report=answer.instance)
             if isinstance(call, SetQuota):
                 applied = await stub.SetQuota(
-                    node_agent_pb2.SetQuotaRequest(instance_id=call.instance_id, quota=call.quota),
+                    node_agent_pb2.SetQuotaRequest(instance_id=call.instance_id, quota=call.quota,
+                                                   source="scheduler"),
                     timeout=self._settings.agent_timeout_s, metadata=trace_metadata())
-                return CallSucceeded(quota=applied.quota)
+                return CallSucceeded(quota=applied.quota, quota_version=applied.quota_version)
             await stub.StopInstance(
                 node_agent_pb2.StopInstanceRequest(
                     instance_id=call.instance_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from services.common.attribution import checked_source
 from services.common.errors import InvalidArgument
 from services.scheduler.scheduler import Scheduler
 
@@ -49,14 +50,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                        context: grpc.aio.ServicerContext) -> scheduler_pb2.ScaleOutResponse:
         function = await self._scheduler.scale(
             _name("function", request.function), _count(request.count),
-            request.reason or "manual", source="manual")
+            request.reason or "manual", source=checked_source("source", request.source))
         return scheduler_pb2.ScaleOutResponse(function=function)
 
     async def ScaleIn(self, request: scheduler_pb2.ScaleInRequest,
                       context: grpc.aio.ServicerContext) -> scheduler_pb2.ScaleInResponse:
         function = await self._scheduler.scale(
             _name("function", request.function), -_count(request.count),
-            request.reason or "manual", source="manual", instance_ids=request.instance_ids)
+            request.reason or "manual", source=checked_source("source", request.source),
+            instance_ids=request.instance_ids)
         return scheduler_pb2.ScaleInResponse(function=function)
 
     async def Invoke(self, request: scheduler_pb2.InvokeRequest,

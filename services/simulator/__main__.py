@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-node", type=int, default=4)
     parser.add_argument("--gpu-memory-gib", type=int, default=40)
     parser.add_argument("--max-limited", type=float, default=1.5,
-                        help="bound on SM limits per GPU for the policies that over-subscribe")
+                        help="bound on SM limits per GPU of the policies that over-subscribe "
+                             "(the simulated nodes bound requests only, so each policy keeps "
+                             "its own published rule)")
     parser.add_argument("--fgd-every", type=int, default=10,
                         help="measure the FGD-style fragmentation every this many events")
     parser.add_argument("--plot", type=Path, help="write a PNG of active GPUs over time here")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common.bounds import REQUESTS_ONLY
 from services.scheduler.placement import Ledger, Placement, PlacementBounds
 from services.scheduler.placement.fragmentation import ShapeMix, fragmented, usable
 from services.simulator.trace import GIB, Event, starts
@@ -20,17 +21,24 @@ from services.simulator.trace import GIB, Event, starts
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
-    """The simulated cluster; the default is the paper's (1000 nodes × 4 GPUs × 40 GB)."""
+    """The simulated cluster; the default is the paper's (1000 nodes × 4 GPUs × 40 GB).
+
+    `bounds`: what every simulated node agent admits on its GPUs, as a real agent
+    announces it. By default they bound requests only, so that each policy is measured
+    by its own published rule (the Dilu policies' 1.5 on limits, INFless-R's none), as
+    the paper compares them.
+    """
 
     nodes: int = 1000
     gpus_per_node: int = 4
     gpu_memory_mib: int = 40 * GIB
+    bounds: PlacementBounds = REQUESTS_ONLY
 
     def ledger(self) -> Ledger:
         book = Ledger()
         for n in range(self.nodes):
             book.set_node(f"node-{n:04d}", [(f"node-{n:04d}-gpu{g}", self.gpu_memory_mib)
-                                            for g in range(self.gpus_per_node)])
+                                            for g in range(self.gpus_per_node)], self.bounds)
         return book
 
 

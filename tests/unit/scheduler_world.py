@@ -1,6 +1,6 @@
 """A tiny world for driving `SchedulerCore` without processes: node agents as records
-that answer agent calls and heartbeat, and time as a number. What a simulator does, in
-miniature."""
+that answer agent calls and heartbeat — admitting starts and quota changes with the
+agent's own `NodeBudget` — and time as a number. What a simulator does, in miniature."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from dilu.v1 import types_pb2
 
+from services.common.bounds import AGENT_DEFAULT, PlacementBounds
+from services.node_agent.budget import Hold, NodeBudget, NoRoom
 from services.scheduler.core import (
     AgentCall,
     CallFailed,
@@ -39,9 +41,13 @@ def inference_spec(name: str, *, request: float = 0.3, limit: float = 0.5, memor
         replicas=types_pb2.Replicas(min=min_replicas, max=max_replicas))
 
 
+GPU_MEMORY_MIB = 40960
+
+
 @dataclass
 class FakeAgent:
-    """One node agent: its GPUs and the instances it runs, as it would report them."""
+    """One node agent: its GPUs, the bounds it announces and the instances it runs, as it
+    would report them; starts and quota changes are admitted by the agent's own budget."""
 
     node_id: str
     gpus: int = 2
@@ -50,29 +56,67 @@ class FakeAgent:
     # What the next StartInstance answers instead of starting (a status code's meaning).
     refuse: Refusal | None = None
     alive: bool = True
+    bounds: PlacementBounds = AGENT_DEFAULT
+    # Whether the heartbeat announces the bounds (an agent from before did not).
+    announces: bool = True
+    budget: NodeBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = NodeBudget(self.node_id, {self.gpu(g): GPU_MEMORY_MIB
+                                                for g in range(self.gpus)}, self.bounds)
+
+    def gpu(self, index: int) -> str:
+        return f"{self.node_id}-g{index}"
 
     def node(self) -> types_pb2.Node:
         node = types_pb2.Node(id=self.node_id, address=f"{self.node_id}:1")
         for g in range(self.gpus):
-            node.gpus.add(uuid=f"{self.node_id}-g{g}", index=g, memory_total_mib=40960)
+            node.gpus.add(uuid=self.gpu(g), index=g, memory_total_mib=GPU_MEMORY_MIB)
         node.instances.extend(self.running.values())
+        if self.announces:
+            node.bounds.CopyFrom(self.bounds.to_proto())
         return node
 
     def answer(self, call: AgentCall) -> CallResult:
         if isinstance(call, StartInstance):
             if self.refuse is not None:
                 return CallFailed(self.refuse, f"{self.refuse.name}: refused by the test")
+            if call.instance_id in self.running:
+                return CallSucceeded(report=self.running[call.instance_id])
+            try:
+                self.budget.start(call.instance_id, call.gpu_uuids, Hold.of(call.quota))
+            except NoRoom as refused:
+                return CallFailed(Refusal.NO_ROOM, f"RESOURCE_EXHAUSTED: {refused.message}")
             report = types_pb2.InstanceReport(
                 instance_id=call.instance_id, function=call.spec.name,
-                state=S.INSTANCE_STATE_STARTING, quota=call.quota, message="starting worker")
+                state=S.INSTANCE_STATE_STARTING, quota=call.quota, message="starting worker",
+                gpu_uuids=call.gpu_uuids, quota_version=1)
             self.running[call.instance_id] = report
             return CallSucceeded(report=report)
         if isinstance(call, StopInstance):
-            self.running.pop(call.instance_id, None)
+            self.forget(call.instance_id)
             return CallSucceeded()
         assert isinstance(call, SetQuota)
-        self.running[call.instance_id].quota.CopyFrom(call.quota)
-        return CallSucceeded(quota=call.quota)
+        try:
+            report = self.resize(call.instance_id, call.quota)
+        except NoRoom as refused:
+            return CallFailed(Refusal.NO_ROOM, f"RESOURCE_EXHAUSTED: {refused.message}")
+        return CallSucceeded(quota=report.quota, quota_version=report.quota_version)
+
+    def resize(self, instance_id: str, quota: types_pb2.Quota) -> types_pb2.InstanceReport:
+        """SetQuota as the agent applies it (raises NoRoom); returns the instance's report,
+        which is what its QUOTA_CHANGED event carries."""
+        self.budget.resize(instance_id, Hold.of(quota))
+        report = self.running[instance_id]
+        report.quota.sm_request = quota.sm_request
+        report.quota.sm_limit = quota.sm_limit
+        report.quota.memory_limit_mib = quota.memory_limit_mib
+        report.quota_version += 1
+        return report
+
+    def forget(self, instance_id: str) -> None:
+        self.running.pop(instance_id, None)
+        self.budget.release(instance_id)
 
 
 class World:
@@ -150,8 +194,21 @@ class World:
         report.message = message or report.message
         report.endpoint = endpoint
         if state in (S.INSTANCE_STATE_FAILED, S.INSTANCE_STATE_STOPPED):
-            del agent.running[instance_id]
+            agent.forget(instance_id)
         return self.run(self.core.instance_reported(agent.node_id, report, self.now))
+
+    def raise_quota(self, instance_id: str, quota: types_pb2.Quota, *,
+                    publish: bool = True) -> types_pb2.InstanceReport:
+        """A SetQuota straight to the instance's agent (as the scaler makes it); its
+        QUOTA_CHANGED event reaches the core when `publish` (else only heartbeats tell)."""
+        agent = next(a for a in self.agents.values() if instance_id in a.running)
+        report = agent.resize(instance_id, quota)
+        if publish:
+            event = types_pb2.InstanceReport()
+            event.CopyFrom(report)
+            event.state = S.INSTANCE_STATE_UNSPECIFIED  # a quota change is no transition
+            self.run(self.core.instance_reported(agent.node_id, event, self.now))
+        return report
 
     def ready_all(self) -> None:
         for agent in self.agents.values():

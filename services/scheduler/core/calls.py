@@ -58,10 +58,12 @@ class Refusal(Enum):
 @dataclass(frozen=True, slots=True)
 class CallSucceeded:
     """`report`: the agent's record of a started instance; `quota`: the quota a SetQuota
-    applied. Either may be None for calls that answer nothing."""
+    applied, and `quota_version` its version (0: unknown). Either may be None for calls
+    that answer nothing."""
 
     report: types_pb2.InstanceReport | None = None
     quota: types_pb2.Quota | None = None
+    quota_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

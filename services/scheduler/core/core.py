@@ -46,7 +46,7 @@ from services.scheduler.core.records import (
     seconds,
 )
 from services.scheduler.core.settings import SchedulerSettings
-from services.scheduler.core.shapes import held_shape, quota_shape
+from services.scheduler.core.shapes import held_shape
 from services.scheduler.placement import Assignment, Ledger, Placement
 from services.scheduler.replicas import plan_replicas
 from services.scheduler.routing import LeastOutstanding
@@ -75,7 +75,7 @@ class SchedulerCore:
         self.router = LeastOutstanding()
         self._new_id = new_id
         self._lifecycle = Lifecycle(self.state, self.ledger, placement, self.router,
-                                    self.settings)
+                                    self.settings, new_id)
         self._heartbeats = Heartbeats(self.state, self.ledger, self._lifecycle, self.settings)
         # The latest `now` seen: time never goes back inside the core (a wall clock may
         # be stepped back), so records are stamped in the order things happened.
@@ -87,7 +87,9 @@ class SchedulerCore:
                 instances: Iterable[types_pb2.Instance], nodes: NodeSnapshot,
                 now: float) -> Outcome:
         """Take over the stored records after a (re)start. Instances that held GPUs take
-        them again where their node still declares them; the others were lost."""
+        them again where their node still declares them, at the quota their agent
+        reports (it may have changed while the scheduler was down); the others were
+        lost."""
         self.state.load(functions, instances)
         now = self._advance(now)
         self._heartbeats.declare(nodes, now, trusted=False)
@@ -99,6 +101,7 @@ class SchedulerCore:
                 self._lifecycle.fail(instance, S.INSTANCE_STATE_LOST, why, now, counts=False)
             elif instance.state == S.INSTANCE_STATE_READY:
                 self._lifecycle.ready_since[instance.id] = seconds(instance.updated_at)
+        self._heartbeats.adopt_quotas(nodes)
         return self._outcome([])
 
     def _recommit(self, instance: types_pb2.Instance) -> str:
@@ -175,11 +178,15 @@ class SchedulerCore:
 
     def instance_reported(self, node: str, report: types_pb2.InstanceReport,
                           now: float) -> Outcome:
-        """An agent's lifecycle event (ready, failed, stopped) for one instance."""
+        """An agent's event for one instance: a lifecycle state (ready, failed, stopped)
+        and, when `report.quota` is set, its quota as of `report.quota_version` (a
+        quota change reports state UNSPECIFIED: no transition)."""
         now = self._advance(now)
         instance = self.state.instances.get(report.instance_id)
         if instance is None or instance.node != node:
             return self._outcome([])
+        if report.HasField("quota") and instance.state in HOLDING:
+            self._lifecycle.adopt_quota(instance, report.quota, report.quota_version)
         if instance.state == S.INSTANCE_STATE_DRAINING and report.state == S.INSTANCE_STATE_STOPPED:
             self._lifecycle.stopped(instance, instance.message or "stopped", now)
         elif instance.state in PLACED:
@@ -199,8 +206,9 @@ class SchedulerCore:
             if not isinstance(result, CallFailed) and instance.state == S.INSTANCE_STATE_DRAINING:
                 self._lifecycle.stopped(instance, instance.message or "stopped", now)
             # A failed stop is repeated from the heartbeats.
-        elif not isinstance(result, CallFailed) and result.quota is not None:
-            self._adopt_quota(instance, result.quota)
+        elif (not isinstance(result, CallFailed) and result.quota is not None
+              and instance.state in HOLDING):
+            self._lifecycle.adopt_quota(instance, result.quota, result.quota_version)
         return self._outcome(calls)
 
     def _start_done(self, instance: types_pb2.Instance, call: StartInstance,
@@ -210,6 +218,7 @@ class SchedulerCore:
         if not isinstance(result, CallFailed):
             if result.report is not None:
                 report = result.report
+                self._lifecycle.adopt_quota(instance, report.quota, report.quota_version)
                 self._lifecycle.adopt(instance, report.state, report.endpoint, report.message, now)
             return []
         if result.refusal is Refusal.NO_ROOM and instance.state == S.INSTANCE_STATE_STARTING:
@@ -227,13 +236,6 @@ class SchedulerCore:
         self._lifecycle.fail(instance, S.INSTANCE_STATE_FAILED,
                              f"node agent did not start it: {result.message}", now, counts=True)
         return []
-
-    def _adopt_quota(self, instance: types_pb2.Instance, quota: types_pb2.Quota) -> None:
-        instance.quota.CopyFrom(quota)
-        self.state.touched(instance.id)
-        held = self.ledger.shape_of(instance.id)
-        if held is not None:
-            self.ledger.resize(instance.id, quota_shape(held, quota))
 
     # ---- time passing ------------------------------------------------------------------
 

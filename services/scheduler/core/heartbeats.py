@@ -1,5 +1,6 @@
-"""What the nodes' heartbeats say: which nodes are up, which GPUs they have, and the
-state of the instances they run, reconciled level-triggered against the records.
+"""What the nodes' heartbeats say: which nodes are up, which GPUs they have and the bounds
+their agents admit against, and the state and quota of the instances they run,
+reconciled level-triggered against the records.
 
 Liveness is judged by when a node's registry entry last changed on the scheduler's own
 clock (`NodeTracker`), and only while the entries can be read: after a spell of not
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 
 from dilu.v1 import types_pb2
 
+from services.common.bounds import announced
 from services.scheduler.core.calls import AgentCall
 from services.scheduler.core.lifecycle import Lifecycle
 from services.scheduler.core.records import HOLDING, PLACED, TERMINAL, ClusterState, seconds
@@ -47,8 +49,9 @@ class Heartbeats:
         self._blind = True
 
     def declare(self, snapshot: NodeSnapshot, now: float, *, trusted: bool) -> None:
-        """Note each node's entry and GPUs. `trusted=False` for entries found at start-up,
-        which get no placements until they change (their agent may have died since)."""
+        """Note each node's entry, GPUs and bounds. `trusted=False` for entries found at
+        start-up, which get no placements until they change (their agent may have died
+        since)."""
         for revision, node in snapshot.values():
             self.nodes.observe(node, revision, now, trusted=trusted)
             if self.nodes.state(node.id) == S.NODE_STATE_LOST:
@@ -57,7 +60,7 @@ class Heartbeats:
                 evicted = self._ledger.remove_node(node.id)
             else:
                 evicted = self._ledger.set_node(node.id, [(g.uuid, g.memory_total_mib)
-                                                          for g in node.gpus])
+                                                          for g in node.gpus], announced(node))
             for instance_id in evicted:
                 instance = self._state.instances.get(instance_id)
                 if instance is not None:
@@ -102,12 +105,16 @@ class Heartbeats:
             if instance.state == S.INSTANCE_STATE_DRAINING:
                 if report is None:
                     self._lifecycle.stopped(instance, instance.message or "stopped", now)
-                elif self._lifecycle.stop_due(instance.id, now):
+                    continue
+                # It holds its share until it has stopped, at what its agent says.
+                self._lifecycle.adopt_quota(instance, report.quota, report.quota_version)
+                if self._lifecycle.stop_due(instance.id, now):
                     calls.append(self._lifecycle.stop_call(node_id, instance.id))
             elif report is not None:
                 self._missing.pop(instance.id, None)
                 self._lifecycle.adopt(instance, report.state, report.endpoint, report.message, now)
                 if instance.state in PLACED:
+                    self._lifecycle.adopt_quota(instance, report.quota, report.quota_version)
                     self._lifecycle.adopt_share(instance, report.quota.effective_share)
             else:
                 self._note_missing(instance, node_id, revision, now)
@@ -117,6 +124,16 @@ class Heartbeats:
             if unwanted and self._lifecycle.stop_due(instance_id, now):
                 calls.append(self._lifecycle.stop_call(node_id, instance_id))
         return calls
+
+    def adopt_quotas(self, snapshot: NodeSnapshot) -> None:
+        """Adopt the quota every node reports for each instance it holds: after a
+        restart the books are rebuilt from the agents' reports, not only from records
+        that may predate a change made while the scheduler was down."""
+        for _, node in snapshot.values():
+            for report in node.instances:
+                instance = self._state.instances.get(report.instance_id)
+                if instance is not None and instance.node == node.id and instance.state in HOLDING:
+                    self._lifecycle.adopt_quota(instance, report.quota, report.quota_version)
 
     def _note_missing(self, instance: types_pb2.Instance, node_id: str, revision: int,
                       now: float) -> None:

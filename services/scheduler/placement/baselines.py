@@ -23,7 +23,8 @@ class Exclusive:
         self.bounds = bounds or PlacementBounds()
 
     def place(self, shape: InstanceShape, view: ClusterView) -> Assignment | None:
-        admits = view.eligible & (view.instances == 0) & (shape.memory_mib <= view.memory_total)
+        # Alone on its GPU it fits unless the node's own bounds are below its share.
+        admits = view.admits(shape, self.bounds) & (view.instances == 0)
         return choose(view, shape, admits, -np.arange(view.size, dtype=float))
 
 

@@ -98,11 +98,12 @@ class MixLearner:
 
 
 def fits(requested: Floats, limited: Floats, memory_used: Floats, memory_total: Floats,
-         mix: ShapeMix, bounds: PlacementBounds) -> Bools:
-    """[gpu, class]: does one GPU's worth of the class fit on the GPU in this state."""
+         mix: ShapeMix, max_requested: Floats, max_limited: Floats) -> Bools:
+    """[gpu, class]: does one GPU's worth of the class fit on the GPU in this state, under
+    the GPU's bounds (`ClusterView.caps`)."""
     return (
-        (requested[:, None] + mix.request[None, :] <= bounds.max_requested + EPS)
-        & (limited[:, None] + mix.limit[None, :] <= bounds.max_limited + EPS)
+        (requested[:, None] + mix.request[None, :] <= max_requested[:, None] + EPS)
+        & (limited[:, None] + mix.limit[None, :] <= max_limited[:, None] + EPS)
         & (memory_used[:, None] + mix.memory[None, :] <= memory_total[:, None])
     )
 
@@ -117,8 +118,10 @@ def usable(view: ClusterView, mix: ShapeMix, bounds: PlacementBounds, gpus: Ints
 
 
 def _fits_on(view: ClusterView, rows: Ints, mix: ShapeMix, bounds: PlacementBounds) -> Bools:
+    max_requested, max_limited = view.caps(bounds)
     return fits(view.requested[rows], view.limited[rows], view.memory_used[rows],
-                view.memory_total[rows], mix, bounds) & view.eligible[rows, None]
+                view.memory_total[rows], mix, max_requested[rows],
+                max_limited[rows]) & view.eligible[rows, None]
 
 
 def fragmented(free: Floats, usable_by: Bools, mix: ShapeMix) -> Floats:
@@ -148,8 +151,9 @@ def fragmentation_delta(view: ClusterView, mix: ShapeMix, bounds: PlacementBound
     memory_used = view.memory_used[candidates] + shape.memory_mib
     total = view.memory_total[candidates]
     fit_before = fit[at]
+    max_requested, max_limited = view.caps(bounds)
     fit_after = fits(requested, view.limited[candidates] + shape.sm_limit, memory_used, total,
-                     mix, bounds)
+                     mix, max_requested[candidates], max_limited[candidates])
     free_before = free[at]
     free_after = free_capacity(requested, memory_used, total)
     count_before = node_count[runs]

@@ -10,6 +10,7 @@ from functools import partial
 
 import numpy as np
 
+from services.common.bounds import REQUESTS_ONLY, PlacementBounds
 from services.scheduler.placement.types import (
     SLO_BOUND,
     Assignment,
@@ -26,10 +27,14 @@ class Ledger:
     Totals per GPU live in numpy columns (see `ClusterView`). Commits and releases update
     them in place; a change of the GPUs themselves only marks them stale, and they are
     rebuilt on the next read, so declaring a thousand nodes costs one rebuild.
+
+    Each node's GPUs carry the bounds the node announces (its agent admits against them);
+    the policies place within them.
     """
 
     def __init__(self) -> None:
         self._declared: dict[str, dict[str, int]] = {}  # node -> uuid -> memory MiB
+        self._bounds: dict[str, PlacementBounds] = {}
         self._node_of_gpu: dict[str, str] = {}
         self._instances: dict[str, tuple[InstanceShape, Assignment]] = {}
         self._on_gpu: dict[str, list[str]] = {}  # uuid -> instance ids, in commit order
@@ -41,12 +46,19 @@ class Ledger:
 
     # ---- the GPUs -------------------------------------------------------------------
 
-    def set_node(self, node: str, gpus: Iterable[tuple[str, int]]) -> list[str]:
-        """Declare a node's GPUs as (uuid, memory MiB), replacing what it had before.
+    def set_node(self, node: str, gpus: Iterable[tuple[str, int]],
+                 bounds: PlacementBounds = REQUESTS_ONLY) -> list[str]:
+        """Declare a node's GPUs as (uuid, memory MiB) and the bounds its agent admits
+        against, replacing what it had before (the default bounds hold requests to one
+        GPU and leave limits to the policies).
 
-        What is placed on GPUs that remain is kept; returns the ids of the instances that
-        were on GPUs the node no longer has (they are released).
+        What is placed on GPUs that remain is kept, even beyond bounds that tightened
+        (the node's agent admitted it; nothing more goes there); returns the ids of the
+        instances that were on GPUs the node no longer has (they are released).
         """
+        if self._bounds.get(node) != bounds:
+            self._bounds[node] = bounds
+            self._stale = True
         declared = dict(gpus)
         before = self._declared.get(node, {})
         gone = [u for u in before if u not in declared]
@@ -80,6 +92,7 @@ class Ledger:
         for uuid in self._declared.pop(node):
             self._node_of_gpu.pop(uuid, None)
             self._on_gpu.pop(uuid, None)
+        self._bounds.pop(node, None)
         self._stale = True
         return evicted
 
@@ -106,6 +119,10 @@ class Ledger:
         view = self._columns()
         i = self._index.get(uuid)
         return None if i is None else self._slot(view, i)
+
+    def bounds_of(self, node: str) -> PlacementBounds:
+        """The bounds a declared node's GPUs are held to."""
+        return self._bounds.get(node, REQUESTS_ONLY)
 
     def holds(self, instance_id: str) -> bool:
         return instance_id in self._instances
@@ -214,23 +231,32 @@ class Ledger:
         node_of: list[int] = []
         starts: list[int] = []
         memory: list[int] = []
+        max_requested: list[float] = []
+        max_limited: list[float] = []
         for n, node in enumerate(nodes):
             starts.append(len(uuids))
+            bounds = self.bounds_of(node)
             for uuid, total in sorted(self._declared[node].items()):
                 uuids.append(uuid)
                 node_of.append(n)
                 memory.append(total)
+                max_requested.append(bounds.max_requested)
+                max_limited.append(bounds.max_limited)
         size = len(uuids)
         self._index = {u: i for i, u in enumerate(uuids)}
         self._view = ClusterView(
             uuids=tuple(uuids), index=self._index, node_names=tuple(nodes),
             node_of=np.array(node_of, dtype=np.int64),
             node_starts=np.array(starts, dtype=np.int64),
-            node_kind=_kinds([tuple(sorted(self._declared[n].values())) for n in nodes]),
+            # Idle nodes alike in GPU memory and in bounds are interchangeable.
+            node_kind=_kinds([(tuple(sorted(self._declared[n].values())), self.bounds_of(n))
+                              for n in nodes]),
             memory_total=np.array(memory, dtype=np.float64),
             memory_used=np.zeros(size), requested=np.zeros(size), limited=np.zeros(size),
             slo_limited=np.zeros(size), instances=np.zeros(size, dtype=np.int64),
             training=np.zeros(size, dtype=np.int64),
+            max_requested=np.array(max_requested, dtype=np.float64),
+            max_limited=np.array(max_limited, dtype=np.float64),
             eligible=np.ones(size, dtype=bool),
             replicas=partial(self._replicas_of, index=self._index),
         )
@@ -258,7 +284,7 @@ class Ledger:
         )
 
 
-def _kinds(signatures: list[tuple[int, ...]]) -> Ints:
+def _kinds(signatures: list[tuple[tuple[int, ...], PlacementBounds]]) -> Ints:
     """Number each distinct signature in order of first appearance."""
-    numbers: dict[tuple[int, ...], int] = {}
+    numbers: dict[tuple[tuple[int, ...], PlacementBounds], int] = {}
     return np.array([numbers.setdefault(sig, len(numbers)) for sig in signatures], dtype=np.int64)

@@ -6,6 +6,11 @@ import math
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from services.common.bounds import PlacementBounds
+
+__all__ = ["SHARD_OVERHEAD_MIB", "SLO_BOUND", "Assignment", "GpuSlot", "InstanceShape",
+           "PlacementBounds", "WorkloadKind"]
+
 
 class WorkloadKind(Enum):
     INFERENCE = "inference"
@@ -80,20 +85,3 @@ class Assignment:
     # What each GPU holds, when the policy split the instance (`InstanceShape.sharded`);
     # None: what the instance asked for.
     per_gpu: InstanceShape | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PlacementBounds:
-    """Over-subscription bounds per GPU. Requests are guaranteed, so never above 1;
-    limits may be over-subscribed because not every instance bursts at once."""
-
-    max_requested: float = 1.0
-    max_limited: float = 1.5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.max_requested <= 1:
-            raise ValueError(f"max_requested must be in (0, 1]: requests are guaranteed, "
-                             f"got {self.max_requested}")
-        if not self.max_limited >= self.max_requested:
-            raise ValueError(f"max_limited must be at least max_requested "
-                             f"({self.max_requested}), got {self.max_limited}")

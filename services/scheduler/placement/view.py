@@ -5,6 +5,10 @@ the ledger keeps one array per quantity and policies work on whole columns with 
 Index `i` is one GPU everywhere; GPUs of one node are contiguous and in (node, uuid) order.
 Policies only read it. It is live: the ledger updates the columns in place, so a view is
 valid until the ledger next changes.
+
+Each GPU carries the bounds its node announces (`max_requested`, `max_limited`: the node
+agent admits against them). A policy adds its own rule (`Placement.bounds`) and the
+stricter of the two holds: `caps(bounds)`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from services.common.bounds import EPS
 from services.scheduler.placement.types import InstanceShape, PlacementBounds
 
 Floats = npt.NDArray[np.float64]
@@ -23,8 +28,7 @@ Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 Scalar = TypeVar("Scalar", bound=np.generic)
 
-# So that shares adding up to exactly 1.0 in decimal still fit in binary.
-EPS = 1e-9
+__all__ = ["EPS", "Bools", "ClusterView", "Floats", "Ints"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -34,7 +38,7 @@ class ClusterView:
     node_names: Sequence[str]      # one per node, in order
     node_of: Ints                  # node number of each GPU
     node_starts: Ints              # index of each node's first GPU (for np.add.reduceat)
-    node_kind: Ints                # per node: nodes with the same GPU memory sizes share it
+    node_kind: Ints                # per node: nodes with the same GPU memory sizes and bounds share it
     memory_total: Floats           # MiB
     memory_used: Floats            # MiB committed
     requested: Floats              # sum of SM requests, fraction of one GPU
@@ -42,6 +46,8 @@ class ClusterView:
     slo_limited: Floats            # sum of SM limits of SLO-bound (inference) instances
     instances: Ints                # how many instances hold a part of the GPU
     training: Ints                 # how many of them are training
+    max_requested: Floats          # the bounds the GPU's node announces
+    max_limited: Floats
     eligible: Bools                # GPUs a policy may choose now (their node is up)
     replicas: Callable[[str], Ints]  # instances of a function on each GPU
 
@@ -49,12 +55,20 @@ class ClusterView:
     def size(self) -> int:
         return len(self.uuids)
 
+    def caps(self, bounds: PlacementBounds) -> tuple[Floats, Floats]:
+        """Per GPU, the bounds on requests and on limits: each the stricter of what its
+        node announces and the policy's own `bounds`."""
+        return (np.minimum(self.max_requested, bounds.max_requested),
+                np.minimum(self.max_limited, bounds.max_limited))
+
     def admits(self, shape: InstanceShape, bounds: PlacementBounds) -> Bools:
-        """GPUs on which one GPU's worth of `shape` fits within `bounds`."""
+        """GPUs on which one GPU's worth of `shape` fits within `bounds` and within the
+        bounds of their node."""
+        max_requested, max_limited = self.caps(bounds)
         return (
             self.eligible
-            & (self.requested + shape.sm_request <= bounds.max_requested + EPS)
-            & (self.limited + shape.sm_limit <= bounds.max_limited + EPS)
+            & (self.requested + shape.sm_request <= max_requested + EPS)
+            & (self.limited + shape.sm_limit <= max_limited + EPS)
             & (self.memory_used + shape.memory_mib <= self.memory_total)
         )
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dilu.v1 import types_pb2 as dilu_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64ilu/v1/node_agent.proto\x12\x07\x64ilu.v1\x1a\x13\x64ilu/v1/types.proto\"\x86\x01\n\x14StartInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\x12\x11\n\tgpu_uuids\x18\x03 \x03(\t\x12\x1d\n\x05quota\x18\x04 \x01(\x0b\x32\x0e.dilu.v1.Quota\"B\n\x15StartInstanceResponse\x12)\n\x08instance\x18\x01 \x01(\x0b\x32\x17.dilu.v1.InstanceReport\"D\n\x13StopInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x18\n\x10\x64rain_timeout_ms\x18\x02 \x01(\x05\"\x16\n\x14StopInstanceResponse\"E\n\x0fSetQuotaRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x1d\n\x05quota\x18\x02 \x01(\x0b\x32\x0e.dilu.v1.Quota\"1\n\x10SetQuotaResponse\x12\x1d\n\x05quota\x18\x01 \x01(\x0b\x32\x0e.dilu.v1.Quota\"\x16\n\x14GetNodeStatusRequest\"4\n\x15GetNodeStatusResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.dilu.v1.Node2\xc0\x02\n\x10NodeAgentService\x12N\n\rStartInstance\x12\x1d.dilu.v1.StartInstanceRequest\x1a\x1e.dilu.v1.StartInstanceResponse\x12K\n\x0cStopInstance\x12\x1c.dilu.v1.StopInstanceRequest\x1a\x1d.dilu.v1.StopInstanceResponse\x12?\n\x08SetQuota\x12\x18.dilu.v1.SetQuotaRequest\x1a\x19.dilu.v1.SetQuotaResponse\x12N\n\rGetNodeStatus\x12\x1d.dilu.v1.GetNodeStatusRequest\x1a\x1e.dilu.v1.GetNodeStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64ilu/v1/node_agent.proto\x12\x07\x64ilu.v1\x1a\x13\x64ilu/v1/types.proto\"\x86\x01\n\x14StartInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\x12\x11\n\tgpu_uuids\x18\x03 \x03(\t\x12\x1d\n\x05quota\x18\x04 \x01(\x0b\x32\x0e.dilu.v1.Quota\"B\n\x15StartInstanceResponse\x12)\n\x08instance\x18\x01 \x01(\x0b\x32\x17.dilu.v1.InstanceReport\"D\n\x13StopInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x18\n\x10\x64rain_timeout_ms\x18\x02 \x01(\x05\"\x16\n\x14StopInstanceResponse\"e\n\x0fSetQuotaRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x1d\n\x05quota\x18\x02 \x01(\x0b\x32\x0e.dilu.v1.Quota\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"H\n\x10SetQuotaResponse\x12\x1d\n\x05quota\x18\x01 \x01(\x0b\x32\x0e.dilu.v1.Quota\x12\x15\n\rquota_version\x18\x02 \x01(\x04\"\x16\n\x14GetNodeStatusRequest\"4\n\x15GetNodeStatusResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.dilu.v1.Node2\xc0\x02\n\x10NodeAgentService\x12N\n\rStartInstance\x12\x1d.dilu.v1.StartInstanceRequest\x1a\x1e.dilu.v1.StartInstanceResponse\x12K\n\x0cStopInstance\x12\x1c.dilu.v1.StopInstanceRequest\x1a\x1d.dilu.v1.StopInstanceResponse\x12?\n\x08SetQuota\x12\x18.dilu.v1.SetQuotaRequest\x1a\x19.dilu.v1.SetQuotaResponse\x12N\n\rGetNodeStatus\x12\x1d.dilu.v1.GetNodeStatusRequest\x1a\x1e.dilu.v1.GetNodeStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPINSTANCERESPONSE']._serialized_start=333
   _globals['_STOPINSTANCERESPONSE']._serialized_end=355
   _globals['_SETQUOTAREQUEST']._serialized_start=357
-  _globals['_SETQUOTAREQUEST']._serialized_end=426
-  _globals['_SETQUOTARESPONSE']._serialized_start=428
-  _globals['_SETQUOTARESPONSE']._serialized_end=477
-  _globals['_GETNODESTATUSREQUEST']._serialized_start=479
-  _globals['_GETNODESTATUSREQUEST']._serialized_end=501
-  _globals['_GETNODESTATUSRESPONSE']._serialized_start=503
-  _globals['_GETNODESTATUSRESPONSE']._serialized_end=555
-  _globals['_NODEAGENTSERVICE']._serialized_start=558
-  _globals['_NODEAGENTSERVICE']._serialized_end=878
+  _globals['_SETQUOTAREQUEST']._serialized_end=458
+  _globals['_SETQUOTARESPONSE']._serialized_start=460
+  _globals['_SETQUOTARESPONSE']._serialized_end=532
+  _globals['_GETNODESTATUSREQUEST']._serialized_start=534
+  _globals['_GETNODESTATUSREQUEST']._serialized_end=556
+  _globals['_GETNODESTATUSRESPONSE']._serialized_start=558
+  _globals['_GETNODESTATUSRESPONSE']._serialized_end=610
+  _globals['_NODEAGENTSERVICE']._serialized_start=613
+  _globals['_NODEAGENTSERVICE']._serialized_end=933
 # @@protoc_insertion_point(module_scope)

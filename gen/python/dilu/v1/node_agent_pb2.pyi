@@ -116,18 +116,30 @@ class SetQuotaRequest(_message.Message):
 
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     QUOTA_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
+    reason: _builtins.str
+    """Why, kept in the vertical ScalingDecision, e.g. the scaler's reason."""
+    source: _builtins.str
+    """Who decides: a lowercase token (letters, digits, '-', '_'; at most 32), e.g.
+    "scaler", "cli" or "manual"; empty means "manual".
+    """
     @_builtins.property
-    def quota(self) -> _types_pb2.Quota: ...
+    def quota(self) -> _types_pb2.Quota:
+        """Request, limit and memory limit (required, per GPU); the effective share is ignored."""
+
     def __init__(
         self,
         *,
         instance_id: _builtins.str = ...,
         quota: _types_pb2.Quota | None = ...,
+        reason: _builtins.str = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "quota", b"quota"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "quota", b"quota", "reason", b"reason", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -138,6 +150,9 @@ class SetQuotaResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUOTA_FIELD_NUMBER: _builtins.int
+    QUOTA_VERSION_FIELD_NUMBER: _builtins.int
+    quota_version: _builtins.int
+    """The instance's quota version after this call (see InstanceReport.quota_version)."""
     @_builtins.property
     def quota(self) -> _types_pb2.Quota:
         """Quota as applied (the effective share is the arbiter's)."""
@@ -146,10 +161,11 @@ class SetQuotaResponse(_message.Message):
         self,
         *,
         quota: _types_pb2.Quota | None = ...,
+        quota_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "quota_version", b"quota_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

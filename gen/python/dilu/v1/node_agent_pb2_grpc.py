@@ -27,6 +27,15 @@ if _version_not_supported:
 
 class NodeAgentServiceStub:
     """One per GPU node: runs worker processes for instances and enforces their quotas.
+
+    The agent owns its GPUs' budget: it admits StartInstance and SetQuota atomically against
+    its placement bounds (announced as Node.bounds; Σ requests ≤ max_requested, Σ limits ≤
+    max_limited, memory never over-subscribed, on every GPU of the instance). What does not
+    fit is refused with RESOURCE_EXHAUSTED and changes nothing; the status carries a
+    google.rpc.ErrorInfo (domain "dilu", reason "NO_ROOM_ON_GPU", metadata: node, gpu_uuid,
+    bound — sm_request, sm_limit or memory_mib —, headroom_sm_request, headroom_sm_limit,
+    headroom_memory_mib, max_requested, max_limited) and a google.rpc.QuotaFailure naming
+    the GPU. Values out of range are INVALID_ARGUMENT naming the field.
     """
 
     def __init__(self, channel):
@@ -59,17 +68,28 @@ class NodeAgentServiceStub:
 
 class NodeAgentServiceServicer:
     """One per GPU node: runs worker processes for instances and enforces their quotas.
+
+    The agent owns its GPUs' budget: it admits StartInstance and SetQuota atomically against
+    its placement bounds (announced as Node.bounds; Σ requests ≤ max_requested, Σ limits ≤
+    max_limited, memory never over-subscribed, on every GPU of the instance). What does not
+    fit is refused with RESOURCE_EXHAUSTED and changes nothing; the status carries a
+    google.rpc.ErrorInfo (domain "dilu", reason "NO_ROOM_ON_GPU", metadata: node, gpu_uuid,
+    bound — sm_request, sm_limit or memory_mib —, headroom_sm_request, headroom_sm_limit,
+    headroom_memory_mib, max_requested, max_limited) and a google.rpc.QuotaFailure naming
+    the GPU. Values out of range are INVALID_ARGUMENT naming the field.
     """
 
     def StartInstance(self, request, context):
-        """Starts a worker for an instance placed on this node's GPUs. Idempotent per instance id.
+        """Starts a worker for an instance placed on this node's GPUs, at `quota` (which must
+        carry a memory limit). Idempotent per instance id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StopInstance(self, request, context):
-        """Drains and stops an instance's worker. Stopping an unknown instance succeeds.
+        """Drains and stops an instance's worker; its budget is freed once it has stopped.
+        Stopping an unknown instance succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +97,9 @@ class NodeAgentServiceServicer:
 
     def SetQuota(self, request, context):
         """Changes a running instance's SM request/limit and memory quota (vertical scaling).
+        A memory limit below what the instance already uses is FAILED_PRECONDITION. An
+        applied change is published (an INSTANCE_EVENT_KIND_QUOTA_CHANGED event, the next
+        heartbeat, and a vertical ScalingDecision carrying `reason` and `source`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +145,15 @@ def add_NodeAgentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class NodeAgentService:
     """One per GPU node: runs worker processes for instances and enforces their quotas.
+
+    The agent owns its GPUs' budget: it admits StartInstance and SetQuota atomically against
+    its placement bounds (announced as Node.bounds; Σ requests ≤ max_requested, Σ limits ≤
+    max_limited, memory never over-subscribed, on every GPU of the instance). What does not
+    fit is refused with RESOURCE_EXHAUSTED and changes nothing; the status carries a
+    google.rpc.ErrorInfo (domain "dilu", reason "NO_ROOM_ON_GPU", metadata: node, gpu_uuid,
+    bound — sm_request, sm_limit or memory_mib —, headroom_sm_request, headroom_sm_limit,
+    headroom_memory_mib, max_requested, max_limited) and a google.rpc.QuotaFailure naming
+    the GPU. Values out of range are INVALID_ARGUMENT naming the field.
     """
 
     @staticmethod

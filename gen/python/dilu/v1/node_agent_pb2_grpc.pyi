@@ -27,37 +27,83 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NodeAgentServiceStub:
-    """One per GPU node: runs worker processes for instances and enforces their quotas."""
+    """One per GPU node: runs worker processes for instances and enforces their quotas.
+
+    The agent owns its GPUs' budget: it admits StartInstance and SetQuota atomically against
+    its placement bounds (announced as Node.bounds; Σ requests ≤ max_requested, Σ limits ≤
+    max_limited, memory never over-subscribed, on every GPU of the instance). What does not
+    fit is refused with RESOURCE_EXHAUSTED and changes nothing; the status carries a
+    google.rpc.ErrorInfo (domain "dilu", reason "NO_ROOM_ON_GPU", metadata: node, gpu_uuid,
+    bound — sm_request, sm_limit or memory_mib —, headroom_sm_request, headroom_sm_limit,
+    headroom_memory_mib, max_requested, max_limited) and a google.rpc.QuotaFailure naming
+    the GPU. Values out of range are INVALID_ARGUMENT naming the field.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NodeAgentServiceAsyncStub: ...
     StartInstance: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.StartInstanceRequest, _node_agent_pb2.StartInstanceResponse]
-    """Starts a worker for an instance placed on this node's GPUs. Idempotent per instance id."""
+    """Starts a worker for an instance placed on this node's GPUs, at `quota` (which must
+    carry a memory limit). Idempotent per instance id.
+    """
     StopInstance: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.StopInstanceRequest, _node_agent_pb2.StopInstanceResponse]
-    """Drains and stops an instance's worker. Stopping an unknown instance succeeds."""
+    """Drains and stops an instance's worker; its budget is freed once it has stopped.
+    Stopping an unknown instance succeeds.
+    """
     SetQuota: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.SetQuotaRequest, _node_agent_pb2.SetQuotaResponse]
-    """Changes a running instance's SM request/limit and memory quota (vertical scaling)."""
+    """Changes a running instance's SM request/limit and memory quota (vertical scaling).
+    A memory limit below what the instance already uses is FAILED_PRECONDITION. An
+    applied change is published (an INSTANCE_EVENT_KIND_QUOTA_CHANGED event, the next
+    heartbeat, and a vertical ScalingDecision carrying `reason` and `source`).
+    """
     GetNodeStatus: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.GetNodeStatusRequest, _node_agent_pb2.GetNodeStatusResponse]
     """This node's GPUs and instances."""
 
 @_typing.type_check_only
 class NodeAgentServiceAsyncStub(NodeAgentServiceStub):
-    """One per GPU node: runs worker processes for instances and enforces their quotas."""
+    """One per GPU node: runs worker processes for instances and enforces their quotas.
+
+    The agent owns its GPUs' budget: it admits StartInstance and SetQuota atomically against
+    its placement bounds (announced as Node.bounds; Σ requests ≤ max_requested, Σ limits ≤
+    max_limited, memory never over-subscribed, on every GPU of the instance). What does not
+    fit is refused with RESOURCE_EXHAUSTED and changes nothing; the status carries a
+    google.rpc.ErrorInfo (domain "dilu", reason "NO_ROOM_ON_GPU", metadata: node, gpu_uuid,
+    bound — sm_request, sm_limit or memory_mib —, headroom_sm_request, headroom_sm_limit,
+    headroom_memory_mib, max_requested, max_limited) and a google.rpc.QuotaFailure naming
+    the GPU. Values out of range are INVALID_ARGUMENT naming the field.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartInstance: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.StartInstanceRequest, _node_agent_pb2.StartInstanceResponse]  # type: ignore[assignment]
-    """Starts a worker for an instance placed on this node's GPUs. Idempotent per instance id."""
+    """Starts a worker for an instance placed on this node's GPUs, at `quota` (which must
+    carry a memory limit). Idempotent per instance id.
+    """
     StopInstance: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.StopInstanceRequest, _node_agent_pb2.StopInstanceResponse]  # type: ignore[assignment]
-    """Drains and stops an instance's worker. Stopping an unknown instance succeeds."""
+    """Drains and stops an instance's worker; its budget is freed once it has stopped.
+    Stopping an unknown instance succeeds.
+    """
     SetQuota: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.SetQuotaRequest, _node_agent_pb2.SetQuotaResponse]  # type: ignore[assignment]
-    """Changes a running instance's SM request/limit and memory quota (vertical scaling)."""
+    """Changes a running instance's SM request/limit and memory quota (vertical scaling).
+    A memory limit below what the instance already uses is FAILED_PRECONDITION. An
+    applied change is published (an INSTANCE_EVENT_KIND_QUOTA_CHANGED event, the next
+    heartbeat, and a vertical ScalingDecision carrying `reason` and `source`).
+    """
     GetNodeStatus: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.GetNodeStatusRequest, _node_agent_pb2.GetNodeStatusResponse]  # type: ignore[assignment]
     """This node's GPUs and instances."""
 
 class NodeAgentServiceServicer(metaclass=_abc_1.ABCMeta):
-    """One per GPU node: runs worker processes for instances and enforces their quotas."""
+    """One per GPU node: runs worker processes for instances and enforces their quotas.
+
+    The agent owns its GPUs' budget: it admits StartInstance and SetQuota atomically against
+    its placement bounds (announced as Node.bounds; Σ requests ≤ max_requested, Σ limits ≤
+    max_limited, memory never over-subscribed, on every GPU of the instance). What does not
+    fit is refused with RESOURCE_EXHAUSTED and changes nothing; the status carries a
+    google.rpc.ErrorInfo (domain "dilu", reason "NO_ROOM_ON_GPU", metadata: node, gpu_uuid,
+    bound — sm_request, sm_limit or memory_mib —, headroom_sm_request, headroom_sm_limit,
+    headroom_memory_mib, max_requested, max_limited) and a google.rpc.QuotaFailure naming
+    the GPU. Values out of range are INVALID_ARGUMENT naming the field.
+    """
 
     @_abc_1.abstractmethod
     def StartInstance(
@@ -65,7 +111,9 @@ class NodeAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_agent_pb2.StartInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.StartInstanceResponse, _abc.Awaitable[_node_agent_pb2.StartInstanceResponse]]:
-        """Starts a worker for an instance placed on this node's GPUs. Idempotent per instance id."""
+        """Starts a worker for an instance placed on this node's GPUs, at `quota` (which must
+        carry a memory limit). Idempotent per instance id.
+        """
 
     @_abc_1.abstractmethod
     def StopInstance(
@@ -73,7 +121,9 @@ class NodeAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_agent_pb2.StopInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.StopInstanceResponse, _abc.Awaitable[_node_agent_pb2.StopInstanceResponse]]:
-        """Drains and stops an instance's worker. Stopping an unknown instance succeeds."""
+        """Drains and stops an instance's worker; its budget is freed once it has stopped.
+        Stopping an unknown instance succeeds.
+        """
 
     @_abc_1.abstractmethod
     def SetQuota(
@@ -81,7 +131,11 @@ class NodeAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_agent_pb2.SetQuotaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.SetQuotaResponse, _abc.Awaitable[_node_agent_pb2.SetQuotaResponse]]:
-        """Changes a running instance's SM request/limit and memory quota (vertical scaling)."""
+        """Changes a running instance's SM request/limit and memory quota (vertical scaling).
+        A memory limit below what the instance already uses is FAILED_PRECONDITION. An
+        applied change is published (an INSTANCE_EVENT_KIND_QUOTA_CHANGED event, the next
+        heartbeat, and a vertical ScalingDecision carrying `reason` and `source`).
+        """
 
     @_abc_1.abstractmethod
     def GetNodeStatus(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dilu.v1 import types_pb2 as dilu_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ilu/v1/scheduler.proto\x12\x07\x64ilu.v1\x1a\x13\x64ilu/v1/types.proto\"8\n\rDeployRequest\x12\'\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\"5\n\x0e\x44\x65ployResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x16\x44\x65leteFunctionResponse\x12\x19\n\x11stopped_instances\x18\x01 \x01(\x05\"\"\n\x12GetFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x13GetFunctionResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"\x16\n\x14ListFunctionsRequest\"=\n\x15ListFunctionsResponse\x12$\n\tfunctions\x18\x01 \x03(\x0b\x32\x11.dilu.v1.Function\"B\n\x0fScaleOutRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"7\n\x10ScaleOutResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"W\n\x0eScaleInRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0cinstance_ids\x18\x04 \x03(\t\"6\n\x0fScaleInResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"\\\n\rInvokeRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x05\"{\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x19\n\x11worker_latency_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dilu.v1.NodeView2\xb8\x04\n\x10SchedulerService\x12\x39\n\x06\x44\x65ploy\x12\x16.dilu.v1.DeployRequest\x1a\x17.dilu.v1.DeployResponse\x12Q\n\x0e\x44\x65leteFunction\x12\x1e.dilu.v1.DeleteFunctionRequest\x1a\x1f.dilu.v1.DeleteFunctionResponse\x12H\n\x0bGetFunction\x12\x1b.dilu.v1.GetFunctionRequest\x1a\x1c.dilu.v1.GetFunctionResponse\x12N\n\rListFunctions\x12\x1d.dilu.v1.ListFunctionsRequest\x1a\x1e.dilu.v1.ListFunctionsResponse\x12?\n\x08ScaleOut\x12\x18.dilu.v1.ScaleOutRequest\x1a\x19.dilu.v1.ScaleOutResponse\x12<\n\x07ScaleIn\x12\x17.dilu.v1.ScaleInRequest\x1a\x18.dilu.v1.ScaleInResponse\x12\x39\n\x06Invoke\x12\x16.dilu.v1.InvokeRequest\x1a\x17.dilu.v1.InvokeResponse\x12\x42\n\tListNodes\x12\x19.dilu.v1.ListNodesRequest\x1a\x1a.dilu.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64ilu/v1/scheduler.proto\x12\x07\x64ilu.v1\x1a\x13\x64ilu/v1/types.proto\"8\n\rDeployRequest\x12\'\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\"5\n\x0e\x44\x65ployResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x16\x44\x65leteFunctionResponse\x12\x19\n\x11stopped_instances\x18\x01 \x01(\x05\"\"\n\x12GetFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x13GetFunctionResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"\x16\n\x14ListFunctionsRequest\"=\n\x15ListFunctionsResponse\x12$\n\tfunctions\x18\x01 \x03(\x0b\x32\x11.dilu.v1.Function\"R\n\x0fScaleOutRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"7\n\x10ScaleOutResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"g\n\x0eScaleInRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0cinstance_ids\x18\x04 \x03(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"6\n\x0fScaleInResponse\x12#\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x11.dilu.v1.Function\"\\\n\rInvokeRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x05\"{\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x19\n\x11worker_latency_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dilu.v1.NodeView2\xb8\x04\n\x10SchedulerService\x12\x39\n\x06\x44\x65ploy\x12\x16.dilu.v1.DeployRequest\x1a\x17.dilu.v1.DeployResponse\x12Q\n\x0e\x44\x65leteFunction\x12\x1e.dilu.v1.DeleteFunctionRequest\x1a\x1f.dilu.v1.DeleteFunctionResponse\x12H\n\x0bGetFunction\x12\x1b.dilu.v1.GetFunctionRequest\x1a\x1c.dilu.v1.GetFunctionResponse\x12N\n\rListFunctions\x12\x1d.dilu.v1.ListFunctionsRequest\x1a\x1e.dilu.v1.ListFunctionsResponse\x12?\n\x08ScaleOut\x12\x18.dilu.v1.ScaleOutRequest\x1a\x19.dilu.v1.ScaleOutResponse\x12<\n\x07ScaleIn\x12\x17.dilu.v1.ScaleInRequest\x1a\x18.dilu.v1.ScaleInResponse\x12\x39\n\x06Invoke\x12\x16.dilu.v1.InvokeRequest\x1a\x17.dilu.v1.InvokeResponse\x12\x42\n\tListNodes\x12\x19.dilu.v1.ListNodesRequest\x1a\x1a.dilu.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,21 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=382
   _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=443
   _globals['_SCALEOUTREQUEST']._serialized_start=445
-  _globals['_SCALEOUTREQUEST']._serialized_end=511
-  _globals['_SCALEOUTRESPONSE']._serialized_start=513
-  _globals['_SCALEOUTRESPONSE']._serialized_end=568
-  _globals['_SCALEINREQUEST']._serialized_start=570
-  _globals['_SCALEINREQUEST']._serialized_end=657
-  _globals['_SCALEINRESPONSE']._serialized_start=659
-  _globals['_SCALEINRESPONSE']._serialized_end=713
-  _globals['_INVOKEREQUEST']._serialized_start=715
-  _globals['_INVOKEREQUEST']._serialized_end=807
-  _globals['_INVOKERESPONSE']._serialized_start=809
-  _globals['_INVOKERESPONSE']._serialized_end=932
-  _globals['_LISTNODESREQUEST']._serialized_start=934
-  _globals['_LISTNODESREQUEST']._serialized_end=952
-  _globals['_LISTNODESRESPONSE']._serialized_start=954
-  _globals['_LISTNODESRESPONSE']._serialized_end=1007
-  _globals['_SCHEDULERSERVICE']._serialized_start=1010
-  _globals['_SCHEDULERSERVICE']._serialized_end=1578
+  _globals['_SCALEOUTREQUEST']._serialized_end=527
+  _globals['_SCALEOUTRESPONSE']._serialized_start=529
+  _globals['_SCALEOUTRESPONSE']._serialized_end=584
+  _globals['_SCALEINREQUEST']._serialized_start=586
+  _globals['_SCALEINREQUEST']._serialized_end=689
+  _globals['_SCALEINRESPONSE']._serialized_start=691
+  _globals['_SCALEINRESPONSE']._serialized_end=745
+  _globals['_INVOKEREQUEST']._serialized_start=747
+  _globals['_INVOKEREQUEST']._serialized_end=839
+  _globals['_INVOKERESPONSE']._serialized_start=841
+  _globals['_INVOKERESPONSE']._serialized_end=964
+  _globals['_LISTNODESREQUEST']._serialized_start=966
+  _globals['_LISTNODESREQUEST']._serialized_end=984
+  _globals['_LISTNODESRESPONSE']._serialized_start=986
+  _globals['_LISTNODESRESPONSE']._serialized_end=1039
+  _globals['_SCHEDULERSERVICE']._serialized_start=1042
+  _globals['_SCHEDULERSERVICE']._serialized_end=1610
 # @@protoc_insertion_point(module_scope)

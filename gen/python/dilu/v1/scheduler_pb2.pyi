@@ -179,21 +179,27 @@ class ScaleOutRequest(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     count: _builtins.int
     """Instances to add; 0 means 1."""
     reason: _builtins.str
     """Why (shown in the scaling event), e.g. "manual" or the scaler's reason."""
+    source: _builtins.str
+    """Who decides, kept in the scaling event: a lowercase token (letters, digits, '-',
+    '_'; at most 32), e.g. "scaler", "cli" or "manual"; empty means "manual".
+    """
     def __init__(
         self,
         *,
         function: _builtins.str = ...,
         count: _builtins.int = ...,
         reason: _builtins.str = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "function", b"function", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "function", b"function", "reason", b"reason", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -227,10 +233,14 @@ class ScaleInRequest(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     count: _builtins.int
     """Instances to remove; 0 means 1. Ignored when instance_ids is set."""
     reason: _builtins.str
+    """Why (shown in the scaling event)."""
+    source: _builtins.str
+    """Who decides, as in ScaleOutRequest.source."""
     @_builtins.property
     def instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Remove exactly these instances (e.g. the co-scaler's choice) instead of the scheduler's."""
@@ -242,10 +252,11 @@ class ScaleInRequest(_message.Message):
         count: _builtins.int = ...,
         reason: _builtins.str = ...,
         instance_ids: _abc.Iterable[_builtins.str] | None = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "function", b"function", "instance_ids", b"instance_ids", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "function", b"function", "instance_ids", b"instance_ids", "reason", b"reason", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

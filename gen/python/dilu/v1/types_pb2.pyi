@@ -574,7 +574,9 @@ Global___Gpu: _TypeAlias = Gpu  # noqa: Y015
 
 @_typing.final
 class GpuAllocation(_message.Message):
-    """What the scheduler has committed on one GPU."""
+    """What the scheduler has committed on one GPU: its cache of the node agent's budget,
+    with every quota change the agent reported adopted.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -620,13 +622,27 @@ class InstanceReport(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     QUOTA_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
+    QUOTA_VERSION_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     function: _builtins.str
     state: Global___InstanceState.ValueType
     endpoint: _builtins.str
     message: _builtins.str
+    quota_version: _builtins.int
+    """+1 each time the agent applies a new request, limit or memory limit (1 at the start):
+    of two reports of one instance, the one with the higher version is the newer quota.
+    """
     @_builtins.property
-    def quota(self) -> Global___Quota: ...
+    def quota(self) -> Global___Quota:
+        """The live quota: request, limit and memory limit as the agent admitted them (its
+        budget), the effective share as its arbiter set it.
+        """
+
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """GPUs the instance holds, by UUID."""
+
     def __init__(
         self,
         *,
@@ -636,14 +652,48 @@ class InstanceReport(_message.Message):
         endpoint: _builtins.str = ...,
         quota: Global___Quota | None = ...,
         message: _builtins.str = ...,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        quota_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "function", b"function", "instance_id", b"instance_id", "message", b"message", "quota", b"quota", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "function", b"function", "gpu_uuids", b"gpu_uuids", "instance_id", b"instance_id", "message", b"message", "quota", b"quota", "quota_version", b"quota_version", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceReport: _TypeAlias = InstanceReport  # noqa: Y015
+
+@_typing.final
+class PlacementBounds(_message.Message):
+    """What a node agent admits on each of its GPUs (its settings, announced in its
+    heartbeat). Memory is never over-subscribed, whatever the bounds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_REQUESTED_FIELD_NUMBER: _builtins.int
+    MAX_LIMITED_FIELD_NUMBER: _builtins.int
+    max_requested: _builtins.float
+    """The SM requests of the instances on one GPU add up to at most this, in (0, 1]:
+    requests are guaranteed.
+    """
+    max_limited: _builtins.float
+    """Their SM limits add up to at most this, at least max_requested: limits may be
+    over-subscribed, since not every instance bursts at once.
+    """
+    def __init__(
+        self,
+        *,
+        max_requested: _builtins.float = ...,
+        max_limited: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_limited", b"max_limited", "max_requested", b"max_requested"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementBounds: _TypeAlias = PlacementBounds  # noqa: Y015
 
 @_typing.final
 class Node(_message.Message):
@@ -657,6 +707,7 @@ class Node(_message.Message):
     GPU_BACKEND_FIELD_NUMBER: _builtins.int
     HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    BOUNDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     address: _builtins.str
     """gRPC address of its NodeAgentService."""
@@ -668,6 +719,13 @@ class Node(_message.Message):
     def heartbeat_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceReport]: ...
+    @_builtins.property
+    def bounds(self) -> Global___PlacementBounds:
+        """What the agent admits on each of its GPUs; the scheduler places within these (and
+        within its placement policy's own rule, the stricter winning). Unset: the agent's
+        defaults, 1.0 and 1.5.
+        """
+
     def __init__(
         self,
         *,
@@ -677,10 +735,11 @@ class Node(_message.Message):
         gpu_backend: _builtins.str = ...,
         heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
         instances: _abc.Iterable[Global___InstanceReport] | None = ...,
+        bounds: Global___PlacementBounds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_at", b"heartbeat_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "heartbeat_at", b"heartbeat_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "heartbeat_at", b"heartbeat_at", "id", b"id", "instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bounds", b"bounds", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "heartbeat_at", b"heartbeat_at", "id", b"id", "instances", b"instances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,12 @@ Messages published on NATS. Subjects:
   dilu.events.instance.<function>       InstanceEvent
   dilu.events.scaling.<function>        ScalingDecision
 W3C trace context travels in the message headers.
+
+Quotas: the node agent owns its GPUs' budget. Every quota change it applies is published
+as an InstanceEvent of kind QUOTA_CHANGED (with the new quota and its version), shows in
+its next heartbeat's InstanceReport, and is recorded as a vertical ScalingDecision with
+the caller's reason and source. The scheduler adopts the newest version it sees into
+its ledger and its instance records.
 """
 
 from collections import abc as _abc
@@ -38,6 +44,10 @@ class _InstanceEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ins
     INSTANCE_EVENT_KIND_READY: _InstanceEventKind.ValueType  # 2
     INSTANCE_EVENT_KIND_STOPPED: _InstanceEventKind.ValueType  # 3
     INSTANCE_EVENT_KIND_FAILED: _InstanceEventKind.ValueType  # 4
+    INSTANCE_EVENT_KIND_QUOTA_CHANGED: _InstanceEventKind.ValueType  # 5
+    """The agent applied a new request, limit or memory limit (SetQuota); `quota` and
+    `quota_version` say which. The instance's state did not change.
+    """
 
 class InstanceEventKind(_InstanceEventKind, metaclass=_InstanceEventKindEnumTypeWrapper): ...
 
@@ -46,6 +56,10 @@ INSTANCE_EVENT_KIND_STARTING: InstanceEventKind.ValueType  # 1
 INSTANCE_EVENT_KIND_READY: InstanceEventKind.ValueType  # 2
 INSTANCE_EVENT_KIND_STOPPED: InstanceEventKind.ValueType  # 3
 INSTANCE_EVENT_KIND_FAILED: InstanceEventKind.ValueType  # 4
+INSTANCE_EVENT_KIND_QUOTA_CHANGED: InstanceEventKind.ValueType  # 5
+"""The agent applied a new request, limit or memory limit (SetQuota); `quota` and
+`quota_version` say which. The instance's state did not change.
+"""
 Global___InstanceEventKind: _TypeAlias = InstanceEventKind  # noqa: Y015
 
 class _ScalingKind:
@@ -220,6 +234,8 @@ class InstanceEvent(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    QUOTA_VERSION_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     instance_id: _builtins.str
     node: _builtins.str
@@ -227,8 +243,15 @@ class InstanceEvent(_message.Message):
     endpoint: _builtins.str
     """Worker endpoint, set on READY."""
     message: _builtins.str
+    quota_version: _builtins.int
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def quota(self) -> _types_pb2.Quota:
+        """The instance's live quota when the event was published, and its version (see
+        dilu.v1.InstanceReport.quota_version).
+        """
+
     def __init__(
         self,
         *,
@@ -239,10 +262,12 @@ class InstanceEvent(_message.Message):
         endpoint: _builtins.str = ...,
         message: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        quota: _types_pb2.Quota | None = ...,
+        quota_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "endpoint", b"endpoint", "function", b"function", "instance_id", b"instance_id", "kind", b"kind", "message", b"message", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "endpoint", b"endpoint", "function", b"function", "instance_id", b"instance_id", "kind", b"kind", "message", b"message", "node", b"node", "quota", b"quota", "quota_version", b"quota_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,6 +289,7 @@ class ScalingDecision(_message.Message):
     REPLICAS_AFTER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     kind: Global___ScalingKind.ValueType
     instance_id: _builtins.str
@@ -273,7 +299,11 @@ class ScalingDecision(_message.Message):
     replicas_after: _builtins.int
     reason: _builtins.str
     source: _builtins.str
-    """Who decided: "scaler", "manual", "scheduler"."""
+    """Who decided, as the request said (ScaleOutRequest.source, SetQuotaRequest.source): a
+    lowercase token such as "scaler", "cli" or "manual" (requests that say nothing).
+    """
+    node: _builtins.str
+    """Vertical decisions: the node whose agent applied it."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -293,10 +323,11 @@ class ScalingDecision(_message.Message):
         replicas_after: _builtins.int = ...,
         reason: _builtins.str = ...,
         source: _builtins.str = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "quota_after", b"quota_after", "quota_before", b"quota_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "function", b"function", "instance_id", b"instance_id", "kind", b"kind", "quota_after", b"quota_after", "quota_before", b"quota_before", "reason", b"reason", "replicas_after", b"replicas_after", "replicas_before", b"replicas_before", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "function", b"function", "instance_id", b"instance_id", "kind", b"kind", "node", b"node", "quota_after", b"quota_after", "quota_before", b"quota_before", "reason", b"reason", "replicas_after", b"replicas_after", "replicas_before", b"replicas_before", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

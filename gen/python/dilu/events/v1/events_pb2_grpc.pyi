@@ -7,6 +7,12 @@ Messages published on NATS. Subjects:
   dilu.events.instance.<function>       InstanceEvent
   dilu.events.scaling.<function>        ScalingDecision
 W3C trace context travels in the message headers.
+
+Quotas: the node agent owns its GPUs' budget. Every quota change it applies is published
+as an InstanceEvent of kind QUOTA_CHANGED (with the new quota and its version), shows in
+its next heartbeat's InstanceReport, and is recorded as a vertical ScalingDecision with
+the caller's reason and source. The scheduler adopts the newest version it sees into
+its ledger and its instance records.
 """
 
 from collections import abc as _abc
