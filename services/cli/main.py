@@ -10,7 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
+from dilu.v1 import (
+    node_agent_pb2,
+    node_agent_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    types_pb2,
+)
 
 from services.cli.specs import SpecError, load_spec
 from services.cli.tables import status_json, status_report
@@ -73,6 +79,35 @@ def cmd_scale(args: argparse.Namespace) -> int:
             function=args.name, count=args.into, reason="dilu scale", source=CLI),
             timeout=30).function
     print(_function_summary(function))
+    return 0
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    """A vertical change, as the scaler makes it: SetQuota on the instance's node agent,
+    which admits it against its GPUs' bounds (the scheduler adopts what it applies)."""
+    stub = _scheduler(args)
+    functions = stub.ListFunctions(scheduler_pb2.ListFunctionsRequest(), timeout=10).functions
+    instance = next((i for f in functions for i in f.status.instances if i.id == args.instance),
+                    None)
+    if instance is None or instance.state not in (types_pb2.INSTANCE_STATE_STARTING,
+                                                  types_pb2.INSTANCE_STATE_READY):
+        print(f"error: no running instance {args.instance!r}", file=sys.stderr)
+        return 1
+    nodes = stub.ListNodes(scheduler_pb2.ListNodesRequest(), timeout=10).nodes
+    address = next(v.node.address for v in nodes if v.node.id == instance.node)
+    now = instance.quota
+    request = args.request if args.request is not None else now.sm_request
+    limit = args.limit if args.limit is not None else max(now.sm_limit, request)
+    wanted = types_pb2.Quota(sm_request=request, sm_limit=limit,
+                             memory_limit_mib=args.memory_mib or now.memory_limit_mib)
+    with grpc.insecure_channel(address) as channel:
+        reply = node_agent_pb2_grpc.NodeAgentServiceStub(channel).SetQuota(
+            node_agent_pb2.SetQuotaRequest(instance_id=instance.id, quota=wanted,
+                                           reason=args.reason, source=CLI), timeout=10)
+    quota = reply.quota
+    print(f"{instance.id} on {instance.node}: request {quota.sm_request:g}, limit "
+          f"{quota.sm_limit:g}, memory {quota.memory_limit_mib} MiB (effective share "
+          f"{quota.effective_share:.2f})")
     return 0
 
 
@@ -201,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--out", type=int, help="instances to add")
     how.add_argument("--in", dest="into", type=int, help="instances to remove")
     scale.set_defaults(run=cmd_scale)
+
+    quota = sub.add_parser("quota", help="change a running instance's quota (SetQuota on its "
+                           "node agent, which refuses what its GPUs have no room for)")
+    quota.add_argument("instance")
+    quota.add_argument("--request", type=float, help="guaranteed SM share, in (0, 1]")
+    quota.add_argument("--limit", type=float,
+                       help="SM share it may borrow up to (default: at least the request)")
+    quota.add_argument("--memory-mib", type=int, help="GPU memory limit per GPU, MiB")
+    quota.add_argument("--reason", default="dilu quota", help="kept in the scaling decision")
+    quota.set_defaults(run=cmd_quota)
 
     delete = sub.add_parser("delete", help="stop a function's instances and forget it")
     delete.add_argument("name")

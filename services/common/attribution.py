@@ -18,7 +18,7 @@ import re
 
 from services.common.errors import InvalidArgument
 
-SOURCE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+SOURCE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 MANUAL = "manual"
 CLI = "cli"
 SCALER = "scaler"
@@ -30,7 +30,7 @@ def checked_source(field: str, source: str) -> str:
     short lowercase token."""
     if not source:
         return MANUAL
-    if not SOURCE_PATTERN.match(source):
+    if not SOURCE_PATTERN.fullmatch(source):
         shown = source if len(source) <= 40 else source[:40] + "…"
         raise InvalidArgument(field, f"{shown!r} must be a lowercase token: a letter, then up "
                                      "to 31 letters, digits, '-' or '_' (e.g. scaler, cli)")

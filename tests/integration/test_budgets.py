@@ -270,7 +270,7 @@ def test_a_restarted_scheduler_places_nothing_onto_room_raises_took(cluster: Clu
     (c,) = cluster.function("c").status.instances
     assert c.state == S.INSTANCE_STATE_PENDING and "no ready node" in c.message
     assert _triple(_instance(cluster, "a").quota) == (0.85, 0.85, 4096)
-    assert "RESOURCE_EXHAUSTED" not in restarted.log_path.read_text(errors="replace")
+    assert "failed: no room" not in restarted.log_path.read_text(errors="replace")
     assert [r.instance_id for r in _node_status(cluster, agent).instances] == [a.id]
 
 
@@ -288,8 +288,20 @@ def test_a_node_announcing_tighter_bounds_gets_no_placement_beyond_them(
     assert states.count(S.INSTANCE_STATE_PENDING) == 1  # one per GPU: 0.6 > 0.5
     for used in _agent_books(_node_status(cluster, tight)).values():
         assert used[0] <= 0.5 and used[1] <= 0.7
-    assert "RESOURCE_EXHAUSTED" not in cluster.scheduler.log_path.read_text(errors="replace")  # type: ignore[union-attr]
+    assert cluster.scheduler is not None
+    assert "failed: no room" not in cluster.scheduler.log_path.read_text(errors="replace")
     assert "0.30/0.5" in _status_text(cluster, capsys)
+
+    # `dilu quota` asks the node agent, which holds the instance to its node's bounds.
+    placed = next(i for i in cluster.function("f").status.instances
+                  if i.state != S.INSTANCE_STATE_PENDING)
+    address = cluster.scheduler.address
+    assert dilu_main(["--scheduler", address, "quota", placed.id, "--request", "0.6"]) == 1
+    assert "RESOURCE_EXHAUSTED" in capsys.readouterr().err
+    assert dilu_main(["--scheduler", address, "quota", placed.id, "--request", "0.45"]) == 0
+    assert "request 0.45, limit 0.45" in capsys.readouterr().out
+    assert_eventually(lambda: "0.45/0.45" in _status_text(cluster, capsys),
+                      timeout=ONE_HEARTBEAT_S, message="dilu status shows the live quota")
 
 
 async def test_every_horizontal_decision_carries_who_made_it(

@@ -14,7 +14,7 @@ stricter of the two holds: `caps(bounds)`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -50,6 +50,9 @@ class ClusterView:
     max_limited: Floats
     eligible: Bools                # GPUs a policy may choose now (their node is up)
     replicas: Callable[[str], Ints]  # instances of a function on each GPU
+    # caps() per policy bounds; the bound columns change only when the ledger builds a
+    # new view, so each is computed once per view (and shared by its eligible copies).
+    _caps: dict[PlacementBounds, tuple[Floats, Floats]] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -58,8 +61,12 @@ class ClusterView:
     def caps(self, bounds: PlacementBounds) -> tuple[Floats, Floats]:
         """Per GPU, the bounds on requests and on limits: each the stricter of what its
         node announces and the policy's own `bounds`."""
-        return (np.minimum(self.max_requested, bounds.max_requested),
-                np.minimum(self.max_limited, bounds.max_limited))
+        caps = self._caps.get(bounds)
+        if caps is None:
+            caps = (np.minimum(self.max_requested, bounds.max_requested),
+                    np.minimum(self.max_limited, bounds.max_limited))
+            self._caps[bounds] = caps
+        return caps
 
     def admits(self, shape: InstanceShape, bounds: PlacementBounds) -> Bools:
         """GPUs on which one GPU's worth of `shape` fits within `bounds` and within the
