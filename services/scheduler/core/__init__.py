@@ -10,11 +10,18 @@ makes the calls and reports each result with `call_done`.
     Deploy / DeleteFunction / Scale*        deploy / delete / scale -> FunctionChange,
                                             then apply(change) -> Outcome
     a read of the node registry             observe_nodes(snapshot) (or nodes_unreadable())
-    an instance event from an agent         instance_reported(node, report)
+    an instance event from an agent         instance_reported(node, report): a state, and
+                                            the quota the agent applied (QUOTA_CHANGED)
     an agent call's result                  call_done(call, CallSucceeded | CallFailed)
     time passing (about once a second)      tick()
     a restart                               recover(functions, instances, snapshot)
     a quota change to ask an agent for      set_quota(instance_id, quota)
+
+The node agents own their GPUs' budgets: the ledger is a cache of their books. Nodes are
+placed on within the bounds they announce, every quota they report (events, heartbeats,
+a SetQuota's answer; the newest `quota_version` wins) is adopted into the ledger and the
+records, a restart rebuilds the books from their reports, and a start one refuses for
+room (`Refusal.NO_ROOM`) is placed elsewhere at once.
 
 Reading: `function(name)`, `functions()`, `route(name, exclude)` (where an invocation
 goes), `node_views()`, `node_address(node)`; `state` (the records), `ledger`, `router`.
