@@ -112,9 +112,10 @@ class Heartbeats:
                     calls.append(self._lifecycle.stop_call(node_id, instance.id))
             elif report is not None:
                 self._missing.pop(instance.id, None)
+                # The quota first: a replacement starts at what the instance last had.
+                self._lifecycle.adopt_quota(instance, report.quota, report.quota_version)
                 self._lifecycle.adopt(instance, report.state, report.endpoint, report.message, now)
                 if instance.state in PLACED:
-                    self._lifecycle.adopt_quota(instance, report.quota, report.quota_version)
                     self._lifecycle.adopt_share(instance, report.quota.effective_share)
             else:
                 self._note_missing(instance, node_id, revision, now)

@@ -70,6 +70,9 @@ class _ScalingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScalingKi
     DESCRIPTOR: _descriptor.EnumDescriptor
     SCALING_KIND_UNSPECIFIED: _ScalingKind.ValueType  # 0
     SCALING_KIND_VERTICAL_UP: _ScalingKind.ValueType  # 1
+    """A quota change whose request grew (or, the request unchanged, its limit, then its
+    memory limit); any other change is VERTICAL_DOWN.
+    """
     SCALING_KIND_VERTICAL_DOWN: _ScalingKind.ValueType  # 2
     SCALING_KIND_HORIZONTAL_OUT: _ScalingKind.ValueType  # 3
     SCALING_KIND_HORIZONTAL_IN: _ScalingKind.ValueType  # 4
@@ -78,6 +81,9 @@ class ScalingKind(_ScalingKind, metaclass=_ScalingKindEnumTypeWrapper): ...
 
 SCALING_KIND_UNSPECIFIED: ScalingKind.ValueType  # 0
 SCALING_KIND_VERTICAL_UP: ScalingKind.ValueType  # 1
+"""A quota change whose request grew (or, the request unchanged, its limit, then its
+memory limit); any other change is VERTICAL_DOWN.
+"""
 SCALING_KIND_VERTICAL_DOWN: ScalingKind.ValueType  # 2
 SCALING_KIND_HORIZONTAL_OUT: ScalingKind.ValueType  # 3
 SCALING_KIND_HORIZONTAL_IN: ScalingKind.ValueType  # 4
