@@ -30,7 +30,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.loops import every
 from services.common.timestamps import now_timestamp
 from services.common.tracing import trace_headers
-from services.node_agent.arbiter import Claim, GpuArbiter
+from services.node_agent.arbitration import Member, NodeArbitration
 from services.node_agent.budget import Hold, NodeBudget
 from services.node_agent.gpus import GpuBackend
 from services.node_agent.pages import MIB, Control, Stats, control_for
@@ -75,7 +75,6 @@ class _Held:
     starting: asyncio.Task[None] | None = None
     stopping: asyncio.Task[None] | None = None
     last_throttled_ns: int = 0
-    hungry_until: float = 0.0
     qos_from: tuple[Stats, float] | None = None  # reading and its monotonic time
     telemetry_from: Stats | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -124,7 +123,7 @@ class NodeAgent:
         self._held: dict[str, _Held] = {}
         self._budget = NodeBudget(node_id, {d.uuid: d.memory_total_mib for d in self._devices.values()},
                                   settings.bounds)
-        self._arbiters = {uuid: GpuArbiter() for uuid in self._devices}
+        self._arbitration = NodeArbitration(self._devices, settings.hunger_hold_s)
         self._gpu_use: dict[str, tuple[float, int]] = {}  # uuid -> (utilization, memory MiB)
         self._loops: list[asyncio.Task[None]] = []
         self._telemetry_at = 0.0
@@ -374,25 +373,19 @@ class NodeAgent:
     # ---- the arbiter -----------------------------------------------------------------
 
     async def _arbitrate(self) -> None:
-        """Every period: each GPU's arbiter turns requests, limits and who waited for credit
-        into effective shares; changed pages are rewritten at once."""
-        hungry: dict[str, bool] = {}
+        """Every period: the node's arbitration (`arbitration.py`) turns requests, limits
+        and who waited for credit into effective shares; changed pages are rewritten at once."""
         now = self._clock.monotonic()
+        members = []
         for instance_id, held in self._held.items():
             throttled = held.worker.stats.throttled_ns()
             if throttled > held.last_throttled_ns:
-                held.hungry_until = now + self._settings.hunger_hold_s
-            # A draining worker keeps its share (it still runs) but is lent nothing more.
-            hungry[instance_id] = now < held.hungry_until and held.stopping is None
+                self._arbitration.waited(instance_id, now)
             held.last_throttled_ns = throttled
-        shares: dict[str, float] = {}
-        for uuid, arbiter in self._arbiters.items():
-            claims = [Claim(i, not h.info.training, h.report.quota.sm_request,
-                            h.report.quota.sm_limit, hungry[i])
-                      for i, h in self._held.items() if uuid in h.gpus]
-            for instance_id, share in arbiter.shares(claims).items():
-                # A gang instance runs at the pace of its most constrained GPU.
-                shares[instance_id] = min(share, shares.get(instance_id, 1.0))
+            members.append(Member(instance_id, held.gpus, not held.info.training,
+                                  held.report.quota.sm_request, held.report.quota.sm_limit,
+                                  draining=held.stopping is not None))
+        shares = self._arbitration.shares(now, members)
         for instance_id, share in shares.items():
             held = self._held[instance_id]
             quota = held.report.quota

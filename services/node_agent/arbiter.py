@@ -40,26 +40,52 @@ class GpuArbiter:
         self.training_factor = 1.0
 
     def shares(self, claims: list[Claim]) -> dict[str, float]:
+        """One period: effective shares, and training's throttle moved one step."""
         if not claims:
             return {}
-        requested = sum(c.request for c in claims)
-        if requested > 1 + _EPSILON:
-            # Only reachable through a quota change that over-commits the GPU: scale the
-            # guarantees down evenly rather than hand out more than the GPU has.
-            return {c.instance_id: c.request / requested for c in claims}
+        self.training_factor = self.next_factor(claims)
+        return allocate(claims, self.training_factor)
+
+    def under_pressure(self, claims: list[Claim]) -> bool:
+        """An inference instance is hungry and still below its limit after the spare was
+        lent: it is being slowed by its neighbours."""
+        if not claims or _overcommitted(claims):
+            return False
         shares = {c.instance_id: c.request for c in claims}
-        spare = 1.0 - requested
-        hungry_inference = [c for c in claims if c.inference and c.hungry]
-        spare = _lend(shares, spare, {c.instance_id: c.limit for c in hungry_inference})
-        pressure = any(shares[c.instance_id] < c.limit - _EPSILON for c in hungry_inference)
-        if pressure:
-            self.training_factor *= self._settings.training_decrease
-        else:
-            self.training_factor = min(1.0, self.training_factor + self._settings.training_increase)
-        training = {c.instance_id: c.request + self.training_factor * (c.limit - c.request)
-                    for c in claims if not c.inference}
-        _lend(shares, spare, training)
-        return shares
+        hungry = [c for c in claims if c.inference and c.hungry]
+        _lend(shares, 1.0 - sum(c.request for c in claims), {c.instance_id: c.limit for c in hungry})
+        return any(shares[c.instance_id] < c.limit - _EPSILON for c in hungry)
+
+    def next_factor(self, claims: list[Claim], factor: float | None = None) -> float:
+        """Training's throttle after one more period with these claims (pure)."""
+        factor = self.training_factor if factor is None else factor
+        if _overcommitted(claims):
+            return factor  # the guarantees are scaled instead; nothing is lent
+        if self.under_pressure(claims):
+            return factor * self._settings.training_decrease
+        return min(1.0, factor + self._settings.training_increase)
+
+
+def _overcommitted(claims: list[Claim]) -> bool:
+    return sum(c.request for c in claims) > 1 + _EPSILON
+
+
+def allocate(claims: list[Claim], training_factor: float) -> dict[str, float]:
+    """Effective shares for one period (pure): requests, then the spare lent to hungry
+    inference up to limits, then to training up to `request + factor × (limit - request)`."""
+    requested = sum(c.request for c in claims)
+    if requested > 1 + _EPSILON:
+        # Only reachable through a quota change that over-commits the GPU: scale the
+        # guarantees down evenly rather than hand out more than the GPU has.
+        return {c.instance_id: c.request / requested for c in claims}
+    shares = {c.instance_id: c.request for c in claims}
+    spare = 1.0 - requested
+    hungry_inference = {c.instance_id: c.limit for c in claims if c.inference and c.hungry}
+    spare = _lend(shares, spare, hungry_inference)
+    training = {c.instance_id: c.request + training_factor * (c.limit - c.request)
+                for c in claims if not c.inference}
+    _lend(shares, spare, training)
+    return shares
 
 
 def _lend(shares: dict[str, float], spare: float, ceilings: dict[str, float]) -> float:

@@ -70,6 +70,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from services.node_agent.token_bucket import default_burst_ns
+
 PAGE_SIZE = 4096
 MIB = 1 << 20  # memory figures travel in bytes on the pages and in MiB elsewhere
 
@@ -116,13 +118,14 @@ class Control:
 
 def control_for(share: float, request: float, limit: float, memory_limit_bytes: int,
                 period_us: int = DEFAULT_PERIOD_US, paused: bool = False) -> Control:
-    """A control snapshot with the default burst (one period at the share) and in-flight cap
-    (half a period of GPU time). Work already queued on the GPU cannot be recalled, so the
-    cap is what a cut must wait out: half a period keeps a lower share holding within one
-    period, and is still far more queued work than a GPU needs to stay busy."""
+    """A control snapshot with the default burst (one period at the share, the rule of
+    `token_bucket.default_burst_ns`) and in-flight cap (half a period of GPU time). Work
+    already queued on the GPU cannot be recalled, so the cap is what a cut must wait out:
+    half a period keeps a lower share holding within one period, and is still far more
+    queued work than a GPU needs to stay busy."""
     period_ns = period_us * 1000
     return Control(generation=0, paused=paused, share=share, period_ns=period_ns,
-                   burst_ns=max(1, round(share * period_ns)), inflight_cap_ns=period_ns // 2,
+                   burst_ns=default_burst_ns(share, period_ns), inflight_cap_ns=period_ns // 2,
                    memory_limit_bytes=memory_limit_bytes, request=request, limit=limit)
 
 

@@ -8,8 +8,12 @@ observed arrival rate, the batch would not fill anyway.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 # Part of the SLO a request may spend queued plus running; the rest absorbs estimate
 # errors and the trip through the scheduler.
@@ -76,3 +80,55 @@ class ArrivalRate:
     def rate(self, now_s: float) -> float:
         elapsed = max(now_s - self._last_s, 0.0)
         return self._rate * 0.5 ** (elapsed / self._halflife_s)
+
+
+class BatchQueue(Generic[T]):
+    """A worker's queue and every batching decision over it, with an injected clock: the
+    decision logic that the worker's batching loop (`serving.py`) and the serving simulator
+    both run, so a batch forms at the same moment with the same size in both.
+
+    The loop around it: while the queue is empty, wait for an arrival. Then ask `wait_s`:
+    0 means run now (`take`); otherwise keep collecting for that long, and ask again when a
+    request arrives meanwhile; when the wait runs out without one, run (`take`) without
+    asking again. `estimate_s(batch, share)` is the engine's wall-time estimate of a batch.
+    """
+
+    def __init__(self, slo_s: float, max_batch: int, estimate_s: Callable[[int, float], float],
+                 now_s: float) -> None:
+        self.slo_s = slo_s
+        self.max_batch = max_batch
+        self._estimate_s = estimate_s
+        self._queue: deque[tuple[float, T]] = deque()
+        self._arrivals = ArrivalRate(now_s)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push(self, item: T, now_s: float) -> None:
+        self._queue.append((now_s, item))
+        self._arrivals.record(now_s)
+
+    def wait_s(self, now_s: float, share: float) -> float:
+        """How long to keep collecting before running what is queued (0: run now)."""
+        if not self._queue:
+            return 0.0
+        return batch_wait_s(BatchState(
+            queued=len(self._queue), oldest_age_s=now_s - self._queue[0][0],
+            max_batch=self.max_batch, slo_s=self.slo_s,
+            full_batch_s=self._estimate_s(self.max_batch, share),
+            arrival_rps=self._arrivals.rate(now_s)))
+
+    def take(self, now_s: float, share: float) -> list[tuple[float, T]]:
+        """The batch to run now, oldest first, as (arrival time, item); at least one when
+        anything is queued."""
+        if not self._queue:
+            return []
+        size = batch_size(len(self._queue), self.max_batch, self.slo_s,
+                          now_s - self._queue[0][0], lambda b: self._estimate_s(b, share))
+        return [self._queue.popleft() for _ in range(size)]
+
+    def clear(self) -> list[tuple[float, T]]:
+        """Everything queued, removed (a failing or stopping worker fails them)."""
+        items = list(self._queue)
+        self._queue.clear()
+        return items

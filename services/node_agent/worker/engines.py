@@ -45,16 +45,37 @@ def _option_int(spec: types_pb2.FunctionSpec, key: str, default: int) -> int:
     return value
 
 
+def _option_float(spec: types_pb2.FunctionSpec, key: str, default: float) -> float:
+    raw = spec.runtime_options.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"function.runtime_options.{key}", f"must be a number, got {raw!r}") from None
+    if not 0 <= value < 3_600_000:  # also refuses NaN
+        raise InvalidArgument(f"function.runtime_options.{key}", f"must be in [0, 3600000), got {raw}")
+    return value
+
+
+def time_sliced_s(perf: PerfModel, batch: int, share: float) -> float:
+    """Wall time of one batch run back to back at `share` under time slicing: its
+    whole-GPU time (the tables' 100 % column) over the share."""
+    return perf.full_gpu_cost_s(batch) / max(share, 0.01)
+
+
 def sim_default_max_batch(perf: PerfModel, slo_ms: float, share: float) -> int:
     """Largest power-of-two batch whose run at `share` takes at most half the SLO."""
     best = 1
     for batch in (2, 4, 8, 16, 32):
-        if slo_ms > 0 and perf.latency_s(batch, share) * 1000 <= slo_ms / 2:
+        if slo_ms > 0 and time_sliced_s(perf, batch, share) * 1000 <= slo_ms / 2:
             best = batch
     return best
 
 
 class SimInference:
+    """A batch occupies the whole GPU for the tables' 100 % latency, paced by the gate."""
+
     content_type = "application/json"
 
     def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
@@ -70,29 +91,38 @@ class SimInference:
         return len(payload)  # the simulated model does not look at its input
 
     def estimate_s(self, batch: int, share: float) -> float:
-        share = max(share, 0.01)
-        # Time slicing bounds it from below: a full-GPU cost needs cost/share of wall time.
-        return max(self._perf.latency_s(batch, share), self._perf.full_gpu_cost_s(batch) / share)
+        return time_sliced_s(self._perf, batch, share)
 
     async def run(self, samples: list[Any]) -> list[bytes]:
         batch = len(samples)
-        cost = self._perf.full_gpu_cost_s(batch)
-        await self._device.run(cost, lambda share: self._perf.latency_s(batch, share) / cost)
+        await self._device.run(self._perf.full_gpu_cost_s(batch))
         answer = json.dumps({"model": self._model, "runtime": "sim", "batch": batch}).encode()
         return [answer] * batch
 
 
+def sim_training_step_gpu_s(perf: PerfModel, batch: int) -> float:
+    """The GPU part of one simulated training step: its whole-GPU time."""
+    return perf.training_step_s(batch, 1.0)
+
+
 class SimTraining:
+    """A step's GPU part runs through the gate while its host part (runtime option
+    `host_ms`: data loading, all-reduce; 0 = none) overlaps it: a step takes
+    max(GPU part / share, host part), so a job with a host part saturates below a whole GPU."""
+
     def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
         self._perf = load_model(spec.model)
         self._device = SimDevice(gate)
         self._batch = _option_int(spec, "batch", 16)
+        self._host_s = _option_float(spec, "host_ms", 0.0) / 1000
+        self._gpu_s = sim_training_step_gpu_s(self._perf, self._batch)
         self.memory_bytes = 3 * self._perf.memory_mib(self._batch) * MIB  # weights, grads, optimiser
 
     async def step(self) -> None:
-        cost = self._perf.training_step_s(self._batch, 1.0)
-        await self._device.run(
-            cost, lambda share: self._perf.training_step_s(self._batch, share) / cost)
+        if self._host_s <= 0:
+            await self._device.run(self._gpu_s)
+            return
+        await asyncio.gather(self._device.run(self._gpu_s), asyncio.sleep(self._host_s))
 
 
 class _MeasuredCost:

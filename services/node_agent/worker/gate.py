@@ -1,13 +1,23 @@
 """The quota gate of workers without CUDA (sim and CPU runtimes): the design's GPU-time
-token bucket, reading the effective share from the control page at every admission."""
+token bucket (`services/node_agent/token_bucket.py`, the shim's algorithm), reading the
+effective share from the control page at every admission."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from services.common.clock import SYSTEM_CLOCK, Clock
-from services.node_agent.pages import Control, ControlPageReader, StatsWriter
-from services.node_agent.token_bucket import BLOCKED, BucketParams, TokenBucket
+from services.node_agent.pages import PPM, Control, ControlPageReader, StatsWriter
+from services.node_agent.token_bucket import BucketParams, TokenBucket, launch_ns, retry_ns
+
+# Sleep overshoot (the event loop wakes a little late) that the next launch makes up for,
+# at most: beyond it the lateness was a stall, not jitter, and is not given back.
+_MAX_CATCH_UP_NS = 2_000_000
+
+
+def bucket_params(control: Control) -> BucketParams:
+    """The bucket's view of a control page (shares travel as parts per million)."""
+    return BucketParams(share_ppm=round(control.share * PPM), burst_ns=control.burst_ns,
+                        inflight_cap_ns=control.inflight_cap_ns, paused=control.paused,
+                        period_ns=control.period_ns)
 
 
 class QuotaGate:
@@ -19,65 +29,63 @@ class QuotaGate:
         self._control = control
         self._stats = stats
         self.enforcing = enforcing
-        self._clock = clock
-        self._bucket = TokenBucket(clock.monotonic_ns(), control.read().burst_ns)
+        self.clock = clock
+        self._bucket = TokenBucket()
 
     def control(self) -> Control:
         return self._control.read()
 
-    async def admit(self, cost_ns: int) -> Control:
+    async def admit(self, cost_ns: int) -> tuple[Control, int]:
         """Wait until a launch of `cost_ns` GPU time may run; returns the control snapshot
-        it was admitted under. The page is re-read at least once per token period, so a new
-        share (or a pause) takes effect within one period."""
+        it was admitted under and how long it waited (ns). The page is re-read at least once
+        per token period, so a new share (or a pause) takes effect within one period."""
         if not self.enforcing:
-            return self._control.read()
+            return self._control.read(), 0
+        waited = 0
         while True:
             control = self._control.read()
-            params = BucketParams(control.share, control.burst_ns, control.inflight_cap_ns,
-                                  control.paused)
-            now = self._clock.monotonic_ns()
-            wait = self._bucket.wait_ns(cost_ns, now, params)
+            now = self.clock.monotonic_ns()
+            wait = self._bucket.admit(now, cost_ns, bucket_params(control))
             if wait == 0:
                 break
-            delay = control.period_ns if wait == BLOCKED else min(wait, control.period_ns)
-            await self._clock.sleep(delay / 1e9)
+            await self.clock.sleep(retry_ns(wait, control.period_ns) / 1e9)
             # Counted as it accrues, so the arbiter sees a waiting instance while it waits.
-            self._stats.add("throttled_ns", self._clock.monotonic_ns() - now)
-        self._bucket.admit(cost_ns)
+            slept = self.clock.monotonic_ns() - now
+            waited += slept
+            self._stats.add("throttled_ns", slept)
         self._stats.add("launches", 1)
-        return control
+        return control, waited
 
     def complete(self, estimated_ns: int, actual_ns: int) -> None:
         if not self.enforcing:
             return
-        self._bucket.complete(estimated_ns, actual_ns)
+        self._bucket.complete(estimated_ns, actual_ns, bucket_params(self._control.read()))
         self._stats.add("busy_ns", actual_ns)
 
 
 class SimDevice:
-    """Runs simulated GPU work through the gate in period-sized launches, the way a real
-    batch is many kernels: each launch is admitted under the share of that moment."""
+    """Runs simulated GPU work through the gate the way the design's execution model says:
+    the work occupies the whole GPU for its cost, cut into launches of one burst
+    (`token_bucket.launch_ns`), each admitted under the share of that moment and then run
+    at full speed. At share `s` a batch therefore takes about cost / s back to back."""
 
-    def __init__(self, gate: QuotaGate, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, gate: QuotaGate) -> None:
         self._gate = gate
-        self._clock = clock
-        self._device_time = 0.0  # when the simulated device finishes its queued work
+        self._clock = gate.clock
+        self._lag_ns = 0  # how late the last launch's sleep woke up
 
-    async def run(self, cost_s: float, stretch: Callable[[float], float]) -> None:
-        """Occupy `cost_s` of whole-GPU time. `stretch(share)` ≥ 1 is how much longer the
-        work takes in wall time when it runs on `share` of the SMs (from the perf model)."""
+    async def run(self, cost_s: float) -> None:
+        """Occupy `cost_s` of whole-GPU time."""
         remaining_ns = max(1, round(cost_s * 1e9))
         while remaining_ns > 0:
-            launch_ns = min(remaining_ns, self._gate.control().period_ns)
-            asked = self._clock.monotonic()
-            control = await self._gate.admit(launch_ns)
-            now = self._clock.monotonic()
-            # If the gate held the launch back, the bucket paces it; otherwise a device clock
-            # that may trail by 2 ms keeps sleep overshoot from adding up over launches.
-            held_back = now - asked > 0.0005
-            start = now if held_back else max(self._device_time, now - 0.002)
-            self._device_time = start + launch_ns / 1e9 * stretch(max(control.share, 1e-3))
-            if self._device_time > now:
-                await self._clock.sleep(self._device_time - now)
-            self._gate.complete(launch_ns, launch_ns)
-            remaining_ns -= launch_ns
+            launch = launch_ns(remaining_ns, self._gate.control().burst_ns)
+            _, waited = await self._gate.admit(launch)
+            now = self._clock.monotonic_ns()
+            # A launch that had to wait for credit starts on time; one that did not makes up
+            # for the previous sleep's overshoot, so jitter does not add up over launches.
+            end = now + launch - (0 if waited else self._lag_ns)
+            if end > now:
+                await self._clock.sleep((end - now) / 1e9)
+            self._lag_ns = min(max(0, self._clock.monotonic_ns() - end), _MAX_CATCH_UP_NS)
+            self._gate.complete(launch, launch)
+            remaining_ns -= launch

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from dilu.v1 import worker_pb2, worker_pb2_grpc
 
+from services.common.clock import SYSTEM_CLOCK, Clock
 from services.node_agent.pages import StatsWriter
-from services.node_agent.worker.batching import ArrivalRate, BatchState, batch_size, batch_wait_s
+from services.node_agent.worker.batching import BatchQueue
 from services.node_agent.worker.engines import InferenceEngine
 from services.node_agent.worker.gate import QuotaGate
 from services.node_agent.worker.spans import Arrival, next_batch_id, record_batch
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Pending:
     sample: Any
-    arrived_s: float
     # The request's trace and Unix arrival time, for its queued and batch spans.
     arrival: Arrival = field(default_factory=lambda: Arrival(queued_ns=time.time_ns()))
     done: asyncio.Future[tuple[bytes, int, float]] = field(
@@ -33,24 +32,26 @@ class _Pending:
 
 
 class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
+    """The batching loop is a thin shell: every decision (when to run, how many) is the
+    pure `BatchQueue`'s, which the serving simulator runs too."""
+
     def __init__(self, engine: InferenceEngine, gate: QuotaGate, stats: StatsWriter,
-                 slo_ms: float, max_batch: int) -> None:
+                 slo_ms: float, max_batch: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self._engine = engine
         self._gate = gate
         self._stats = stats
         self._slo_ms = slo_ms
+        self._clock = clock
         self.max_batch = max_batch or engine.default_max_batch
-        self._queue: deque[_Pending] = deque()
+        self._queue: BatchQueue[_Pending] = BatchQueue(slo_ms / 1000, self.max_batch,
+                                                       engine.estimate_s, clock.monotonic())
         self._arrived = asyncio.Event()
-        self._arrivals = ArrivalRate(time.monotonic())
 
     async def Infer(self, request: worker_pb2.InferRequest,
                     context: grpc.aio.ServicerContext) -> worker_pb2.InferResponse:
-        pending = _Pending(self._engine.decode(request.payload, request.content_type),
-                           time.monotonic())
-        self._queue.append(pending)
+        pending = _Pending(self._engine.decode(request.payload, request.content_type))
+        self._queue.push(pending, self._clock.monotonic())
         self._stats.add("accepted", 1)
-        self._arrivals.record(pending.arrived_s)
         self._stats.set_queue_length(len(self._queue))
         self._arrived.set()
         payload, batch_size, latency_ms = await pending.done
@@ -68,14 +69,13 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
                     # A bug here must not leave requests waiting forever: what is queued
                     # fails with the error, and the batcher carries on with new requests.
                     log.exception("batcher step failed; failing %d queued requests", len(self._queue))
-                    while self._queue:
-                        pending = self._queue.popleft()
+                    for _, pending in self._queue.clear():
                         if not pending.done.done():
                             pending.done.set_exception(error)
                     self._stats.set_queue_length(0)
                     await asyncio.sleep(0.01)
         finally:
-            for pending in self._queue:
+            for _, pending in self._queue.clear():
                 if not pending.done.done():
                     pending.done.set_exception(RuntimeError("worker stopped"))
 
@@ -84,13 +84,7 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
             self._arrived.clear()
             await self._arrived.wait()
         while True:
-            now = time.monotonic()
-            share = self._gate.control().share
-            wait = batch_wait_s(BatchState(
-                queued=len(self._queue), oldest_age_s=now - self._queue[0].arrived_s,
-                max_batch=self.max_batch, slo_s=self._slo_ms / 1000,
-                full_batch_s=self._engine.estimate_s(self.max_batch, share),
-                arrival_rps=self._arrivals.rate(now)))
+            wait = self._queue.wait_s(self._clock.monotonic(), self._gate.control().share)
             if wait <= 0:
                 return
             self._arrived.clear()
@@ -100,33 +94,30 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
                 return
 
     async def _run_batch(self) -> None:
-        share = self._gate.control().share
-        size = batch_size(len(self._queue), self.max_batch, self._slo_ms / 1000,
-                          time.monotonic() - self._queue[0].arrived_s,
-                          lambda b: self._engine.estimate_s(b, share))
-        batch = [self._queue.popleft() for _ in range(size)]
+        batch = self._queue.take(self._clock.monotonic(), self._gate.control().share)
         self._stats.set_queue_length(len(self._queue))
-        live = [p for p in batch if not p.done.done()]  # callers that gave up are skipped
+        # Callers that gave up are skipped.
+        live = [(arrived, p) for arrived, p in batch if not p.done.done()]
         if not live:
             return
         batch_id, started_ns = next_batch_id(), time.time_ns()
         try:
-            outputs = await self._engine.run([p.sample for p in live])
-            finished = time.monotonic()
+            outputs = await self._engine.run([p.sample for _, p in live])
+            finished = self._clock.monotonic()
             ended_ns = time.time_ns()
             self._stats.add("batches", 1)
-            for pending, output in zip(live, outputs, strict=True):
-                latency_ms = (finished - pending.arrived_s) * 1000
+            for (arrived, pending), output in zip(live, outputs, strict=True):
+                latency_ms = (finished - arrived) * 1000
                 self._stats.record_latency(latency_ms, self._slo_ms)
                 if not pending.done.done():
                     pending.done.set_result((output, len(live), latency_ms))
             # After the answers: their callers resume only once this step yields anyway.
-            record_batch([p.arrival for p in live], batch_id, len(live), started_ns, ended_ns)
+            record_batch([p.arrival for _, p in live], batch_id, len(live), started_ns, ended_ns)
         except Exception as error:
             # One failing batch fails its callers, not the worker.
             log.exception("batch of %d failed", len(live))
-            record_batch([p.arrival for p in live], batch_id, len(live), started_ns,
+            record_batch([p.arrival for _, p in live], batch_id, len(live), started_ns,
                          time.time_ns(), error)
-            for pending in live:
+            for _, pending in live:
                 if not pending.done.done():
                     pending.done.set_exception(error)
