@@ -46,6 +46,28 @@ class GpuArbiter:
         self.training_factor = self.next_factor(claims)
         return allocate(claims, self.training_factor)
 
+    def skip(self, claims: list[Claim], periods: int) -> None:
+        """Advance training's throttle exactly as `periods` more calls of `shares(claims)`
+        would, without computing the shares (an event-driven caller skips quiet periods)."""
+        if periods <= 0 or not claims or _overcommitted(claims):
+            return
+        if self.under_pressure(claims):
+            for _ in range(periods):
+                if self.training_factor == 0.0:
+                    break
+                self.training_factor *= self._settings.training_decrease
+        else:
+            for _ in range(periods):
+                if self.training_factor >= 1.0:
+                    break
+                self.training_factor = min(1.0, self.training_factor + self._settings.training_increase)
+
+    def moving(self, claims: list[Claim]) -> bool:
+        """Whether another period with these claims could change a share: training borrows
+        less than its full ceiling and nothing is pressing it (the throttle is restoring)."""
+        return (self.training_factor < 1.0 and any(not c.inference for c in claims)
+                and not _overcommitted(claims) and not self.under_pressure(claims))
+
     def under_pressure(self, claims: list[Claim]) -> bool:
         """An inference instance is hungry and still below its limit after the spare was
         lent: it is being slowed by its neighbours."""

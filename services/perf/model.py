@@ -119,6 +119,11 @@ class PerfModel:
         # (gradients w.r.t. both activations and weights), so a step is ~3x a forward pass.
         return 3.0 * self.latency_s(batch, share)
 
+    @property
+    def weights_bytes(self) -> int:
+        """The model's weights in fp16 (2 bytes per published parameter)."""
+        return _PARAMETERS[self.model] * 2
+
     def memory_mib(self, batch: int) -> int:
         """Estimated GPU memory in MiB: fp16 weights plus a per-sample activation allowance.
 

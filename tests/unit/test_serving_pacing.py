@@ -32,16 +32,7 @@ def runs(draw: st.DrawFn) -> tuple[int, int, int, BucketParams]:
 
 
 def _all_wait_ends(run: PacedRun) -> list[int]:
-    ends = [run.start_ns] if run.wait_end_at_start else []
-    for k in range(run.launches):
-        launch = run.launch(k)
-        if launch.waited:
-            at = launch.asked_ns + run.params.period_ns
-            while at < launch.admitted_ns:
-                ends.append(at)
-                at += run.params.period_ns
-            ends.append(launch.admitted_ns)
-    return ends
+    return run.wait_ends()
 
 
 def _check_queries(run: PacedRun, wait_ends: list[int], probes: list[int]) -> None:

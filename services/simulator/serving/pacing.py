@@ -196,6 +196,17 @@ class PacedRun:
         one = self.launch(j)
         return min(one.asked_ns + self._period, one.admitted_ns)
 
+    def wait_ends(self) -> list[int]:
+        """Every moment a sleep of the gate ends during the run (what the gate adds to its
+        throttled counter at)."""
+        ends = [self.start_ns] if self.wait_end_at_start else []
+        for k in range(self.launches):
+            one = self.launch(k)
+            if one.waited:
+                ends.extend(range(one.asked_ns + self._period, one.admitted_ns, self._period))
+                ends.append(one.admitted_ns)
+        return ends
+
     def final_wait_end(self) -> int | None:
         return self.last_wait_end(self.end_ns)
 
