@@ -3,16 +3,20 @@ two inference functions and a training job from examples/, the reference `bursty
 request-rate trace replayed through the scheduler's Invoke, a live table built from the
 QoS and telemetry on the bus, and a summary. Runs unattended and exits 0 when every
 inference function served requests.
+
+The load is the serving simulator's `demo` scenario (services/simulator/scenarios/
+demo.yaml): the same traces, scales and seed, and the very same request times, drawn by
+the simulator's arrival generator, so that `bench/demo_agreement.py` compares the live
+stack and the simulator on identical requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -25,14 +29,21 @@ from services.cli.scrape import rate_table, scrape, sum_by
 from services.cli.specs import load_spec
 from services.cli.tables import status_report
 from services.cli.up import StackOptions, running_stack
-from services.perf.traces import compressed_rate, load_trace
+from services.simulator.serving.arrivals import arrivals_by_function
+from services.simulator.serving.cli import scenario_path
+from services.simulator.serving.scenario import Scenario, load_scenario
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEMO_SPECS = ("resnet152.yaml", "bert-base.yaml", "training.yaml")
-# Requests per second per unit of the trace (whose mean is ~5.7 and peak ~14): resnet152
-# peaks near 140 req/s and bert-base near 29 req/s, enough to push both past their
-# guaranteed shares during bursts on this 2-core machine without saturating the CPU.
-LOAD_SCALE = {"resnet152": 10.0, "bert-base": 2.0}
+
+
+def demo_load(duration_s: float) -> Scenario:
+    """The `demo` scenario's load, its trace squeezed into `duration_s`: resnet152 at 10 and
+    bert-base at 2 requests per second per unit of the bursty trace (mean ~5.7, peak ~14),
+    enough to push both past their guaranteed shares during bursts on a 2-core machine."""
+    scenario = load_scenario(scenario_path("demo"))
+    functions = tuple(replace(f, trace_span_s=duration_s) for f in scenario.functions)
+    return replace(scenario, duration_s=duration_s, functions=functions)
 
 
 @dataclass
@@ -42,6 +53,8 @@ class Outcomes:
     served: int = 0
     failed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # What the trip through the scheduler adds: client latency minus the worker's own.
+    overheads_ms: list[float] = field(default_factory=list)
 
     def within_slo(self) -> int:
         return sum(1 for latency in self.latencies_ms if latency <= self.slo_ms)
@@ -72,31 +85,30 @@ def _step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-async def _drive(stub: scheduler_pb2_grpc.SchedulerServiceStub, function: str, scale: float,
-                 outcomes: Outcomes, duration_s: float, rng: random.Random) -> None:
-    """Open-loop Poisson arrivals at the compressed trace's rate; every request is a task,
-    so a slow answer never holds back the next arrival."""
-    trace = load_trace("bursty")
+async def _drive(stub: scheduler_pb2_grpc.SchedulerServiceStub, function: str,
+                 outcomes: Outcomes, times_ns: list[int]) -> None:
+    """Open-loop arrivals at the given times (from the start); every request is a task, so
+    a slow answer never holds back the next arrival."""
     started = time.monotonic()
     calls: set[asyncio.Task[None]] = set()
 
     async def call() -> None:
         sent = time.monotonic()
         try:
-            await stub.Invoke(scheduler_pb2.InvokeRequest(function=function),
-                              timeout=max(1.0, 10 * outcomes.slo_ms / 1000))
+            answer = await stub.Invoke(scheduler_pb2.InvokeRequest(function=function),
+                                       timeout=max(1.0, 10 * outcomes.slo_ms / 1000))
         except grpc.aio.AioRpcError:
             outcomes.failed += 1
             return
+        latency_ms = (time.monotonic() - sent) * 1000
         outcomes.served += 1
-        outcomes.latencies_ms.append((time.monotonic() - sent) * 1000)
+        outcomes.latencies_ms.append(latency_ms)
+        outcomes.overheads_ms.append(latency_ms - answer.worker_latency_ms)
 
-    while (elapsed := time.monotonic() - started) < duration_s:
-        rate = compressed_rate(trace, elapsed, duration_s) * scale
-        if rate <= 0:
-            await asyncio.sleep(0.05)
-            continue
-        await asyncio.sleep(rng.expovariate(rate))
+    for at_ns in times_ns:
+        delay = started + at_ns / 1e9 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
         outcomes.sent += 1
         task = asyncio.create_task(call())
         calls.add(task)
@@ -105,10 +117,8 @@ async def _drive(stub: scheduler_pb2_grpc.SchedulerServiceStub, function: str, s
 
 
 def _live_table(elapsed_s: float, functions: list[types_pb2.Function], gpu_names: dict[str, str],
-                watch: BusWatch, outcomes: dict[str, Outcomes], duration_s: float) -> str:
-    trace = load_trace("bursty")
-    offered = ", ".join(f"{name} {compressed_rate(trace, elapsed_s, duration_s) * scale:.0f} req/s"
-                        for name, scale in LOAD_SCALE.items())
+                watch: BusWatch, outcomes: dict[str, Outcomes], load: Scenario) -> str:
+    offered = ", ".join(f"{f.name} {f.rate_at(elapsed_s):.0f} req/s" for f in load.functions)
     lines = [f"t={elapsed_s:4.0f}s  offered: {offered}",
              f"  {'FUNCTION':<17}{'INSTANCE':<26}{'GPU':<12}{'SHARE':>6} {'REQ/LIMIT':>10}"
              f"{'RPS':>7}{'P99 MS':>8}{'SLO MS':>8}"]
@@ -163,6 +173,11 @@ def _summary(outcomes: dict[str, Outcomes], watch: BusWatch, gpu_names: dict[str
         lines.append(f"  mean GPU utilisation, all GPUs: {statistics.fmean(all_samples):.0%}")
     if watch.iterations:
         lines.append(f"  training: {statistics.fmean(watch.iterations):.1f} iterations/s on average")
+    overheads = [o for result in outcomes.values() for o in result.overheads_ms]
+    if len(overheads) >= 2:
+        cuts = statistics.quantiles(overheads, n=10)
+        lines.append(f"  through the scheduler (client latency - worker latency): median "
+                     f"{statistics.median(overheads):.1f} ms, p90 {cuts[8]:.1f} ms")
     return "\n".join(lines)
 
 
@@ -178,8 +193,18 @@ async def _requests_counted(metrics: dict[str, str]) -> dict[str, float]:
     return sum_by(await asyncio.to_thread(scrape, url), REQUESTS_METRIC, "function")
 
 
+@dataclass
+class DemoResult:
+    """What a demo run measured (`bench/demo_agreement.py` compares it with the simulator)."""
+
+    code: int
+    outcomes: dict[str, Outcomes] = field(default_factory=dict)
+    watch: BusWatch = field(default_factory=BusWatch)
+    gpu_names: dict[str, str] = field(default_factory=dict)
+
+
 async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s: float,
-               metrics: dict[str, str] | None = None) -> int:
+               metrics: dict[str, str] | None = None) -> DemoResult:
     metrics = metrics or {}
     async with grpc.aio.insecure_channel(stack_endpoints["scheduler"]) as channel:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
@@ -200,7 +225,7 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
         try:
             await stub.Deploy(scheduler_pb2.DeployRequest(function=bad), timeout=30)
             print("unexpected: the bad spec was accepted")
-            return 1
+            return DemoResult(1)
         except grpc.aio.AioRpcError as error:
             print(f"{error.code().name}: {error.details()}")
 
@@ -215,12 +240,13 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
         bus = await nats.connect(stack_endpoints["nats"])
         await bus.subscribe("dilu.qos.>", cb=watch.on_qos)
         await bus.subscribe("dilu.telemetry.gpu.>", cb=watch.on_telemetry)
-        outcomes = {name: Outcomes(specs[name].slo.latency_ms) for name in LOAD_SCALE}
+        load = demo_load(duration_s)
+        arrivals = arrivals_by_function(load)
+        outcomes = {f.name: Outcomes(specs[f.name].slo.latency_ms) for f in load.functions}
         counted_before = await _requests_counted(metrics)
-        rng = random.Random(7)
         started = time.monotonic()
-        drivers = asyncio.gather(*(_drive(stub, name, scale, outcomes[name], duration_s, rng)
-                                   for name, scale in LOAD_SCALE.items()))
+        drivers = asyncio.gather(*(_drive(stub, name, outcomes[name], arrivals[name].tolist())
+                                   for name in outcomes))
         while not drivers.done():
             await asyncio.wait([drivers], timeout=table_every_s)
             if drivers.done():
@@ -228,7 +254,7 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
             functions = (await stub.ListFunctions(scheduler_pb2.ListFunctionsRequest(),
                                                   timeout=10)).functions
             print(_live_table(time.monotonic() - started, list(functions), gpu_names, watch,
-                              outcomes, duration_s), flush=True)
+                              outcomes, load), flush=True)
         await drivers
         await bus.close()
 
@@ -242,19 +268,25 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
                                   await _requests_counted(metrics), duration_s)
             _step(f"request rates averaged over the demo: offered vs {metrics['node-agent']}")
             print(table)
-        return 0 if all(o.served for o in outcomes.values()) else 1
+        code = 0 if all(o.served for o in outcomes.values()) else 1
+        return DemoResult(code, outcomes, watch, gpu_names)
 
 
-def run_demo(options: StackOptions, duration_s: float = 60.0, table_every_s: float = 5.0) -> int:
+def replay_demo(options: StackOptions, duration_s: float = 60.0,
+                table_every_s: float = 5.0) -> DemoResult:
     with running_stack(options) as stack:
         _step("local stack")
         metrics = stack.metrics_endpoints()
         for name, address in stack.endpoints().items():
             print(f"  {name:<11} {address:<22} {metrics.get(name, '')}".rstrip())
         print("  (curl any metrics URL while the demo runs to see its Prometheus figures)")
-        code = asyncio.run(_run(stack.endpoints(), duration_s, table_every_s, metrics))
+        result = asyncio.run(_run(stack.endpoints(), duration_s, table_every_s, metrics))
         _step("done: stopping the stack")
-    return code
+    return result
+
+
+def run_demo(options: StackOptions, duration_s: float = 60.0, table_every_s: float = 5.0) -> int:
+    return replay_demo(options, duration_s, table_every_s).code
 
 
 async def _wait_for_node(stub: scheduler_pb2_grpc.SchedulerServiceStub, timeout_s: float = 15) -> None:
