@@ -55,6 +55,27 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self.now_ns = max(self.now_ns, round(when * 1e9))
 
 
+class LoopClock:
+    """The project's `Clock` on a virtual-time loop: readings are the loop's, sleeps are
+    the loop's timers."""
+
+    def __init__(self, loop: VirtualTimeLoop, epoch_s: float = 1_700_000_000.0) -> None:
+        self._loop = loop
+        self._epoch_s = epoch_s
+
+    def time(self) -> float:
+        return self._epoch_s + self._loop.time()
+
+    def monotonic(self) -> float:
+        return self._loop.time()
+
+    def monotonic_ns(self) -> int:
+        return self._loop.now_ns
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
 def run_virtual(main: Any) -> Any:
     """Run coroutine `main` to completion on a fresh virtual-time loop."""
     loop = VirtualTimeLoop()

@@ -28,12 +28,13 @@ from services.node_agent.pages import (
     control_for,
     create_stats_page,
 )
-from services.node_agent.worker.engines import SimInference
+from services.node_agent.worker.engines import SimInference, SimTraining, sim_training_step_gpu_s
 from services.node_agent.worker.gate import QuotaGate
 from services.node_agent.worker.serving import InferenceWorker
 from services.perf import load_model
-from services.simulator.serving.instances import InferenceInstance
-from tests.virtual_time import VirtualTimeLoop, run_virtual
+from services.simulator.serving.instances import InferenceInstance, TrainingInstance
+from services.simulator.serving.scenario import Quota, TrainingJob
+from tests.virtual_time import LoopClock, VirtualTimeLoop, run_virtual
 
 MS = 1_000_000
 Batch = tuple[int, int, int]  # start ns, end ns, size
@@ -73,7 +74,8 @@ def worker_side(tmp_path: Path, model: str, slo_ms: float, max_batch: int, share
             adding(name, value)
 
         stats.add = add  # type: ignore[method-assign]
-        gate = QuotaGate(ControlPageReader(tmp_path / "w.ctl"), stats, clock_ns=lambda: loop.now_ns)
+        clock = LoopClock(loop)
+        gate = QuotaGate(ControlPageReader(tmp_path / "w.ctl"), stats, clock=clock)
         spec = types_pb2.FunctionSpec(name="f", model=model, max_batch=max_batch,
                                       slo=types_pb2.Slo(latency_ms=slo_ms))
         engine = SimInference(spec, gate)
@@ -87,7 +89,7 @@ def worker_side(tmp_path: Path, model: str, slo_ms: float, max_batch: int, share
             return out
 
         engine.run = recorded  # type: ignore[method-assign]
-        worker = InferenceWorker(engine, gate, stats, slo_ms, max_batch, clock=loop.time)
+        worker = InferenceWorker(engine, gate, stats, slo_ms, max_batch, clock=clock)
         batcher = asyncio.create_task(worker.run())
         answers: list[asyncio.Task[worker_pb2.InferResponse]] = []
         sent: list[int] = []
@@ -178,3 +180,41 @@ def test_the_simulator_batches_like_a_real_sim_worker(tmp_path: Path, model: str
     assert sim_latencies == live_latencies
     # The moments the gate's sleeps end (the arbiter's hunger signal) agree too.
     assert sim_waits == live_waits
+
+
+@pytest.mark.parametrize(("share", "host_ms"), [(0.3, 0.0), (0.3, 200.0), (0.8, 200.0), (1.0, 50.0)])
+def test_training_steps_take_the_same_time_in_a_sim_worker_and_the_simulator(
+        tmp_path: Path, share: float, host_ms: float) -> None:
+    """A step is max(GPU part at the share, host part) in both."""
+    ControlPageWriter(tmp_path / "t.ctl", control_for(share, share, share, 64 << 30)).close()
+    create_stats_page(tmp_path / "t.stats")
+    spec = types_pb2.FunctionSpec(name="t", model="bert-base", kind=types_pb2.FUNCTION_KIND_TRAINING,
+                                  runtime_options={"host_ms": f"{host_ms:g}", "batch": "8"})
+
+    async def steps() -> list[int]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        gate = QuotaGate(ControlPageReader(tmp_path / "t.ctl"), StatsWriter(tmp_path / "t.stats"),
+                         clock=LoopClock(loop))
+        engine = SimTraining(spec, gate)
+        ends = []
+        for _ in range(6):
+            await engine.step()
+            ends.append(loop.now_ns)
+        return ends
+
+    live = run_virtual(steps())
+    job = TrainingJob("t", "bert-base", 1, Quota(share, share, 1024), host_ms, batch=8)
+    sim = _Recorder(0)
+    instance = TrainingInstance(sim, job, "t", "n", ("g",), load_model("bert-base"), 0)  # type: ignore[arg-type]
+    simulated = []
+    instance.begin(0)
+    while len(simulated) < 6:
+        when, _, action, args = heapq.heappop(sim.heap)
+        action(when, *args)
+        if instance.iterations > len(simulated):
+            simulated.append(when)
+    assert simulated == live
+    gpu_ns = round(sim_training_step_gpu_s(load_model("bert-base"), 8) * 1e9)
+    steady = live[-1] - live[-2]
+    assert steady == pytest.approx(max(gpu_ns / share, host_ms * MS), rel=0.01)

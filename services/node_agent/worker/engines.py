@@ -113,6 +113,7 @@ class SimTraining:
     def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
         self._perf = load_model(spec.model)
         self._device = SimDevice(gate)
+        self._clock = gate.clock
         self._batch = _option_int(spec, "batch", 16)
         self._host_s = _option_float(spec, "host_ms", 0.0) / 1000
         self._gpu_s = sim_training_step_gpu_s(self._perf, self._batch)
@@ -122,7 +123,7 @@ class SimTraining:
         if self._host_s <= 0:
             await self._device.run(self._gpu_s)
             return
-        await asyncio.gather(self._device.run(self._gpu_s), asyncio.sleep(self._host_s))
+        await asyncio.gather(self._device.run(self._gpu_s), self._clock.sleep(self._host_s))
 
 
 class _MeasuredCost:

@@ -1,18 +1,23 @@
 """The serving simulation: one scenario under one system, request by request, in virtual time.
 
-Event-driven on integer nanoseconds. What runs is production code: the system's placement
-policy on the scheduler's `Ledger`, the scheduler's least-outstanding routing and replica
-planning, the node agent's `NodeArbitration` (via `arbitration.py`), the worker's batching
-decisions and the gate's rules (via `instances.py`). What is simulated is time, the GPU
-(by the execution model of DESIGN.md) and the trip through the scheduler (a constant proxy
-overhead added to every latency, measured on the live stack: see `PROXY_OVERHEAD_MS`).
+Event-driven on integer nanoseconds. What runs is production code: the scheduler's pure
+core (`services.scheduler.core.SchedulerCore`: deploys, replica planning, placement with
+the system's placement policy on its `Ledger`, instance lifecycle, quota changes, and the
+least-outstanding `router` every request is routed by), the node agent's
+`NodeArbitration` (via `arbitration.py`), the worker's batching decisions and the gate's
+rules (via `instances.py`). What is simulated is time, the node agents (they admit starts
+and quota changes against the placement bounds, as the agent is the authority for its
+GPUs, and report instances ready after their cold start), the GPU (the execution model of
+DESIGN.md) and the trip through the scheduler (a constant proxy overhead added to every
+latency, measured on the live stack: `PROXY_OVERHEAD_MS`).
 
 A request that finds no ready instance waits in its function's queue (at most
 `QUEUE_LIMIT`; beyond it a request is refused, and counts as a violation) and is routed when
-an instance becomes ready; its whole wait counts. Initial instances are deployed before
-the replay (ready at time 0, as the live demo waits for readiness); an instance added later
-serves after its cold start. After the scenario's duration no request arrives; those in
-flight finish (for at most `DRAIN_S`, the rest count as violations).
+an instance becomes ready; its whole wait counts. The initial instances are deployed in
+the scenario's order before the replay and are ready at time 0 (as the live demo waits for
+readiness); an instance started later serves after its cold start. After the scenario's
+duration no request arrives; those in flight finish (for at most `DRAIN_S`; the rest count
+as violations).
 """
 
 from __future__ import annotations
@@ -22,22 +27,25 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dilu.v1 import types_pb2
 
+from services.common.errors import DiluError
 from services.perf import load_model
-from services.scheduler.placement import (
-    Assignment,
-    InstanceShape,
-    Ledger,
-    Placement,
-    PlacementBounds,
-    WorkloadKind,
+from services.scheduler.core import (
+    CallFailed,
+    CallSucceeded,
+    Outcome,
+    Refusal,
+    SchedulerCore,
+    SetQuota,
+    StartInstance,
+    StopInstance,
 )
-from services.scheduler.replicas import plan_replicas
+from services.scheduler.placement import PlacementBounds
 from services.scheduler.routing import LeastOutstanding
 from services.simulator.serving import policy as hooks
 from services.simulator.serving.arrivals import scenario_arrivals
@@ -45,21 +53,25 @@ from services.simulator.serving.instances import (
     DRAINING,
     READY,
     STARTING,
+    STOPPED,
     InferenceInstance,
     TrainingInstance,
 )
-from services.simulator.serving.scenario import Quota, Scenario, ServedFunction
+from services.simulator.serving.scenario import Scenario, ServedFunction, TrainingJob
 from services.simulator.serving.windows import QosWindow, WindowCounter
 
+S = types_pb2
 NS = 1_000_000_000
 MS = 1_000_000
 QUEUE_LIMIT = 1000
 DRAIN_S = 60.0
 # Client → scheduler → worker → scheduler → client, beyond the worker's own latency: the
-# median measured on the live stack (`bench/demo_agreement.py --proxy` measures it).
+# median measured on the live stack (`bench/demo_agreement.py` measures it).
 PROXY_OVERHEAD_MS = 2.0
 COLD_START_BASE_S = 2.0
 WEIGHT_LOAD_BYTES_PER_S = 2e9
+RECONCILE_S = 1.0  # the scheduler shell ticks its core this often
+_EPS = 1e-9
 
 
 def cold_start_s(model: str) -> float:
@@ -80,13 +92,13 @@ class Sizing:
 
 @dataclass(slots=True)
 class FunctionRuntime:
-    """One function during the replay: its routing, its queue and what it measured."""
+    """One function during the replay: its routes, its queue and what it measured."""
 
     sim: Simulation
     spec: ServedFunction
     sizing: Sizing
     overhead_ns: int
-    router: LeastOutstanding = field(default_factory=LeastOutstanding)
+    router: LeastOutstanding
     instances: dict[str, InferenceInstance] = field(default_factory=dict)
     ready: list[str] = field(default_factory=list)
     pending: deque[int] = field(default_factory=deque)
@@ -122,10 +134,16 @@ class FunctionRuntime:
             self.window.refused += 1
 
     def _route(self, now_ns: int, client_ns: int) -> None:
+        # The scheduler core's router, over the instances its records say are ready.
         chosen = self.router.pick(self.ready)
         assert chosen is not None
         self.router.begin(chosen)
         self.instances[chosen].arrive(now_ns, client_ns)
+
+    def set_routes(self, ready: list[str], now_ns: int) -> None:
+        self.ready = [i for i in ready if i in self.instances]
+        while self.ready and self.pending:
+            self._route(now_ns, self.pending.popleft())
 
     def answered(self, instance: InferenceInstance, now_ns: int, batch: list[int]) -> None:
         slo, overhead = self.slo_ns, self.overhead_ns
@@ -145,16 +163,6 @@ class FunctionRuntime:
         own.completed += len(batch)
         self.sim.open_requests -= len(batch)
 
-    def became_ready(self, instance: InferenceInstance, now_ns: int) -> None:
-        self.ready.append(instance.id)
-        while self.pending:
-            self._route(now_ns, self.pending.popleft())
-
-    def stop_routing(self, instance: InferenceInstance) -> None:
-        if instance.id in self.ready:
-            self.ready.remove(instance.id)
-        self.router.forget(instance.id)
-
 
 @dataclass(slots=True)
 class Counters:
@@ -167,7 +175,8 @@ class Counters:
 
 
 class Simulation:
-    """Build with a scenario and a system (see `systems.py`), then `run()`."""
+    """Build with a scenario, a system (see `systems.py`) and the stand-in profiles of its
+    functions (by function name), then `run()`."""
 
     def __init__(self, scenario: Scenario, system: Any, profiles: dict[str, Any], *,
                  overhead_ms: float = PROXY_OVERHEAD_MS, ticked: bool = False,
@@ -183,37 +192,46 @@ class Simulation:
         self._seq = itertools.count()
         cluster = scenario.cluster
         self.bounds = PlacementBounds(cluster.max_requested, cluster.max_limited)
-        self.placement: Placement = system.placement(self.bounds)
-        self.ledger = Ledger()
+        self._numbers = itertools.count()
+        self.core = SchedulerCore(system.placement(self.bounds),
+                                  new_id=lambda name: f"{name}-{next(self._numbers)}")
         self.nodes: dict[str, Any] = {}
+        self.memory_mib: dict[str, int] = {}
         make_arbitration = system.arbitration()
+        snapshot = {}
         for n in range(cluster.nodes):
             node = f"node-{n:03d}"
             gpus = [f"{node}-gpu{g}" for g in range(cluster.gpus_per_node)]
-            self.ledger.set_node(node, [(uuid, cluster.gpu_memory_mib) for uuid in gpus])
+            snapshot[node] = (1, S.Node(id=node, address=node, gpu_backend="sim", gpus=[
+                S.Gpu(uuid=uuid, index=g, model="A100-40GB (simulated)",
+                      memory_total_mib=cluster.gpu_memory_mib) for g, uuid in enumerate(gpus)]))
+            self.memory_mib.update(dict.fromkeys(gpus, cluster.gpu_memory_mib))
             self.nodes[node] = make_arbitration(
                 self.schedule, node, gpus, ticked=ticked,
                 on_shares=self._record_shares if record_shares else None)
-        self.gpu_busy_ns: dict[str, int] = dict.fromkeys(self.ledger.view().uuids, 0)
-        self._window_busy_ns: dict[str, int] = dict.fromkeys(self.gpu_busy_ns, 0)
-        self._last_busy_s: dict[str, float] = {}
         self.functions = {f.name: FunctionRuntime(self, f, system.sizing(f, profiles.get(f.name)),
-                                                  round(overhead_ms * MS))
+                                                  round(overhead_ms * MS), self.core.router)
                           for f in scenario.functions}
         self._function_list = [self.functions[f.name] for f in scenario.functions]
+        self._jobs = {t.name: t for t in scenario.training}
+        # The simulated node agents' truth: what runs on each GPU.
+        self.instances: dict[str, InferenceInstance | TrainingInstance] = {}
         self.training: dict[str, TrainingInstance] = {}
-        self._instance_numbers = itertools.count()
-        self._where: dict[str, str] = {}  # instance -> node
-        self._pending_starts: list[hooks.ScaleOut] = []
+        self._on_gpu: dict[str, set[str]] = {u: set() for u in self.memory_mib}
+        self._stop_calls: dict[str, StopInstance] = {}
+        self.gpu_busy_ns: dict[str, int] = dict.fromkeys(self.memory_mib, 0)
+        self._window_busy_ns: dict[str, int] = dict.fromkeys(self.memory_mib, 0)
+        self._last_busy_s: dict[str, float] = {}
         self.policy = system.policy(scenario, profiles)
-        # Accounting of held GPUs and reserved shares over time.
-        self._holders: dict[str, int] = {}
+        self._deploying = True
+        # GPUs held and shares reserved, integrated over time.
         self._reserved = 0.0
         self._accounted_ns = 0
         self.gpu_ns = 0.0
         self.reserved_ns = 0.0
         self.series: dict[str, list[float]] = {"gpus": [], "attainment": [], "offered_rps": []}
         self.replay_s = 0.0
+        self._outcome(self.core.observe_nodes(snapshot, 0.0), 0)
 
     # ---- events ----------------------------------------------------------------------
 
@@ -225,9 +243,11 @@ class Simulation:
     def run(self) -> Simulation:
         began = time.perf_counter()
         self._deploy()
+        self._deploying = False
         for driver in self.nodes.values():
             driver.start(0)
         self.schedule(NS, self._close_windows)
+        self.schedule(round(RECONCILE_S * NS), self._reconcile)
         if self.policy is not None:
             self.schedule(round(self.policy.interval_s * NS), self._policy_tick)
         times, which = scenario_arrivals(self.scenario)
@@ -257,115 +277,197 @@ class Simulation:
             else:
                 break
 
-    # ---- deployment and lifecycle ----------------------------------------------------
+    # ---- the scheduler core, and the calls it asks the agents for ----------------------
+
+    def _spec(self, name: str) -> types_pb2.FunctionSpec:
+        if name in self._jobs:
+            job = self._jobs[name]
+            return S.FunctionSpec(
+                name=name, kind=S.FUNCTION_KIND_TRAINING, runtime=S.RUNTIME_SIM, model=job.model,
+                resources=S.Resources(sm_request=job.quota.request, sm_limit=job.quota.limit,
+                                      memory_mib=job.quota.memory_mib, gpus_per_instance=job.gpus),
+                replicas=S.Replicas(min=1, max=1),
+                runtime_options={"host_ms": f"{job.host_ms:g}", "batch": str(job.batch)})
+        function = self.functions[name]
+        sizing, spec = function.sizing, function.spec
+        return S.FunctionSpec(
+            name=name, kind=S.FUNCTION_KIND_INFERENCE, runtime=S.RUNTIME_SIM, model=spec.model,
+            slo=S.Slo(latency_ms=spec.slo_ms),
+            resources=S.Resources(sm_request=sizing.request, sm_limit=sizing.limit,
+                                  memory_mib=sizing.memory_mib),
+            replicas=S.Replicas(min=spec.replicas_min, max=spec.replicas_max),
+            max_batch=sizing.max_batch)
 
     def _deploy(self) -> None:
-        trainings = {t.name: t for t in self.scenario.training}
+        """Deploy in the scenario's order: the first mention of a function deploys it with
+        its minimum replicas, each further one scales it out by one."""
+        seen: dict[str, int] = {}
         for name in self.scenario.deploy_order():
-            if name in trainings:
-                self._start_training(trainings[name])
+            seen[name] = seen.get(name, 0) + 1
+            minimum = self.functions[name].spec.replicas_min if name in self.functions else 1
+            if seen[name] == 1:
+                change = self.core.deploy(self._spec(name), 0.0)
+            elif seen[name] > minimum:
+                change = self.core.scale(name, 1, 0.0, reason="initial replicas", source="scenario")
             else:
-                function = self.functions[name]
-                if self._start_instance(function, function.sizing.request, function.sizing.limit,
-                                        function.sizing.max_batch, cold=False) is None:
-                    self.counters.unplaced.append(name)
+                continue
+            self._outcome(self.core.apply(change, 0.0), 0)
+        for function in self._function_list:
+            placed = sum(1 for i in self.core.state.instances_of(function.spec.name)
+                         if i.state == S.INSTANCE_STATE_READY)
+            self.counters.unplaced += [function.spec.name] * (function.sizing.replicas - placed)
+        for name in self._jobs:
+            if not any(i.job.name == name for i in self.training.values()):
+                self.counters.unplaced.append(name)
 
-    def _place(self, instance_id: str, shape: InstanceShape) -> tuple[str, tuple[str, ...]] | None:
-        assignment = self.placement.place(shape, self.ledger.view())
-        if assignment is None:
-            return None
-        self._account(self.now_ns)
-        self.ledger.commit(instance_id, shape, assignment)
-        for uuid in assignment.gpu_uuids:
-            self._holders[uuid] = self._holders.get(uuid, 0) + 1
-        self._reserved += shape.sm_request * len(assignment.gpu_uuids)
-        self._where[instance_id] = assignment.node
-        return assignment.node, tuple(assignment.gpu_uuids)
+    def _outcome(self, outcome: Outcome, now_ns: int) -> None:
+        for call in outcome.calls:
+            if isinstance(call, StartInstance):
+                self._agent_start(call, now_ns)
+            elif isinstance(call, StopInstance):
+                self._agent_stop(call, now_ns)
+            elif isinstance(call, SetQuota):
+                self._agent_set_quota(call, now_ns)
+        touched = {self.core.state.instances[i].function for i in outcome.instances
+                   if i in self.core.state.instances} | {
+            name for name in outcome.functions if name in self.functions}
+        for name in touched:
+            if name in self.functions:
+                ready = [i.id for i in self.core.state.instances_of(name)
+                         if i.state == S.INSTANCE_STATE_READY and i.endpoint]
+                self.functions[name].set_routes(ready, now_ns)
 
-    def _release(self, instance_id: str, request: float, gpus: tuple[str, ...]) -> None:
-        self._account(self.now_ns)
-        self.ledger.release(instance_id)
+    def _fits(self, gpus: tuple[str, ...], request: float, limit: float, memory_mib: int,
+              replacing: str | None = None) -> str:
+        """The agent's admission: '' when the quota fits every GPU's bounds, else why not."""
         for uuid in gpus:
-            self._holders[uuid] -= 1
-            if not self._holders[uuid]:
-                del self._holders[uuid]
-        self._reserved -= request * len(gpus)
-        self._where.pop(instance_id, None)
+            others = [self.instances[i] for i in self._on_gpu[uuid] if i != replacing]
+            requested = sum(i.request for i in others) + request
+            limited = sum(i.limit for i in others) + limit
+            memory = sum(i.memory_mib for i in others) + memory_mib
+            if (requested > self.bounds.max_requested + _EPS
+                    or limited > self.bounds.max_limited + _EPS or memory > self.memory_mib[uuid]):
+                return (f"GPU {uuid}: requests {requested:.2f}, limits {limited:.2f}, "
+                        f"memory {memory} MiB over its bounds")
+        return ""
+
+    def _agent_start(self, call: StartInstance, now_ns: int) -> None:
+        quota = call.quota
+        gpus = tuple(call.gpu_uuids)
+        why = self._fits(gpus, quota.sm_request, quota.sm_limit, quota.memory_limit_mib)
+        if why:
+            self._outcome(self.core.call_done(call, CallFailed(Refusal.NO_ROOM, why), now_ns / NS),
+                          now_ns)
+            return
+        spec = call.spec
+        self._account(now_ns)
+        instance: InferenceInstance | TrainingInstance
+        if spec.kind == S.FUNCTION_KIND_TRAINING:
+            instance = TrainingInstance(self, self._jobs[spec.name], call.instance_id, call.node,
+                                        gpus, load_model(spec.model), now_ns)
+            self.training[instance.id] = instance
+        else:
+            function = self.functions[spec.name]
+            instance = InferenceInstance(
+                self, function, call.instance_id, call.node, gpus, quota.sm_request,
+                quota.sm_limit, quota.memory_limit_mib, spec.max_batch, load_model(spec.model),
+                now_ns)
+            function.instances[instance.id] = instance
+        self.instances[instance.id] = instance
+        for uuid in gpus:
+            self._on_gpu[uuid].add(instance.id)
+        self._reserved += instance.request * len(gpus)
+        self.nodes[call.node].attach(instance, now_ns)
+        cold = not self._deploying and not instance.training
+        report = S.InstanceReport(instance_id=instance.id, function=spec.name,
+                                  state=S.INSTANCE_STATE_STARTING, quota=quota)
+        if cold:
+            self.counters.cold_starts += 1
+            self.schedule(now_ns + round(cold_start_s(spec.model) * NS), self._agent_ready, instance)
+        else:
+            instance.state = READY
+            report.state, report.endpoint = S.INSTANCE_STATE_READY, f"sim://{instance.id}"
+            if isinstance(instance, TrainingInstance):
+                instance.begin(now_ns)
+        self._outcome(self.core.call_done(call, CallSucceeded(report=report), now_ns / NS), now_ns)
+
+    def _agent_ready(self, now_ns: int, instance: InferenceInstance) -> None:
+        if instance.state != STARTING:
+            return
+        instance.state = READY
+        report = S.InstanceReport(instance_id=instance.id, function=instance.function.spec.name,
+                                  state=S.INSTANCE_STATE_READY, endpoint=f"sim://{instance.id}")
+        self._outcome(self.core.instance_reported(instance.node, report, now_ns / NS), now_ns)
+
+    def _agent_stop(self, call: StopInstance, now_ns: int) -> None:
+        instance = self.instances.get(call.instance_id)
+        if instance is None:
+            self._outcome(self.core.call_done(call, CallSucceeded(), now_ns / NS), now_ns)
+            return
+        self._stop_calls[instance.id] = call
+        if isinstance(instance, TrainingInstance) or instance.state == STARTING:
+            self.drained(instance, now_ns)
+            return
+        instance.state = DRAINING
+        self.nodes[instance.node].update(instance, now_ns, draining=True)
+        if instance.run is None and not len(instance.queue):
+            self.drained(instance, now_ns)
+
+    def drained(self, instance: InferenceInstance | TrainingInstance, now_ns: int) -> None:
+        """A stopping instance has answered everything: its resources go back."""
+        self._account(now_ns)
+        instance.state = STOPPED
+        instance.version += 1
+        self.instances.pop(instance.id, None)
+        if isinstance(instance, InferenceInstance):
+            instance.function.instances.pop(instance.id, None)
+        for uuid in instance.gpus:
+            self._on_gpu[uuid].discard(instance.id)
+        self._reserved -= instance.request * len(instance.gpus)
+        self.nodes[instance.node].detach(instance, now_ns)
+        call = self._stop_calls.pop(instance.id, None)
+        if call is not None:
+            self._outcome(self.core.call_done(call, CallSucceeded(), now_ns / NS), now_ns)
+
+    def _agent_set_quota(self, call: SetQuota, now_ns: int) -> None:
+        instance = self.instances.get(call.instance_id)
+        quota = call.quota
+        why = "no such instance" if instance is None or instance.state in (DRAINING, STOPPED) else (
+            self._fits(instance.gpus, quota.sm_request, quota.sm_limit, instance.memory_mib,
+                       replacing=instance.id))
+        if why or instance is None:
+            self.counters.refused_actions += 1
+            self._outcome(self.core.call_done(call, CallFailed(Refusal.NO_ROOM, why), now_ns / NS),
+                          now_ns)
+            return
+        self._account(now_ns)
+        self._reserved += (quota.sm_request - instance.request) * len(instance.gpus)
+        instance.request, instance.limit = quota.sm_request, quota.sm_limit
+        self.nodes[instance.node].update(instance, now_ns)
+        self.counters.vertical_actions += 1
+        applied = S.Quota(sm_request=quota.sm_request, sm_limit=quota.sm_limit,
+                          memory_limit_mib=instance.memory_mib, effective_share=instance.share)
+        self._outcome(self.core.call_done(call, CallSucceeded(quota=applied), now_ns / NS), now_ns)
 
     def _account(self, now_ns: int) -> None:
         until = min(now_ns, self.duration_ns)
         if until > self._accounted_ns:
             span = until - self._accounted_ns
-            self.gpu_ns += len(self._holders) * span
+            self.gpu_ns += sum(1 for held in self._on_gpu.values() if held) * span
             self.reserved_ns += self._reserved * span
             self._accounted_ns = until
 
-    def _start_training(self, job: Any) -> None:
-        instance_id = f"{job.name}-{next(self._instance_numbers)}"
-        shape = InstanceShape(job.name, WorkloadKind.TRAINING, job.quota.request, job.quota.limit,
-                              job.quota.memory_mib, job.gpus)
-        placed = self._place(instance_id, shape)
-        if placed is None:
-            self.counters.unplaced.append(job.name)
-            return
-        node, gpus = placed
-        instance = TrainingInstance(self, job, instance_id, node, gpus, load_model(job.model),
-                                    self.now_ns)
-        self.training[instance_id] = instance
-        self.nodes[node].attach(instance, self.now_ns)
-        instance.begin(self.now_ns)
-
-    def _start_instance(self, function: FunctionRuntime, request: float, limit: float,
-                        max_batch: int, cold: bool) -> InferenceInstance | None:
-        instance_id = f"{function.spec.name}-{next(self._instance_numbers)}"
-        memory = function.sizing.memory_mib
-        shape = InstanceShape(function.spec.name, WorkloadKind.INFERENCE, request, limit, memory)
-        placed = self._place(instance_id, shape)
-        if placed is None:
-            return None
-        node, gpus = placed
-        instance = InferenceInstance(self, function, instance_id, node, gpus, request, limit,
-                                     memory, max_batch, load_model(function.spec.model), self.now_ns)
-        function.instances[instance_id] = instance
-        self.nodes[node].attach(instance, self.now_ns)
-        if cold:
-            self.counters.cold_starts += 1
-            self.schedule(self.now_ns + round(cold_start_s(function.spec.model) * NS),
-                          self._ready, instance)
-        else:
-            self._ready(self.now_ns, instance)
-        return instance
-
-    def _ready(self, now_ns: int, instance: InferenceInstance) -> None:
-        if instance.state != STARTING:
-            return
-        instance.state = READY
-        instance.function.became_ready(instance, now_ns)
-
-    def _drain(self, instance: InferenceInstance, now_ns: int) -> None:
-        if instance.state == STARTING:
-            instance.state = DRAINING
-            instance.function.stop_routing(instance)
-            self.drained(instance, now_ns)
-            return
-        instance.state = DRAINING
-        instance.function.stop_routing(instance)
-        self.nodes[instance.node].update(instance, now_ns, draining=True)
-        if instance.run is None and not len(instance.queue):
-            self.drained(instance, now_ns)
-
-    def drained(self, instance: InferenceInstance, now_ns: int) -> None:
-        """A draining instance has answered everything: its resources go back."""
-        instance.state = "stopped"
-        instance.version += 1
-        instance.function.instances.pop(instance.id, None)
-        self.nodes[instance.node].detach(instance, now_ns)
-        self._release(instance.id, instance.request, instance.gpus)
+    def _reconcile(self, now_ns: int) -> None:
+        """The scheduler shell's periodic tick: pending instances are placed when room
+        appears."""
+        self._outcome(self.core.tick(now_ns / NS), now_ns)
+        if now_ns + RECONCILE_S * NS <= self.duration_ns:
+            self.schedule(now_ns + round(RECONCILE_S * NS), self._reconcile)
 
     # ---- windows and the scaling policy ----------------------------------------------
 
     def _close_windows(self, now_ns: int) -> None:
-        offered = within = completed = 0
+        offered = within = 0
         for function in self._function_list:
             shares = 0.0
             for instance in function.instances.values():
@@ -378,12 +480,11 @@ class Simulation:
             function.series["p99_ms"].append(window.p99_ms)
             offered += window.arrivals
             within += window.within_slo
-            completed += window.arrivals
         self._last_busy_s = {u: ns / NS for u, ns in self._window_busy_ns.items()}
         self._window_busy_ns = dict.fromkeys(self._window_busy_ns, 0)
-        self.series["gpus"].append(len(self._holders))
+        self.series["gpus"].append(sum(1 for held in self._on_gpu.values() if held))
         self.series["offered_rps"].append(offered)
-        self.series["attainment"].append(within / completed if completed else 1.0)
+        self.series["attainment"].append(within / offered if offered else 1.0)
         if now_ns + NS <= self.duration_ns:
             self.schedule(now_ns + NS, self._close_windows)
 
@@ -399,17 +500,16 @@ class Simulation:
                 name, spec.model, spec.slo_ms, spec.replicas_min, spec.replicas_max,
                 function.last_window, len(function.pending), instances)
         gpus = {}
-        for slot in self.ledger.gpus():
+        for slot in self.core.ledger.gpus():
             gpus[slot.uuid] = hooks.GpuView(
                 slot.uuid, slot.node, slot.memory_total_mib, slot.sm_requested, slot.sm_limited,
-                slot.memory_allocated_mib, tuple(self.ledger.instances_on(slot.uuid)),
+                slot.memory_allocated_mib, tuple(self.core.ledger.instances_on(slot.uuid)),
                 self._last_busy_s.get(slot.uuid, 0.0))
         return hooks.ClusterView(self.now_ns / NS, self.bounds.max_requested,
                                  self.bounds.max_limited, functions, gpus)
 
     def _policy_tick(self, now_ns: int) -> None:
         assert self.policy is not None
-        self._retry_pending(now_ns)
         for action in self.policy.decide(self.view()):
             self.apply(action, now_ns)
         next_tick = now_ns + round(self.policy.interval_s * NS)
@@ -417,101 +517,35 @@ class Simulation:
             self.schedule(next_tick, self._policy_tick)
 
     def apply(self, action: hooks.Action, now_ns: int) -> bool:
-        """Apply one policy action with the live platform's semantics; False if refused."""
-        if isinstance(action, hooks.SetQuota):
-            return self._set_quota(action, now_ns)
-        if isinstance(action, hooks.SetMaxBatch):
-            instance = self._inference(action.instance_id)
-            if instance is None or action.max_batch < 1:
-                self.counters.refused_actions += 1
-                return False
-            instance.set_max_batch(action.max_batch)
+        """Apply one policy action through the scheduler core (and the agents it calls),
+        with the live platform's semantics; False when it is refused."""
+        now = now_ns / NS
+        try:
+            if isinstance(action, hooks.SetMaxBatch):
+                instance = self.instances.get(action.instance_id)
+                if not isinstance(instance, InferenceInstance) or action.max_batch < 1:
+                    raise KeyError(action.instance_id)
+                instance.set_max_batch(action.max_batch)
+                return True
+            if isinstance(action, hooks.SetQuota):
+                refused = self.counters.refused_actions
+                self._outcome(self.core.set_quota(action.instance_id, S.Quota(
+                    sm_request=action.request, sm_limit=action.limit), now), now_ns)
+                return self.counters.refused_actions == refused
+            if isinstance(action, hooks.ScaleOut):
+                change = self.core.scale(action.function, action.count, now,
+                                         reason=action.reason, source=self.system.name)
+                self.counters.horizontal_actions += action.count
+            else:
+                chosen = () if action.instance_id is None else (action.instance_id,)
+                change = self.core.scale(action.function, -1, now, reason=action.reason,
+                                         source=self.system.name, instance_ids=chosen)
+                self.counters.horizontal_actions += 1
+            self._outcome(self.core.apply(change, now), now_ns)
             return True
-        if isinstance(action, hooks.ScaleOut):
-            return self._scale_out(action, now_ns)
-        return self._scale_in(action, now_ns)
-
-    def _inference(self, instance_id: str) -> InferenceInstance | None:
-        for function in self._function_list:
-            if instance_id in function.instances:
-                return function.instances[instance_id]
-        return None
-
-    def _set_quota(self, action: hooks.SetQuota, now_ns: int) -> bool:
-        instance = self._inference(action.instance_id)
-        ok = (instance is not None and instance.state != DRAINING
-              and 0.01 <= action.request <= action.limit <= 1.0)
-        if ok:
-            assert instance is not None
-            for uuid in instance.gpus:
-                slot = self.ledger.gpu(uuid)
-                assert slot is not None
-                requested = slot.sm_requested - instance.request + action.request
-                limited = slot.sm_limited - instance.limit + action.limit
-                if (requested > self.bounds.max_requested + 1e-9
-                        or limited > self.bounds.max_limited + 1e-9):
-                    ok = False
-        if not ok:
+        except (DiluError, KeyError):
             self.counters.refused_actions += 1
             return False
-        assert instance is not None
-        self._account(now_ns)
-        shape = InstanceShape(instance.function.spec.name, WorkloadKind.INFERENCE, action.request,
-                              action.limit, instance.memory_mib)
-        # The ledger records the new quota in place (release and commit at the same GPUs).
-        self.ledger.release(instance.id)
-        self.ledger.commit(instance.id, shape, Assignment(instance.node, instance.gpus))
-        self._reserved += (action.request - instance.request) * len(instance.gpus)
-        instance.request, instance.limit = action.request, action.limit
-        self.nodes[instance.node].update(instance, now_ns)
-        self.counters.vertical_actions += 1
-        return True
-
-    def _scale_out(self, action: hooks.ScaleOut, now_ns: int) -> bool:
-        function = self.functions.get(action.function)
-        if function is None or action.count < 1:
-            self.counters.refused_actions += 1
-            return False
-        live = sum(1 for i in function.instances.values() if i.state != DRAINING)
-        if live + action.count > function.spec.replicas_max:
-            self.counters.refused_actions += 1
-            return False
-        for _ in range(action.count):
-            self.counters.horizontal_actions += 1
-            if self._start_from(action, now_ns) is None:
-                self._pending_starts.append(action)
-        return True
-
-    def _start_from(self, action: hooks.ScaleOut, now_ns: int) -> InferenceInstance | None:
-        function = self.functions[action.function]
-        request = action.request if action.request is not None else function.sizing.request
-        limit = action.limit if action.limit is not None else function.sizing.limit
-        batch = action.max_batch or function.sizing.max_batch
-        return self._start_instance(function, request, max(limit, request), batch, cold=True)
-
-    def _retry_pending(self, now_ns: int) -> None:
-        waiting, self._pending_starts = self._pending_starts, []
-        for action in waiting:
-            if self._start_from(action, now_ns) is None:
-                self._pending_starts.append(action)
-
-    def _scale_in(self, action: hooks.ScaleIn, now_ns: int) -> bool:
-        function = self.functions.get(action.function)
-        live = [] if function is None else [i for i in function.instances.values()
-                                            if i.state != DRAINING]
-        if function is None or len(live) - 1 < function.spec.replicas_min:
-            self.counters.refused_actions += 1
-            return False
-        chosen = action.instance_id
-        if chosen is None:
-            chosen = _planned_stop(live)
-        instance = function.instances.get(chosen)
-        if instance is None or instance.state == DRAINING:
-            self.counters.refused_actions += 1
-            return False
-        self.counters.horizontal_actions += 1
-        self._drain(instance, now_ns)
-        return True
 
     def _record_shares(self, tick: int, changed: dict[str, float]) -> None:
         for instance_id, share in sorted(changed.items()):
@@ -525,6 +559,8 @@ class Simulation:
         for instance in self.training.values():
             steps, saturated = done.get(instance.job.name, (0.0, instance.job.saturated_steps_per_s))
             done[instance.job.name] = (steps + instance.progress(self.duration_ns), saturated)
+        for name, job in self._jobs.items():
+            done.setdefault(name, (0.0, job.saturated_steps_per_s))
         return done
 
     def add_busy(self, gpus: tuple[str, ...], work_ns: int) -> None:
@@ -534,16 +570,5 @@ class Simulation:
             self._window_busy_ns[uuid] += work_ns
 
 
-def _planned_stop(live: Sequence[InferenceInstance]) -> str:
-    """The scheduler's choice of the instance to stop (`plan_replicas`)."""
-    states = {STARTING: types_pb2.INSTANCE_STATE_STARTING, READY: types_pb2.INSTANCE_STATE_READY}
-    records = []
-    for order, instance in enumerate(live):
-        record = types_pb2.Instance(id=instance.id, state=states.get(instance.state,
-                                                                     types_pb2.INSTANCE_STATE_READY))
-        record.created_at.FromNanoseconds(order)
-        records.append(record)
-    return plan_replicas(len(live) - 1, records).stop[0]
-
-
-__all__ = ["PROXY_OVERHEAD_MS", "QUEUE_LIMIT", "Quota", "Simulation", "Sizing", "cold_start_s"]
+__all__ = ["PROXY_OVERHEAD_MS", "QUEUE_LIMIT", "FunctionRuntime", "Simulation", "Sizing",
+           "TrainingJob", "cold_start_s"]

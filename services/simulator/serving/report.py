@@ -213,7 +213,7 @@ SUMMARY_HEADERS = ("SYSTEM", "SLO %", "MIN FN % (MEAN)", "GPU-S", "RESERVED SHAR
 
 
 def summary_table(results: Sequence[SystemResult], oracle_value: float, bound: float) -> str:
-    rows = [(r.system, f"{100 * r.attainment:.1f}",
+    rows: list[tuple[object, ...]] = [(r.system, f"{100 * r.attainment:.1f}",
              f"{100 * r.min_function_attainment:.1f} ({100 * r.mean_function_attainment:.1f})",
              f"{r.gpu_seconds:.0f}", f"{r.reserved_share_seconds:.0f}",
              f"{100 * r.gpu_utilization:.1f}%", f"{100 * r.training_throughput:.1f}",
