@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     from services.simulator.__main__ import run as cmd_simulate
 
     simulate = sub.add_parser("simulate", help="replay placement traces through every "
-                              "placement policy on a simulated cluster")
+                              "placement policy on a simulated cluster; `simulate serve "
+                              "SCENARIO` replays a serving scenario under each system")
     simulator_arguments(simulate)
     simulate.set_defaults(run=cmd_simulate)
     return parser

@@ -38,76 +38,57 @@ class GpuArbiter:
     def __init__(self, settings: ArbiterSettings = ArbiterSettings()) -> None:
         self._settings = settings
         self.training_factor = 1.0
+        # What the last period found: an inference instance pressed by its neighbours,
+        # training among the claims, the guarantees over-committed (nothing lent).
+        self.pressed = False
+        self._training = False
+        self._overcommitted = False
 
     def shares(self, claims: list[Claim]) -> dict[str, float]:
         """One period: effective shares, and training's throttle moved one step."""
         if not claims:
             return {}
-        self.training_factor = self.next_factor(claims)
-        return allocate(claims, self.training_factor)
-
-    def skip(self, claims: list[Claim], periods: int) -> None:
-        """Advance training's throttle exactly as `periods` more calls of `shares(claims)`
-        would, without computing the shares (an event-driven caller skips quiet periods)."""
-        if periods <= 0 or not claims or _overcommitted(claims):
-            return
-        if self.under_pressure(claims):
-            for _ in range(periods):
-                if self.training_factor == 0.0:
-                    break
-                self.training_factor *= self._settings.training_decrease
-        else:
-            for _ in range(periods):
-                if self.training_factor >= 1.0:
-                    break
-                self.training_factor = min(1.0, self.training_factor + self._settings.training_increase)
-
-    def moving(self, claims: list[Claim]) -> bool:
-        """Whether another period with these claims could change a share: training borrows
-        less than its full ceiling and nothing is pressing it (the throttle is restoring)."""
-        return (self.training_factor < 1.0 and any(not c.inference for c in claims)
-                and not _overcommitted(claims) and not self.under_pressure(claims))
-
-    def under_pressure(self, claims: list[Claim]) -> bool:
-        """An inference instance is hungry and still below its limit after the spare was
-        lent: it is being slowed by its neighbours."""
-        if not claims or _overcommitted(claims):
-            return False
+        requested = sum(c.request for c in claims)
+        self._training = any(not c.inference for c in claims)
+        self._overcommitted = requested > 1 + _EPSILON
+        if self._overcommitted:
+            # Only reachable through a quota change that over-commits the GPU: scale the
+            # guarantees down evenly rather than hand out more than the GPU has.
+            self.pressed = False
+            return {c.instance_id: c.request / requested for c in claims}
         shares = {c.instance_id: c.request for c in claims}
-        hungry = [c for c in claims if c.inference and c.hungry]
-        _lend(shares, 1.0 - sum(c.request for c in claims), {c.instance_id: c.limit for c in hungry})
-        return any(shares[c.instance_id] < c.limit - _EPSILON for c in hungry)
+        spare = 1.0 - requested
+        hungry_inference = [c for c in claims if c.inference and c.hungry]
+        spare = _lend(shares, spare, {c.instance_id: c.limit for c in hungry_inference})
+        self.pressed = any(shares[c.instance_id] < c.limit - _EPSILON for c in hungry_inference)
+        self._step()
+        training = {c.instance_id: c.request + self.training_factor * (c.limit - c.request)
+                    for c in claims if not c.inference}
+        _lend(shares, spare, training)
+        return shares
 
-    def next_factor(self, claims: list[Claim], factor: float | None = None) -> float:
-        """Training's throttle after one more period with these claims (pure)."""
-        factor = self.training_factor if factor is None else factor
-        if _overcommitted(claims):
-            return factor  # the guarantees are scaled instead; nothing is lent
-        if self.under_pressure(claims):
-            return factor * self._settings.training_decrease
-        return min(1.0, factor + self._settings.training_increase)
+    def _step(self) -> None:
+        if self.pressed:
+            self.training_factor *= self._settings.training_decrease
+        else:
+            self.training_factor = min(1.0, self.training_factor + self._settings.training_increase)
 
+    def skip(self, periods: int) -> None:
+        """Advance training's throttle exactly as `periods` more periods with the last
+        period's claims would, without computing shares (an event-driven caller skips
+        the periods where nothing changes)."""
+        if self._overcommitted:
+            return
+        for _ in range(max(0, periods)):
+            if (self.training_factor == 0.0) if self.pressed else (self.training_factor >= 1.0):
+                break  # it stays there
+            self._step()
 
-def _overcommitted(claims: list[Claim]) -> bool:
-    return sum(c.request for c in claims) > 1 + _EPSILON
-
-
-def allocate(claims: list[Claim], training_factor: float) -> dict[str, float]:
-    """Effective shares for one period (pure): requests, then the spare lent to hungry
-    inference up to limits, then to training up to `request + factor × (limit - request)`."""
-    requested = sum(c.request for c in claims)
-    if requested > 1 + _EPSILON:
-        # Only reachable through a quota change that over-commits the GPU: scale the
-        # guarantees down evenly rather than hand out more than the GPU has.
-        return {c.instance_id: c.request / requested for c in claims}
-    shares = {c.instance_id: c.request for c in claims}
-    spare = 1.0 - requested
-    hungry_inference = {c.instance_id: c.limit for c in claims if c.inference and c.hungry}
-    spare = _lend(shares, spare, hungry_inference)
-    training = {c.instance_id: c.request + training_factor * (c.limit - c.request)
-                for c in claims if not c.inference}
-    _lend(shares, spare, training)
-    return shares
+    def restoring(self) -> bool:
+        """Whether another period with the last claims changes training's ceiling: the
+        throttle is being restored (nothing presses) on a GPU with training."""
+        return (self._training and not self._overcommitted and not self.pressed
+                and self.training_factor < 1.0)
 
 
 def _lend(shares: dict[str, float], spare: float, ceilings: dict[str, float]) -> float:

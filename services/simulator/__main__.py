@@ -1,5 +1,6 @@
 """`python -m services.simulator` (also `dilu simulate`): replay placement traces through
-the scheduler's policies on a simulated cluster and compare them."""
+the scheduler's policies on a simulated cluster and compare them; `... serve SCENARIO`
+replays a serving scenario under each system (`services/simulator/serving`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from services.scheduler.placement import (
 from services.simulator.bound import unsplit_peak_bound
 from services.simulator.replay import ClusterSpec, Result, replay
 from services.simulator.report import plot_active_gpus, table
+from services.simulator.serving import cli as serving_cli
 from services.simulator.synthetic import generate
 from services.simulator.trace import GIB, Event, TraceError, bundled_trace, load_trace
 
@@ -46,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fgd-every", type=int, default=10,
                         help="measure the FGD-style fragmentation every this many events")
     parser.add_argument("--plot", type=Path, help="write a PNG of active GPUs over time here")
+    modes = parser.add_subparsers(dest="mode", metavar="{serve}")
+    serve = modes.add_parser("serve", help="replay a serving scenario (YAML) under each system: "
+                             "SLO attainment, GPU-seconds, training throughput, scaling actions")
+    serving_cli.add_arguments(serve)
 
 
 def load_events(args: argparse.Namespace) -> tuple[str, list[Event]]:
@@ -61,6 +67,8 @@ def load_events(args: argparse.Namespace) -> tuple[str, list[Event]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "mode", None) == "serve":
+        return serving_cli.run(args)
     try:
         for flag in ("llm_shards", "nodes", "gpus_per_node", "gpu_memory_gib", "fgd_every"):
             if getattr(args, flag) < 1:

@@ -51,9 +51,11 @@ class NodeArbitrationDriver:
         self.members: dict[str, Member] = {}
         self.instances: dict[str, Any] = {}
         self.shares: dict[str, float] = {}
-        self._reported: dict[str, int] = {}
-        self._last_tick: int | None = None
-        self._last_members: list[Member] = []
+        self._reported: dict[str, int] = {}      # the latest period it was seen waiting
+        self._hungry: dict[str, bool] = {}       # as of its GPUs' last evaluation
+        self._check: dict[str, int] = {}         # when its hunger may change next
+        self._evaluated: dict[str, int] = {}     # GPU -> its last evaluated period
+        self._dirty: set[str] = set()            # GPUs whose members or quotas changed
         self._due: int | None = None
         self._version = 0
         self._on_shares = on_shares  # observer (tests, traces)
@@ -70,40 +72,37 @@ class NodeArbitrationDriver:
         """A member joined or changed quota or began draining: seen at the next period."""
         self.members[instance.id] = Member(instance.id, instance.gpus, not instance.training,
                                            instance.request, instance.limit, draining)
+        self._dirty.update(instance.gpus)
         self._want(self._after(now_ns))
 
     def detach(self, instance: Any, now_ns: int) -> None:
-        self.members.pop(instance.id, None)
-        self.instances.pop(instance.id, None)
-        self.shares.pop(instance.id, None)
-        self._reported.pop(instance.id, None)
+        for table in (self.members, self.instances, self.shares, self._reported, self._hungry,
+                      self._check):
+            table.pop(instance.id, None)  # type: ignore[attr-defined]
         instance.arbitration = None
+        self._dirty.update(instance.gpus)
         self._want(self._after(now_ns))
 
     def poke(self, instance: Any, now_ns: int) -> None:
         """An instance's pacing changed (a new batch or step, a resumed one): its next
-        wait for credit may come sooner than the node's next evaluation."""
-        if self.ticked or instance.id not in self.members:
-            return
-        member = self.members[instance.id]
-        if self._last_tick is not None and self.core.hungry(member, self._last_tick):
-            return  # checked again at the end of its hold anyway
+        wait for credit may come before its hunger is next checked."""
+        if self.ticked or instance.id not in self.members or self._hungry.get(instance.id):
+            return  # a hungry member is checked again at the end of its hold anyway
         upcoming = instance.next_wait_end(now_ns - 1)
         if upcoming is not None:
-            self._want(max(ceil_tick(upcoming, self.period_ns), self._after(now_ns)))
+            tick = max(ceil_tick(upcoming, self.period_ns), self._after(now_ns))
+            if tick < self._check.get(instance.id, tick + 1):
+                self._check[instance.id] = tick
+                self._want(tick)
 
     def start(self, now_ns: int) -> None:
-        """Begin (ticked mode: the first period)."""
         self._want(self._after(now_ns))
 
     # ---- evaluation ------------------------------------------------------------------
 
     def _after(self, now_ns: int) -> int:
-        """The first period boundary strictly after `now_ns` not yet evaluated."""
-        tick = ceil_tick(now_ns + 1, self.period_ns)
-        if self._last_tick is not None and tick <= self._last_tick:
-            tick = self._last_tick + self.period_ns
-        return tick
+        """The first period boundary strictly after `now_ns`."""
+        return ceil_tick(now_ns + 1, self.period_ns)
 
     def _want(self, tick: int) -> None:
         if self._due is not None and self._due <= tick:
@@ -117,51 +116,62 @@ class NodeArbitrationDriver:
             return
         self._due = None
         self.evaluations += 1
-        period = self.period_ns
+        core, period = self.core, self.period_ns
         members = list(self.members.values())
-        if self._last_tick is not None:
-            skipped = (tick - self._last_tick) // period - 1
-            if skipped > 0:
-                for uuid, arbiter in self.core.arbiters.items():
-                    arbiter.skip(self.core.claims(uuid, self._last_members, self._last_tick),
-                                 skipped)
+        affected = set(self._dirty)
+        self._dirty.clear()
         for member in members:
-            latest = self.instances[member.instance_id].last_wait_end(tick)
-            if latest is None:
+            instance_id = member.instance_id
+            if not self.ticked and self._check.get(instance_id, tick + 1) > tick:
                 continue
-            seen = ceil_tick(latest, period)
-            if seen > self._reported.get(member.instance_id, -1):
-                self._reported[member.instance_id] = seen
-                self.core.waited(member.instance_id, seen)
-        shares = self.core.shares(tick, members)
-        self._last_tick = tick
-        self._last_members = members
-        changed = {i: s for i, s in shares.items() if self.shares.get(i) != s}
-        self.shares.update(shares)
-        if changed and self._on_shares is not None:
-            self._on_shares(tick, changed)
-        for instance_id, share in changed.items():
-            self.instances[instance_id].set_share(tick, share)
-        self._plan_next(tick, members)
+            latest = self.instances[instance_id].last_wait_end(tick)
+            if latest is not None:
+                seen = ceil_tick(latest, period)
+                if seen > self._reported.get(instance_id, -1):
+                    self._reported[instance_id] = seen
+                    core.waited(instance_id, seen)
+            hungry = core.hungry(member, tick)
+            if hungry != self._hungry.get(instance_id, False):
+                affected.update(member.gpus)
+            self._hungry[instance_id] = hungry
+            self._check[instance_id] = self._next_check(member, hungry, tick)
+        for uuid, arbiter in core.arbiters.items():
+            if self.ticked or arbiter.restoring():
+                affected.add(uuid)
+        if affected:
+            for uuid in affected:
+                last = self._evaluated.get(uuid)
+                if last is not None:
+                    core.arbiters[uuid].skip((tick - last) // period - 1)
+                self._evaluated[uuid] = tick
+            shares = core.shares(tick, members, affected)
+            changed = {i: s for i, s in shares.items() if self.shares.get(i) != s}
+            self.shares.update(shares)
+            if changed and self._on_shares is not None:
+                self._on_shares(tick, changed)
+            for instance_id, share in changed.items():
+                self.instances[instance_id].set_share(tick, share)
+        self._plan(tick)
 
-    def _plan_next(self, tick: int, members: list[Member]) -> None:
-        period = self.period_ns
+    def _next_check(self, member: Member, hungry: bool, tick: int) -> int:
         if self.ticked:
-            self._want(tick + period)
+            return tick + self.period_ns
+        if hungry:
+            until = self.core.hungry_until(member.instance_id)
+            assert until is not None
+            return ceil_tick(int(until), self.period_ns)
+        if member.draining:
+            return 1 << 62  # never hungry again
+        upcoming = self.instances[member.instance_id].next_wait_end(tick)
+        return 1 << 62 if upcoming is None else max(ceil_tick(upcoming, self.period_ns),
+                                                    tick + self.period_ns)
+
+    def _plan(self, tick: int) -> None:
+        if self.ticked:
+            self._want(tick + self.period_ns)
             return
-        due: list[int] = []
-        for uuid, arbiter in self.core.arbiters.items():
-            if arbiter.moving(self.core.claims(uuid, members, tick)):
-                due.append(tick + period)
-                break
-        for member in members:
-            if self.core.hungry(member, tick):
-                until = self.core.hungry_until(member.instance_id)
-                assert until is not None
-                due.append(ceil_tick(int(until), period))
-            elif not member.draining:
-                upcoming = self.instances[member.instance_id].next_wait_end(tick)
-                if upcoming is not None:
-                    due.append(max(ceil_tick(upcoming, period), tick + period))
-        if due:
-            self._want(min(due))
+        due = min(self._check.values(), default=1 << 62)
+        if any(arbiter.restoring() for arbiter in self.core.arbiters.values()):
+            due = min(due, tick + self.period_ns)
+        if due < 1 << 62:
+            self._want(due)

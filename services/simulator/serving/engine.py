@@ -467,12 +467,9 @@ class Simulation:
     # ---- windows and the scaling policy ----------------------------------------------
 
     def _close_windows(self, now_ns: int) -> None:
-        offered = within = 0
+        offered = within = completed = 0
         for function in self._function_list:
-            shares = 0.0
-            for instance in function.instances.values():
-                instance.close_window(now_ns)
-                shares += instance.page_share
+            shares = sum(i.close_window(now_ns).mean_share for i in function.instances.values())
             window = function.last_window = function.window.close(now_ns, len(function.pending))
             function.series["offered_rps"].append(window.rps)
             function.series["instances"].append(len(function.instances))
@@ -480,11 +477,12 @@ class Simulation:
             function.series["p99_ms"].append(window.p99_ms)
             offered += window.arrivals
             within += window.within_slo
+            completed += window.completed
         self._last_busy_s = {u: ns / NS for u, ns in self._window_busy_ns.items()}
         self._window_busy_ns = dict.fromkeys(self._window_busy_ns, 0)
         self.series["gpus"].append(sum(1 for held in self._on_gpu.values() if held))
         self.series["offered_rps"].append(offered)
-        self.series["attainment"].append(within / offered if offered else 1.0)
+        self.series["attainment"].append(within / completed if completed else 1.0)
         if now_ns + NS <= self.duration_ns:
             self.schedule(now_ns + NS, self._close_windows)
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from services.node_agent.pages import control_for
 from services.node_agent.token_bucket import PPM, BucketParams
 from services.node_agent.worker.batching import BatchQueue
-from services.node_agent.worker.engines import time_sliced_s
 from services.node_agent.worker.gate import bucket_params
 from services.perf import PerfModel
 from services.simulator.serving.pacing import PacedRun
@@ -87,8 +86,11 @@ class _Instance:
         return self.run.next_wait_end(t_ns) if self.run is not None else None
 
     def _retire_run(self, until_ns: int) -> None:
-        """The current run is replaced or done: keep its last sleep end before `until_ns`."""
+        """The current run is replaced or done: keep its last sleep end before `until_ns`
+        (for the arbitration; an instance alone, as in the stand-in profile, has none)."""
         assert self.run is not None
+        if self.arbitration is None:
+            return
         latest = self.run.last_wait_end(until_ns)
         if latest is not None:
             self.past_wait_end = latest
@@ -117,10 +119,17 @@ class InferenceInstance(_Instance):
         self.window = WindowCounter(now_ns)
         self.window.set_share(now_ns, self.page_share)
         self.last_window: QosWindow | None = None
-        self.stopped_at_ns: int | None = None
+        self._cost_s: dict[int, float] = {}  # whole-GPU time of a batch, by size
+
+    def _full_cost_s(self, batch: int) -> float:
+        cost = self._cost_s.get(batch)
+        if cost is None:
+            cost = self._cost_s[batch] = self.perf.full_gpu_cost_s(batch)
+        return cost
 
     def _estimate_s(self, batch: int, share: float) -> float:
-        return time_sliced_s(self.perf, batch, share)
+        # `engines.time_sliced_s`, with the table lookup cached.
+        return self._full_cost_s(batch) / max(share, 0.01)
 
     def set_max_batch(self, max_batch: int) -> None:
         self.max_batch = self.queue.max_batch = max_batch
@@ -152,7 +161,7 @@ class InferenceInstance(_Instance):
     def _start(self, now_ns: int) -> None:
         taken = self.queue.take(now_ns / NS, self.page_share)
         self.batch = [client for _, client in taken]
-        work = max(1, round(self.perf.full_gpu_cost_s(len(taken)) * NS))
+        work = max(1, round(self._full_cost_s(len(taken)) * NS))
         self.batch_work_ns = work
         self.run = PacedRun(self.tat_ns, now_ns, work, self.params)
         self.version += 1

@@ -38,9 +38,9 @@ MS = 1_000_000
 SHARES: tuple[float, ...] = tuple(round(0.1 * k, 2) for k in range(1, 11))
 BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 TARGET = 0.99            # the part of requests that must meet the SLO
-REQUESTS = 2000          # Poisson arrivals per probe
+REQUESTS = 1500          # Poisson arrivals per probe
 SEED = 20261206
-PRECISION = 0.03         # relative width at which the rate search stops
+PRECISION = 0.04         # relative width at which the rate search stops
 VERSION = 1
 
 
@@ -287,3 +287,11 @@ def profiles_for(wanted: Iterable[tuple[str, float]], overhead_ms: float,
     for (model, slo_ms, _), profile in zip(missing, measured, strict=True):
         result[model, slo_ms] = profile
     return result
+
+
+def function_profiles(functions: Iterable[Any], overhead_ms: float,
+                      workers: int = 1) -> dict[str, StandInProfile]:
+    """The stand-in profile of every function (objects with `name`, `model`, `slo_ms`)."""
+    functions = list(functions)
+    by_key = profiles_for(((f.model, f.slo_ms) for f in functions), overhead_ms, workers)
+    return {f.name: by_key[f.model, f.slo_ms] for f in functions}

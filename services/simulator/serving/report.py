@@ -251,14 +251,14 @@ def plot_scenario(title: str, results: Sequence[SystemResult], slo_ms: Mapping[s
     fig, axes = plt.subplots(1 + len(busiest), 4, figsize=(17, 2.6 * (1 + len(busiest))),
                              squeeze=False)
     aggregate = (("gpus", "GPUs held"), ("offered_rps", "offered req/s"),
-                 ("attainment", "within SLO (per second)"))
+                 ("attainment", "answered within SLO, per second"))
     for ax, (key, label) in zip(axes[0], aggregate, strict=False):
         for r in results:
             ax.plot(r.series[key], linewidth=1, label=r.system)
         ax.set_title(f"{title}: {label}", fontsize=9)
     axes[0][3].axis("off")
     metrics = (("offered_rps", "offered req/s"), ("instances", "instances"),
-               ("share", "total effective share"), ("p99_ms", "p99 ms (dashed: SLO)"))
+               ("share", "total effective share (mean)"), ("p99_ms", "p99 ms (dashed: SLO)"))
     for row, name in zip(axes[1:], busiest, strict=True):
         for ax, (key, label) in zip(row, metrics, strict=True):
             for r in results:
