@@ -35,26 +35,35 @@ class QuotaGate:
     def control(self) -> Control:
         return self._control.read()
 
-    async def admit(self, cost_ns: int) -> tuple[Control, int]:
+    async def admit(self, cost_ns: int) -> tuple[Control, int, int]:
         """Wait until a launch of `cost_ns` GPU time may run; returns the control snapshot
-        it was admitted under and how long it waited (ns). The page is re-read at least once
-        per token period, so a new share (or a pause) takes effect within one period."""
+        it was admitted under, how long it waited (ns) and the time it was admitted at. The
+        page is re-read at least once per token period, so a new share (or a pause) takes
+        effect within one period.
+
+        The event loop wakes a sleep a little late (more on a busy host); the bucket is asked
+        as of when the sleep should have ended (up to `_MAX_CATCH_UP_NS` earlier than now),
+        so that jitter does not add up over the waits of a batch. On an exact clock (virtual
+        time) that is simply now."""
         if not self.enforcing:
-            return self._control.read(), 0
+            return self._control.read(), 0, self.clock.monotonic_ns()
         waited = 0
+        asked = now = self.clock.monotonic_ns()
         while True:
             control = self._control.read()
-            now = self.clock.monotonic_ns()
-            wait = self._bucket.admit(now, cost_ns, bucket_params(control))
+            wait = self._bucket.admit(asked, cost_ns, bucket_params(control))
             if wait == 0:
                 break
-            await self.clock.sleep(retry_ns(wait, control.period_ns) / 1e9)
+            delay = retry_ns(wait, control.period_ns)
+            await self.clock.sleep(delay / 1e9)
+            woke = self.clock.monotonic_ns()
             # Counted as it accrues, so the arbiter sees a waiting instance while it waits.
-            slept = self.clock.monotonic_ns() - now
-            waited += slept
-            self._stats.add("throttled_ns", slept)
+            waited += woke - now
+            self._stats.add("throttled_ns", woke - now)
+            asked = min(woke, max(asked + delay, woke - _MAX_CATCH_UP_NS))
+            now = woke
         self._stats.add("launches", 1)
-        return control, waited
+        return control, waited, asked
 
     def complete(self, estimated_ns: int, actual_ns: int) -> None:
         if not self.enforcing:
@@ -79,11 +88,12 @@ class SimDevice:
         remaining_ns = max(1, round(cost_s * 1e9))
         while remaining_ns > 0:
             launch = launch_ns(remaining_ns, self._gate.control().burst_ns)
-            _, waited = await self._gate.admit(launch)
+            _, waited, admitted = await self._gate.admit(launch)
             now = self._clock.monotonic_ns()
-            # A launch that had to wait for credit starts on time; one that did not makes up
-            # for the previous sleep's overshoot, so jitter does not add up over launches.
-            end = now + launch - (0 if waited else self._lag_ns)
+            # A launch that waited for credit runs from when it was admitted (the gate makes
+            # up for its sleeps' lateness); one that did not makes up for the previous
+            # launch's, so jitter does not add up over launches.
+            end = (admitted if waited else now - self._lag_ns) + launch
             if end > now:
                 await self._clock.sleep((end - now) / 1e9)
             self._lag_ns = min(max(0, self._clock.monotonic_ns() - end), _MAX_CATCH_UP_NS)

@@ -37,11 +37,17 @@ def function_arrivals(function: ServedFunction, duration_s: float,
     return np.minimum(np.round(times * NS), duration_s * NS - 1).astype(np.int64)
 
 
+def arrivals_by_function(scenario: Scenario) -> dict[str, npt.NDArray[np.int64]]:
+    """Each function's arrival times (ns), drawn from its own stream of the seed (the live
+    demo replays exactly these)."""
+    streams = np.random.SeedSequence(scenario.seed).spawn(max(1, len(scenario.functions)))
+    return {f.name: function_arrivals(f, scenario.duration_s, np.random.default_rng(s))
+            for f, s in zip(scenario.functions, streams, strict=False)}
+
+
 def scenario_arrivals(scenario: Scenario) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """Every function's arrivals merged in time order: (times ns, function index)."""
-    streams = np.random.SeedSequence(scenario.seed).spawn(max(1, len(scenario.functions)))
-    times = [function_arrivals(f, scenario.duration_s, np.random.default_rng(s))
-             for f, s in zip(scenario.functions, streams, strict=False)]
+    times = list(arrivals_by_function(scenario).values())
     if not times:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
     which = np.concatenate([np.full(len(t), i, dtype=np.int32) for i, t in enumerate(times)])
