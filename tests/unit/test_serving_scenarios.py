@@ -98,15 +98,15 @@ def test_a_bad_deploy_order_is_named(deploy: list[str], problem: str) -> None:
 
 
 def test_unreadable_and_malformed_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="missing.yaml: cannot read"):
+    with pytest.raises(ScenarioError, match=r"missing\.yaml: cannot read"):
         load_scenario(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: [unclosed\n")
-    with pytest.raises(ScenarioError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(ScenarioError, match=r"broken\.yaml: not valid YAML"):
         load_scenario(broken)
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")
-    with pytest.raises(ScenarioError, match="list.yaml: the file: must be a mapping"):
+    with pytest.raises(ScenarioError, match=r"list\.yaml: the file: must be a mapping"):
         load_scenario(listed)
 
 

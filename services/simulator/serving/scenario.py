@@ -301,8 +301,8 @@ def _function(fields: _Fields, raw: object, where: str, cluster: ClusterSpec) ->
                                                      low_open=True),
         trace=str(trace), scale=fields.number(spec, "scale", where, low=0, high=1e6),
         shift_s=fields.number(spec, "shift_s", where, low=0, high=length, default=0.0),
-        trace_span_s=(fields.number(spec, "trace_span_s", where, low=0, high=MAX_DURATION_S,
-                                    low_open=True) if spec.get("trace_span_s") is not None else None),
+        trace_span_s=(fields.number(spec, "trace_span_s", where, low=0, high=1e12, low_open=True)
+                      if spec.get("trace_span_s") is not None else None),
         replicas_min=low, replicas_max=high, replicas_initial=initial, quota=quota,
         max_batch=max_batch)
 
