@@ -16,8 +16,8 @@ from services.simulator.serving import engine
 from services.simulator.serving import policy as hooks
 from services.simulator.serving.arrivals import arrivals_by_function
 from services.simulator.serving.cli import scenario_path
-from services.simulator.serving.engine import Simulation, cold_start_s
-from services.simulator.serving.profile import StandInProfile, function_profiles
+from services.simulator.serving.engine import Simulation, Sizing, cold_start_s
+from services.simulator.serving.profile import BATCHES, SHARES, StandInProfile, function_profiles
 from services.simulator.serving.report import gpu_seconds_bound, oracle, summarize
 from services.simulator.serving.scenario import Scenario, load_scenario, parse_scenario
 from services.simulator.serving.systems import Static
@@ -178,3 +178,23 @@ def test_simulate_serve_writes_the_documented_json(tmp_path: Path) -> None:
             "horizontal_actions"} <= set(static)
     assert set(static["functions"]) == {"resnet152", "bert-base"}
     assert static["gpu_seconds"] == 120.0 and static["requests"] > 4000
+
+
+def test_static_sizes_a_function_without_a_quota_by_its_published_rule() -> None:
+    """A handmade profile: capacity = 100/s × share × (0.5, 0.8, 1.0, 0.9, 0.7, 0.6) for
+    max batch 1..32, so batch 4 is best at every share. resnet152 on bursty × 2 offers
+    11.37 req/s on average and 28.6 at its peak: the request is the least share carrying
+    the mean (0.12: 12 ≥ 11.37 > 11), the limit the larger of the share carrying the peak
+    (0.29) and the share at which a lone request meets its 100 ms SLO (0.19: ten 1.9 ms
+    launches and the last 0.41 ms done at 92.57 ms + 2 ms; at 0.18 it is 101.24 ms), the
+    batch the best one at the limit (4), the memory the model's at that batch + 1 GiB, in
+    256 MiB steps (115 + 4 × 32 + 1024 → 1280 MiB)."""
+
+    factors = (0.5, 0.8, 1.0, 0.9, 0.7, 0.6)
+    profile = StandInProfile("resnet152", 100, OVERHEAD_MS, SHARES, BATCHES,
+                             tuple(tuple(100 * s * f for f in factors) for s in SHARES))
+    function = parse_scenario({
+        "name": "s", "duration_s": 10, "seed": 1, "cluster": {"nodes": 1, "gpus_per_node": 1},
+        "functions": [{"name": "f", "model": "resnet152", "slo_ms": 100, "trace": "bursty",
+                       "scale": 2}]}, "s").functions[0]
+    assert Static().sizing(function, profile) == Sizing(1, 0.12, 0.29, 1280, 4)
