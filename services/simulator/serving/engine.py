@@ -214,7 +214,7 @@ class Simulation:
                                                   round(overhead_ms * MS), self.core.router)
                           for f in scenario.functions}
         self._function_list = [self.functions[f.name] for f in scenario.functions]
-        self._jobs = {t.name: t for t in scenario.training}
+        self._jobs: dict[str, TrainingJob] = {t.name: t for t in scenario.training}
         # The simulated node agents' truth: what runs on each GPU.
         self.instances: dict[str, InferenceInstance | TrainingInstance] = {}
         self.training: dict[str, TrainingInstance] = {}
@@ -570,4 +570,4 @@ class Simulation:
 
 
 __all__ = ["PROXY_OVERHEAD_MS", "QUEUE_LIMIT", "FunctionRuntime", "Simulation", "Sizing",
-           "TrainingJob", "cold_start_s"]
+           "cold_start_s"]

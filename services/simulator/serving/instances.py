@@ -18,6 +18,7 @@ from services.node_agent.worker.batching import BatchQueue
 from services.node_agent.worker.gate import bucket_params
 from services.perf import PerfModel
 from services.simulator.serving.pacing import PacedRun
+from services.simulator.serving.scenario import TrainingJob
 from services.simulator.serving.windows import QosWindow, WindowCounter
 
 if TYPE_CHECKING:
@@ -223,8 +224,8 @@ def _throttled_from(run: PacedRun, t_ns: int) -> int:
 class TrainingInstance(_Instance):
     training = True
 
-    def __init__(self, sim: Scheduler, job: Any, instance_id: str, node: str, gpus: tuple[str, ...],
-                 perf: PerfModel, now_ns: int) -> None:
+    def __init__(self, sim: Scheduler, job: TrainingJob, instance_id: str, node: str,
+                 gpus: tuple[str, ...], perf: PerfModel, now_ns: int) -> None:
         super().__init__(sim, instance_id, node, gpus, job.quota.request, job.quota.limit,
                          job.quota.memory_mib, perf)
         self.job = job

@@ -13,9 +13,10 @@ actions:
 - `SetQuota` (vertical): admitted like the node agent's `SetQuota` against the GPU's
   bounds (Σ requests ≤ max requested, Σ limits ≤ max limited; refused otherwise, counted in
   `refused_actions`), applied at the next arbiter period (10 ms).
-- `ScaleOut` (horizontal): a new instance placed by the system's placement policy on the
-  ledger (or kept pending and retried every second while nothing admits it); it serves
-  after its cold start (2 s + fp16 weights at 2 GB/s).
+- `ScaleOut` (horizontal): new instances, at the function's deployed quota, placed by the
+  scheduler core with the system's placement policy (kept pending and retried every
+  second while nothing admits them); each serves after its cold start (2 s + fp16 weights
+  at 2 GB/s).
 - `ScaleIn`: the named instance (or the one the scheduler's replica planning picks)
   drains: no new requests, its queue finishes, then its resources are released.
 - `SetMaxBatch`: the instance's batcher uses a new maximum batch from its next batch on.
@@ -89,11 +90,11 @@ class SetQuota:
 
 @dataclass(frozen=True, slots=True)
 class ScaleOut:
+    """New instances start at the function's deployed quota and batch (the scheduler
+    core's rule); a policy that wants another quota sets it once they are placed."""
+
     function: str
     count: int = 1
-    request: float | None = None     # None: the function's current quota
-    limit: float | None = None
-    max_batch: int | None = None
     reason: str = ""
 
 
