@@ -475,7 +475,8 @@ class Simulation:
             function.series["offered_rps"].append(window.rps)
             function.series["instances"].append(len(function.instances))
             function.series["share"].append(shares)
-            function.series["p99_ms"].append(window.p99_ms)
+            # No answer in the second: no p99 (a gap in the plot, not a zero).
+            function.series["p99_ms"].append(window.p99_ms if window.completed else math.nan)
             offered += window.arrivals
             within += window.within_slo
             completed += window.completed
