@@ -22,8 +22,9 @@ Production objects, driven in virtual time (integer ns, event-driven):
 
 Simulated: time; the GPU, by DESIGN.md's execution model (a batch occupies the whole GPU
 for the tables' 100 % latency, paced by the gate; a training step is max(GPU part / share,
-host part)); the node agents (they admit starts and quota changes against the placement
-bounds and report an instance ready after its cold start: 2 s + fp16 weights at 2 GB/s);
+host part)); the node agents around their own admission (`NodeBudget`, production code:
+starts and quota changes against the bounds each node announces in its heartbeat): they
+report an instance ready after its cold start (2 s + fp16 weights at 2 GB/s);
 the trip through the scheduler (a constant proxy overhead, measured live by
 `bench/demo_agreement.py`). Arrivals are Poisson within each trace sample (`arrivals.py`);
 a request with no ready instance waits in a bounded per-function queue (1,000; beyond it,

@@ -5,9 +5,9 @@ core (`services.scheduler.core.SchedulerCore`: deploys, replica planning, placem
 the system's placement policy on its `Ledger`, instance lifecycle, quota changes, and the
 least-outstanding `router` every request is routed by), the node agent's
 `NodeArbitration` (via `arbitration.py`), the worker's batching decisions and the gate's
-rules (via `instances.py`). What is simulated is time, the node agents (they admit starts
-and quota changes against the placement bounds, as the agent is the authority for its
-GPUs, and report instances ready after their cold start), the GPU (the execution model of
+rules (via `instances.py`), and each node agent's own admission (`NodeBudget`: starts and
+quota changes against the bounds the node announces). What is simulated is time, the rest
+of the node agents (they report instances ready after their cold start), the GPU (the execution model of
 DESIGN.md) and the trip through the scheduler (a constant proxy overhead added to every
 latency, measured on the live stack: `PROXY_OVERHEAD_MS`).
 
@@ -34,6 +34,7 @@ from typing import Any
 from dilu.v1 import types_pb2
 
 from services.common.errors import DiluError
+from services.node_agent.budget import Hold, NodeBudget, NoRoom
 from services.perf import load_model
 from services.scheduler.core import (
     CallFailed,
@@ -72,7 +73,6 @@ PROXY_OVERHEAD_MS = 4.0
 COLD_START_BASE_S = 2.0
 WEIGHT_LOAD_BYTES_PER_S = 2e9
 RECONCILE_S = 1.0  # the scheduler shell ticks its core this often
-_EPS = 1e-9
 
 
 def cold_start_s(model: str) -> float:
@@ -197,16 +197,21 @@ class Simulation:
         self.core = SchedulerCore(system.placement(self.bounds),
                                   new_id=lambda name: f"{name}-{next(self._numbers)}")
         self.nodes: dict[str, Any] = {}
+        self.budgets: dict[str, NodeBudget] = {}  # each simulated agent's admission
         self.memory_mib: dict[str, int] = {}
         make_arbitration = system.arbitration()
         snapshot = {}
         for n in range(cluster.nodes):
             node = f"node-{n:03d}"
             gpus = [f"{node}-gpu{g}" for g in range(cluster.gpus_per_node)]
-            snapshot[node] = (1, S.Node(id=node, address=node, gpu_backend="sim", gpus=[
-                S.Gpu(uuid=uuid, index=g, model="A100-40GB (simulated)",
-                      memory_total_mib=cluster.gpu_memory_mib) for g, uuid in enumerate(gpus)]))
+            snapshot[node] = (1, S.Node(
+                id=node, address=node, gpu_backend="sim", bounds=self.bounds.to_proto(),
+                gpus=[S.Gpu(uuid=uuid, index=g, model="A100-40GB (simulated)",
+                            memory_total_mib=cluster.gpu_memory_mib)
+                      for g, uuid in enumerate(gpus)]))
             self.memory_mib.update(dict.fromkeys(gpus, cluster.gpu_memory_mib))
+            self.budgets[node] = NodeBudget(node, dict.fromkeys(gpus, cluster.gpu_memory_mib),
+                                            self.bounds)
             self.nodes[node] = make_arbitration(
                 self.schedule, node, gpus, ticked=ticked,
                 on_shares=self._record_shares if record_shares else None)
@@ -338,27 +343,14 @@ class Simulation:
                          if i.state == S.INSTANCE_STATE_READY and i.endpoint]
                 self.functions[name].set_routes(ready, now_ns)
 
-    def _fits(self, gpus: tuple[str, ...], request: float, limit: float, memory_mib: int,
-              replacing: str | None = None) -> str:
-        """The agent's admission: '' when the quota fits every GPU's bounds, else why not."""
-        for uuid in gpus:
-            others = [self.instances[i] for i in self._on_gpu[uuid] if i != replacing]
-            requested = sum(i.request for i in others) + request
-            limited = sum(i.limit for i in others) + limit
-            memory = sum(i.memory_mib for i in others) + memory_mib
-            if (requested > self.bounds.max_requested + _EPS
-                    or limited > self.bounds.max_limited + _EPS or memory > self.memory_mib[uuid]):
-                return (f"GPU {uuid}: requests {requested:.2f}, limits {limited:.2f}, "
-                        f"memory {memory} MiB over its bounds")
-        return ""
-
     def _agent_start(self, call: StartInstance, now_ns: int) -> None:
         quota = call.quota
         gpus = tuple(call.gpu_uuids)
-        why = self._fits(gpus, quota.sm_request, quota.sm_limit, quota.memory_limit_mib)
-        if why:
-            self._outcome(self.core.call_done(call, CallFailed(Refusal.NO_ROOM, why), now_ns / NS),
-                          now_ns)
+        try:  # the agent's own admission, against its bounds
+            self.budgets[call.node].start(call.instance_id, gpus, Hold.of(quota))
+        except NoRoom as refusal:
+            self._outcome(self.core.call_done(call, CallFailed(Refusal.NO_ROOM, refusal.message),
+                                              now_ns / NS), now_ns)
             return
         spec = call.spec
         self._account(now_ns)
@@ -424,6 +416,7 @@ class Simulation:
             instance.function.instances.pop(instance.id, None)
         for uuid in instance.gpus:
             self._on_gpu[uuid].discard(instance.id)
+        self.budgets[instance.node].release(instance.id)
         self._reserved -= instance.request * len(instance.gpus)
         self.nodes[instance.node].detach(instance, now_ns)
         call = self._stop_calls.pop(instance.id, None)
@@ -433,9 +426,15 @@ class Simulation:
     def _agent_set_quota(self, call: SetQuota, now_ns: int) -> None:
         instance = self.instances.get(call.instance_id)
         quota = call.quota
-        why = "no such instance" if instance is None or instance.state in (DRAINING, STOPPED) else (
-            self._fits(instance.gpus, quota.sm_request, quota.sm_limit, instance.memory_mib,
-                       replacing=instance.id))
+        why = ""
+        if instance is None or instance.state in (DRAINING, STOPPED):
+            why = "no such instance"
+        else:
+            try:  # the agent's own admission, against its bounds
+                self.budgets[instance.node].resize(instance.id, Hold(
+                    quota.sm_request, quota.sm_limit, quota.memory_limit_mib or instance.memory_mib))
+            except NoRoom as refusal:
+                why = refusal.message
         if why or instance is None:
             self.counters.refused_actions += 1
             self._outcome(self.core.call_done(call, CallFailed(Refusal.NO_ROOM, why), now_ns / NS),
