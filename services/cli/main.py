@@ -60,7 +60,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    payload = Path(args.file).read_bytes() if args.file else args.data.encode()
+    if args.file:
+        try:
+            payload = Path(args.file).read_bytes()
+        except OSError as error:
+            print(f"error: cannot read the request body from {args.file}: "
+                  f"{error.strerror or error}", file=sys.stderr)
+            return 2
+    else:
+        payload = args.data.encode()
     reply = _scheduler(args).Invoke(scheduler_pb2.InvokeRequest(
         function=args.name, payload=payload, content_type=args.content_type), timeout=60)
     sys.stdout.write(reply.payload.decode(errors="replace") + "\n")
@@ -68,9 +76,21 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """A count of instances to add or remove: 0 would otherwise fall through to the other
+    direction (and the API reads 0 as 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     stub = _scheduler(args)
-    if args.out:
+    if args.out is not None:
         function = stub.ScaleOut(scheduler_pb2.ScaleOutRequest(
             function=args.name, count=args.out, reason="dilu scale", source=CLI),
             timeout=30).function
@@ -233,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale = sub.add_parser("scale", help="add or remove instances")
     scale.add_argument("name")
     how = scale.add_mutually_exclusive_group(required=True)
-    how.add_argument("--out", type=int, help="instances to add")
-    how.add_argument("--in", dest="into", type=int, help="instances to remove")
+    how.add_argument("--out", type=_at_least_one, help="instances to add (1 or more)")
+    how.add_argument("--in", dest="into", type=_at_least_one, help="instances to remove (1 or more)")
     scale.set_defaults(run=cmd_scale)
 
     quota = sub.add_parser("quota", help="change a running instance's quota (SetQuota on its "

@@ -1,6 +1,7 @@
 """Start and stop the processes of a local Dilu stack: a JetStream-enabled nats-server and
 the services, each on loopback. Used by `dilu up`/`dilu demo` and by the integration tests,
-so both exercise the same real processes."""
+so both exercise the same real processes. Every child dies with the process that started
+it (`services.common.lifetime`) and writes a rotated log under `<state dir>/logs`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.cli.ownership import AlreadyOwned, Ownership, start_time
+from services.common.lifetime import PARENT_PID_ENV
+from services.common.logs import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 
 MODULES = {
     "scheduler": "services.scheduler",
@@ -58,6 +63,17 @@ def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeo
     raise StackError(f"{what} did not listen on {host}:{port} within {timeout_s} s; see {log_path}")
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a stack's child: this tree importable, and this process's pid so
+    that the child dies with it (`services.common.lifetime`)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(root), str(root / "gen" / "python"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env[PARENT_PID_ENV] = str(os.getpid())
+    return env
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -66,6 +82,12 @@ class ManagedProcess:
     address: str = ""
     # Its Prometheus endpoint, host:port ("" when it serves none).
     metrics_address: str = ""
+    # With the pid, identifies the process later (pids are reused): see `ownership`.
+    started: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = start_time(self.process.pid)
 
     @property
     def pid(self) -> int:
@@ -93,28 +115,49 @@ class ManagedProcess:
 
 @dataclass
 class NatsServer:
-    """A JetStream nats-server whose store survives restarts (same dir, same port)."""
+    """A JetStream nats-server whose store survives restarts (same dir, same port).
+
+    It never runs twice on one store: the store is owned (`ownership`) from `start` until
+    `stop`, and the server process holds that ownership too, so a server left running by a
+    killed supervisor keeps the store from a second one. It dies with the process that
+    started it, and rotates its log (`log_max_bytes`, `log_files` kept)."""
 
     state_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
     proc: ManagedProcess | None = None
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_files: int = DEFAULT_LOG_BACKUPS + 1
+    _store: Ownership | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:
-        if self.port == 0:
-            self.port = free_port(self.host)
         store = self.state_dir / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
+        if self._store is None:
+            try:
+                self._store = Ownership.take(store / "dilu-nats.lock",
+                                             f"the JetStream store {store}")
+            except AlreadyOwned as error:
+                raise StackError(f"{error}: a nats-server already runs on it; stop it first") from None
+        if self.port == 0:
+            self.port = free_port(self.host)
         log_path = self.state_dir / "nats-server.log"
-        with open(log_path, "ab") as log:
+        config = self.state_dir / "nats-server.conf"
+        config.write_text(f"logfile: {json.dumps(str(log_path))}\n"
+                          f"logfile_size_limit: {self.log_max_bytes}\n"
+                          f"logfile_max_num: {self.log_files}\n")
+        with open(log_path, "ab") as log:  # what it prints before its log is open
             process = subprocess.Popen(
-                [nats_server_binary(), "-js", "-sd", str(store), "-a", self.host,
+                [sys.executable, "-m", "services.common.lifetime", "--", nats_server_binary(),
+                 "-c", str(config), "-js", "-sd", str(store), "-a", self.host,
                  "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env(),
+                pass_fds=(self._store.fileno(),))
+        self._store.record(process.pid)
         self.proc = ManagedProcess("nats-server", process, log_path, self.url)
         _wait_for_port(self.host, self.port, process, timeout_s, "nats-server", log_path)
         return self
@@ -122,6 +165,9 @@ class NatsServer:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+        if self._store is not None:
+            self._store.release()
+            self._store = None
 
 
 @dataclass
@@ -141,16 +187,15 @@ class ServiceLauncher:
         ready.parent.mkdir(parents=True, exist_ok=True)
         log_path = self.state_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        root = Path(__file__).resolve().parents[2]
-        env = {**os.environ, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(root), str(root / "gen" / "python"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env = child_env(self.env)
         if metrics_port is None and port == 0:
             metrics_port = 0  # a stack on free ports (the tests) takes free metrics ports too
+        # The service rotates its own log (and its stderr with it); the file opened here
+        # catches what it prints before its logging is set up.
         command = [sys.executable, "-m", MODULES[service], "--host", "127.0.0.1",
                    "--port", str(port), "--nats-url", self.nats_url, "--ready-file", str(ready),
                    *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
-                   *extra]
+                   "--log-file", str(log_path), *extra]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)

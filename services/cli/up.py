@@ -1,11 +1,21 @@
 """`dilu up`: run nats-server, the four services and one node agent until Ctrl-C,
-restarting any that dies (as systemd's Restart=on-failure would)."""
+restarting any that dies (as systemd's Restart=on-failure would).
+
+One stack owns its state dir (`<state dir>/dilu-up.lock` holds the owner's pid; a second
+`dilu up` on it refuses to start, and the lock of a dead owner is taken over). Every child
+dies with `dilu up` (parent-death signal), so a `kill -9` of it leaves nothing running; if
+something survives anyway, `dilu down` finds it from the stack file and stops it. A process
+that keeps dying (`MAX_RESTARTS` deaths within `RESTART_WINDOW_S`) is reported and left
+down; the rest of the stack, serving workers included, keeps running.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,10 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.cli.ownership import AlreadyOwned, Ownership, same_process, start_time
 from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher, StackError
 from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
-# A service that keeps dying is given up on: this many restarts within the window.
+# A process that keeps dying is given up on: this many deaths within the window.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 
@@ -49,7 +60,9 @@ class RunningStack:
     launcher: ServiceLauncher
     specs: dict[str, _ServiceSpec]
     services: dict[str, ManagedProcess] = field(default_factory=dict)
-    restarts: dict[str, list[float]] = field(default_factory=dict)
+    deaths: dict[str, list[float]] = field(default_factory=dict)
+    # Processes that kept dying and are left down, with why.
+    given_up: dict[str, str] = field(default_factory=dict)
 
     def endpoints(self) -> dict[str, str]:
         return {"nats": self.nats.url, **{n: p.address for n, p in self.services.items()}}
@@ -58,38 +71,47 @@ class RunningStack:
         """Each service's Prometheus endpoint, as a URL."""
         return {n: f"http://{p.metrics_address}/metrics" for n, p in self.services.items()
                 if p.metrics_address}
+    def processes(self) -> dict[str, ManagedProcess]:
+        procs = {"nats": self.nats.proc} if self.nats.proc else {}
+        return {**procs, **self.services}
 
     def pids(self) -> dict[str, int]:
-        procs = {n: p.pid for n, p in self.services.items()}
-        return {"nats": self.nats.proc.pid, **procs} if self.nats.proc else procs
+        return {name: p.pid for name, p in self.processes().items()}
 
     def start(self, name: str) -> ManagedProcess:
         spec = self.specs[name]
-        # Re-binding the same port right after a crash may briefly fail; the launcher
-        # reports that as a StackError and the supervisor tries again.
         process = self.launcher.start(spec.service, *spec.extra, port=spec.port,
                                       metrics_port=spec.metrics_port)
         self.services[name] = process
         return process
 
-    def revive(self) -> list[str]:
-        """Restart whatever died; returns what was restarted. Raises StackError when a
-        process keeps dying."""
-        revived = []
-        now = time.monotonic()
-        dead = ([] if self.nats.proc is None or self.nats.proc.alive() else ["nats"]) + [
-            n for n, p in self.services.items() if not p.alive()]
-        for name in dead:
-            recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_S]
-            if len(recent) >= MAX_RESTARTS:
-                raise StackError(f"{name} died {len(recent)} times within {RESTART_WINDOW_S:.0f} s")
-            self.restarts[name] = [*recent, now]
-            if name == "nats":
-                self.nats.start()  # same port, same JetStream store
-            else:
-                self.start(name)
-            revived.append(name)
-        return revived
+    def revive(self, now: float | None = None) -> tuple[list[str], list[str]]:
+        """Restart whatever died; returns (restarted, given up now). A process that died
+        `MAX_RESTARTS` times within `RESTART_WINDOW_S` (a failed restart counts as a death)
+        is left down and reported; the others keep running."""
+        now = time.monotonic() if now is None else now
+        restarted, given_up = [], []
+        for name, process in self.processes().items():
+            if name in self.given_up or process.alive():
+                continue
+            recent = [t for t in self.deaths.get(name, []) if now - t < RESTART_WINDOW_S]
+            self.deaths[name] = [*recent, now]
+            if len(self.deaths[name]) >= MAX_RESTARTS:
+                self.given_up[name] = (f"died {len(self.deaths[name])} times within "
+                                       f"{RESTART_WINDOW_S:.0f} s")
+                given_up.append(name)
+                continue
+            try:
+                if name == "nats":
+                    self.nats.start()  # same port, same JetStream store
+                else:
+                    self.start(name)
+            except StackError as error:
+                # Counted as a death at the next pass (the process is not alive).
+                print(f"{name} could not be restarted: {str(error).splitlines()[0]}", flush=True)
+                continue
+            restarted.append(name)
+        return restarted, given_up
 
     def stop(self) -> None:
         for process in reversed(list(self.services.values())):
@@ -129,13 +151,34 @@ def stack_file(state_dir: Path) -> Path:
     return state_dir / "stack.json"
 
 
+def lock_file(state_dir: Path) -> Path:
+    return state_dir / "dilu-up.lock"
+
+
 def _write_stack_file(state_dir: Path, stack: RunningStack) -> None:
-    stack_file(state_dir).write_text(json.dumps(
-        {"pid": os.getpid(), "endpoints": stack.endpoints(), "pids": stack.pids(),
-         "metrics": stack.metrics_endpoints()}, indent=2))
+    processes = stack.processes()
+    stack_file(state_dir).write_text(json.dumps({
+        "pid": os.getpid(), "started": start_time(os.getpid()),
+        "endpoints": stack.endpoints(), "pids": stack.pids(),
+        "metrics": stack.metrics_endpoints(),
+        "starts": {name: p.started for name, p in processes.items()},
+        "down": stack.given_up}, indent=2))
 
 
 def run_up(options: StackOptions) -> int:
+    try:
+        owner = Ownership.take(lock_file(options.state_dir), f"the state dir {options.state_dir}")
+    except AlreadyOwned as error:
+        print(f"error: {error}: a stack already runs there (`dilu down --state-dir "
+              f"{options.state_dir}` stops it)", file=sys.stderr)
+        return 1
+    try:
+        return _run_owned(options)
+    finally:
+        owner.release()
+
+
+def _run_owned(options: StackOptions) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -151,17 +194,19 @@ def run_up(options: StackOptions) -> int:
             print(f"logs in {options.state_dir / 'logs'}; Ctrl-C or `dilu down` stops everything",
                   flush=True)
             while not stop.wait(0.5):
-                try:
-                    revived = stack.revive()
-                except StackError as error:
-                    print(f"giving up: {error}; see {options.state_dir / 'logs'}", flush=True)
-                    code = 1
-                    break
-                for name in revived:
+                restarted, given_up = stack.revive()
+                for name in restarted:
                     print(f"{name} exited; restarted as pid {stack.pids()[name]}", flush=True)
-                if revived:
+                for name in given_up:
+                    print(f"{name} {stack.given_up[name]}: left down, the rest keeps running; "
+                          f"see {options.state_dir / 'logs'}", flush=True)
+                    code = 1
+                if restarted or given_up:
                     _write_stack_file(options.state_dir, stack)
             print("stopping Dilu ...", flush=True)
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     finally:
         stack_file(options.state_dir).unlink(missing_ok=True)
     print("stopped")
@@ -173,13 +218,16 @@ def run_down(state_dir: Path, timeout_s: float = 30.0) -> int:
     if not path.exists():
         print(f"no running stack recorded in {path}")
         return 1
-    pid = json.loads(path.read_text())["pid"]
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    record = json.loads(path.read_text())
+    pid = record["pid"]
+    if not same_process(pid, record.get("started")) and not _alive_unchecked(pid, record):
+        left = _stop_leftovers(record)
         path.unlink(missing_ok=True)
-        print(f"stack process {pid} was already gone")
+        print(f"stack process {pid} was gone; "
+              + (f"stopped what it left running: {', '.join(left)}" if left
+                 else "nothing it started was still running"))
         return 0
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # `dilu up` removes its stack file once every child has stopped.
@@ -189,6 +237,34 @@ def run_down(state_dir: Path, timeout_s: float = 30.0) -> int:
         time.sleep(0.1)
     print(f"stack process {pid} did not stop within {timeout_s} s")
     return 1
+
+
+def _alive_unchecked(pid: int, record: dict[str, object]) -> bool:
+    """A stack file without a start time (an older `dilu up`): trust the pid alone."""
+    return record.get("started") is None and _alive(pid)
+
+
+def _stop_leftovers(record: dict[str, object], timeout_s: float = 10.0) -> list[str]:
+    """Stop the processes a dead `dilu up` recorded that still run, identified by pid and
+    start time (never by name): SIGTERM, then SIGKILL after `timeout_s`."""
+    pids: dict[str, int] = record.get("pids", {})  # type: ignore[assignment]
+    starts: dict[str, int | None] = record.get("starts", {})  # type: ignore[assignment]
+    running = {name: pid for name, pid in pids.items() if same_process(pid, starts.get(name))}
+    for pid in running.values():
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(
+            same_process(pid, starts.get(name)) for name, pid in running.items()):
+        time.sleep(0.1)
+    for name, pid in running.items():
+        if same_process(pid, starts.get(name)):
+            _signal(pid, signal.SIGKILL)
+    return sorted(running)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def _alive(pid: int) -> bool:

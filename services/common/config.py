@@ -9,6 +9,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from services.common.logs import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES, setup_logging
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 # Fixed default ports, documented in the README; every one is overridable by --port.
@@ -69,6 +71,10 @@ class ServerConfig:
     log_level: str
     # Prometheus endpoint: 0 picks a free port, -1 (METRICS_DISABLED) serves none.
     metrics_port: int = DEFAULT_METRICS_PORTS["scheduler"]
+    # Where logs go (None: stderr), rotated at log_max_bytes with log_backups kept.
+    log_file: str | None = None
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_backups: int = DEFAULT_LOG_BACKUPS
 
 
 def service_parser(service: str, description: str) -> Parser:
@@ -85,6 +91,12 @@ def service_parser(service: str, description: str) -> Parser:
     parser.add("--metrics-port", default=DEFAULT_METRICS_PORTS[service], type=MetricsPort,
                help="Prometheus /metrics port (same address as --host); 0 picks a free one, "
                     "-1 turns it off")
+    parser.add("--log-file", default=None,
+               help="write logs (and stderr) to this file, rotated; unset: stderr")
+    parser.add("--log-max-bytes", default=DEFAULT_LOG_MAX_BYTES, type=int,
+               help="rotate the log file when it reaches this size")
+    parser.add("--log-backups", default=DEFAULT_LOG_BACKUPS, type=int,
+               help="rotated log files kept (name.log.1 is the newest)")
     return parser
 
 
@@ -98,4 +110,13 @@ def server_config(service: str, args: argparse.Namespace) -> ServerConfig:
         grace_s=args.grace_s,
         log_level=args.log_level,
         metrics_port=int(args.metrics_port),
+        log_file=args.log_file,
+        log_max_bytes=args.log_max_bytes,
+        log_backups=args.log_backups,
     )
+
+
+def setup_service_logging(config: ServerConfig) -> None:
+    """Logging as the service's flags say (stderr, or a rotated file)."""
+    setup_logging(config.service, config.log_level, config.log_file, config.log_max_bytes,
+                  config.log_backups)

@@ -27,6 +27,10 @@ from services.common.metrics import MetricsServer
 log = logging.getLogger(__name__)
 
 
+class PortUnavailable(RuntimeError):
+    """The server's port is taken (or its address is not local)."""
+
+
 class GrpcServer:
     """One aio server hosting a service's servicers plus health and reflection."""
 
@@ -34,12 +38,16 @@ class GrpcServer:
         self._requested = f"{host}:{port}"
         self._host = host
         # The first interceptor is the outermost: metrics see the code the caller gets.
+        # grpcio sets SO_REUSEPORT by default: a second server on a taken port would bind
+        # too and share its connections (two schedulers, split brain). A port is owned.
         self._server = grpc.aio.server(interceptors=[metrics_interceptor(), tracing_interceptor(),
-                                                     error_interceptor()])
+                                                     error_interceptor()],
+                                       options=[("grpc.so_reuseport", 0)])
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
         self.port = 0
+        self._started = False
 
     def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any,
             full_name: str) -> None:
@@ -51,13 +59,28 @@ class GrpcServer:
     def address(self) -> str:
         return f"{self._host}:{self.port}"
 
-    async def start(self) -> int:
-        """Bind and serve; returns the bound port. Calling it again does nothing."""
+    def bind(self) -> int:
+        """Take the port (before serving: a service that cannot own its port must not start
+        its work); returns the bound port. Raises `PortUnavailable` when the port is taken.
+        Calling it again does nothing."""
         if self.port:
             return self.port
+        try:
+            self.port = self._server.add_insecure_port(self._requested)
+        except RuntimeError as error:
+            raise PortUnavailable(
+                f"cannot listen on {self._requested}: the port is taken by another process "
+                "or the address is not this machine's") from error
+        return self.port
+
+    async def start(self) -> int:
+        """Bind (if not yet) and serve; returns the bound port. Calling it again does nothing."""
+        if self._started:
+            return self.port
+        self.bind()
         reflection.enable_server_reflection(self._service_names, self._server)
-        self.port = self._server.add_insecure_port(self._requested)
         await self._server.start()
+        self._started = True
         for name in [*self._service_names, ""]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", ", ".join(self._service_names[2:]), self.address)
@@ -88,7 +111,7 @@ async def serve_until_stopped(server: GrpcServer, ready_file: str | None, grace_
     then `READY=1` to systemd) and feed systemd's watchdog from this loop; on SIGTERM/SIGINT
     shut down in order: health NOT_SERVING and in-flight RPCs finish, then each cleanup
     (e.g. the bus drain)."""
-    await server.start()
+    await start_or_exit(server)
     metrics_address = await metrics.start() if metrics is not None else ""
     write_ready_file(ready_file, server.address, metrics_address)
     notifier = systemd.Notifier.from_environment()
@@ -108,6 +131,21 @@ async def serve_until_stopped(server: GrpcServer, ready_file: str | None, grace_
         watchdog.cancel()
     notifier.close()
     log.info("stopped")
+
+
+def bind_or_exit(server: GrpcServer) -> int:
+    """`server.bind()`, or exit with status 2 and one clear log line (no traceback)."""
+    try:
+        return server.bind()
+    except PortUnavailable as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
+
+
+async def start_or_exit(server: GrpcServer) -> int:
+    """`server.start()`, or exit with status 2 when its port cannot be had."""
+    bind_or_exit(server)
+    return await server.start()
 
 
 async def wait_for_stop_signal() -> None:

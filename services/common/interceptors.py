@@ -44,8 +44,36 @@ def _status_for(error: DiluError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not the RPC's request message, so that the
+    error interceptor answers INVALID_ARGUMENT instead of grpc's UNKNOWN and a traceback."""
+
+    def __init__(self, type_name: str, problem: str) -> None:
+        self.type_name = type_name
+        self.problem = problem
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError, RecursionError on absurd nesting, ...
+            owner = getattr(deserializer, "__self__", None)
+            name = getattr(owner, "DESCRIPTOR", None)
+            return Undecodable(name.full_name if name is not None else "the request message",
+                               str(error).split(":")[-1].strip() or type(error).__name__)
+
+    return decode
+
+
 def _wrap_unary(method: str, inner: Handler) -> Handler:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort_with_status(_status_for(InvalidArgument(
+                "request", f"is not a valid {request.type_name}: {request.problem}")))
         try:
             return await inner(request, context)
         except DiluError as error:
@@ -76,11 +104,12 @@ def _traced_unary(method: str, inner: Handler) -> Handler:
 
 
 class _UnaryWrapping(grpc.aio.ServerInterceptor):
-    """Wraps every unary-unary handler with `wrapper(method, handler)`; health and
-    reflection streams pass through untouched."""
+    """Wraps every unary-unary handler with `wrapper(method, handler)` (and, when
+    `lenient`, its request decoding); reflection streams pass through untouched."""
 
-    def __init__(self, wrapper: Callable[[str, Handler], Handler]) -> None:
+    def __init__(self, wrapper: Callable[[str, Handler], Handler], lenient: bool = False) -> None:
         self._wrapper = wrapper
+        self._lenient = lenient
 
     async def intercept_service(
         self,
@@ -88,14 +117,15 @@ class _UnaryWrapping(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        return _rewrap(handler, handler_call_details.method, self._wrapper)  # type: ignore[attr-defined]
+        return _rewrap(handler, handler_call_details.method, self._wrapper,  # type: ignore[attr-defined]
+                       self._lenient)
 
 
 def error_interceptor() -> grpc.aio.ServerInterceptor:
     """Turns `DiluError` into its status code (with BadRequest details for bad fields and
-    the error's own `details()`, e.g. where a GPU had no room) and anything else into
-    INTERNAL."""
-    return _UnaryWrapping(_wrap_unary)
+    the error's own `details()`, e.g. where a GPU had no room), an undecodable request into
+    INVALID_ARGUMENT, and anything else into INTERNAL."""
+    return _UnaryWrapping(_wrap_unary, lenient=True)
 
 
 def metrics_interceptor() -> grpc.aio.ServerInterceptor:
@@ -112,11 +142,13 @@ def _rewrap(
     handler: grpc.RpcMethodHandler | None,
     method: str,
     wrapper: Callable[[str, Handler], Handler],
+    lenient: bool,
 ) -> grpc.RpcMethodHandler:
     if handler is None or handler.unary_unary is None:
         return handler  # type: ignore[return-value]
+    deserializer = handler.request_deserializer
     return grpc.unary_unary_rpc_method_handler(
         wrapper(method, handler.unary_unary),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_lenient(deserializer) if lenient else deserializer,
         response_serializer=handler.response_serializer,
     )

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from dilu.v1 import node_agent_pb2_grpc, profiler_pb2, types_pb2
 
-from services.common import subjects
+from services.common import limits, subjects
+from services.common.addresses import WILDCARD_HOSTS, advertised_host, join_host_port, nats_host
 from services.common.bounds import AGENT_DEFAULT, PlacementBounds
 from services.common.bus import Bus
-from services.common.config import ServerConfig, server_config, service_parser
-from services.common.grpc_server import GrpcServer, serve_until_stopped
-from services.common.logs import setup_logging
+from services.common.config import ServerConfig, server_config, service_parser, setup_service_logging
+from services.common.grpc_server import GrpcServer, serve_until_stopped, start_or_exit
+from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
 from services.node_agent.agent import AgentSettings, NodeAgent
@@ -44,8 +45,21 @@ def default_runtime_dir() -> Path:
 def main() -> None:
     parser = service_parser("node-agent", "Dilu node agent: runs instances on this node's GPUs.")
     parser.add("--node-id", default=default_node_id(), help="this node's id")
+    parser.add("--advertise-host", default="",
+               help="host name or IP the scheduler and clients dial for this node's agent and "
+                    "workers (default: --host, or when that is a wildcard such as 0.0.0.0, "
+                    "this machine's address on the route to NATS)")
     parser.add("--advertise-address", default="",
-               help="address the scheduler dials (default: host:bound port)")
+               help="full host:port the scheduler dials for the agent, overriding "
+                    "--advertise-host (e.g. behind port forwarding)")
+    parser.add("--worker-host", default="",
+               help="address workers listen on (default: --host)")
+    parser.add("--worker-advertise-host", default="",
+               help="host others dial for workers (default: --advertise-host)")
+    parser.add("--worker-log-max-bytes", default=1024 * 1024, type=int,
+               help="rotate each worker's log (in the runtime dir) at this size")
+    parser.add("--worker-log-backups", default=2, type=int,
+               help="rotated files kept per worker log")
     parser.add("--gpu-backend", default="auto",
                help="GPU backend: auto (nvml when an NVIDIA driver and GPU are found, else sim), "
                     "nvml or sim")
@@ -85,15 +99,25 @@ def main() -> None:
     except ValueError as error:
         parser.error(str(error).replace("max_requested", "--max-requested")
                      .replace("max_limited", "--max-limited"))
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.node_id):
-        parser.error(f"--node-id: {args.node_id!r} may only hold letters, digits, '_' and '-'")
+    if not limits.SAFE_ID_PATTERN.match(args.node_id):
+        parser.error(f"--node-id: {args.node_id!r} must be 1-{limits.ID_MAX} letters, digits, "
+                     "'_' or '-', starting with a letter or digit")
+    if not 1 <= args.sim_gpus <= MAX_SIM_GPUS:
+        parser.error(f"--sim-gpus: must be in [1, {MAX_SIM_GPUS}], got {args.sim_gpus}")
+    for flag in ("advertise_host", "worker_advertise_host"):
+        if getattr(args, flag) in WILDCARD_HOSTS - {""}:
+            parser.error(f"--{flag.replace('_', '-')}: {getattr(args, flag)!r} is not an address "
+                         "anyone can dial; give this node's name or IP")
     config = server_config("node-agent", args)
-    setup_logging("node-agent", config.log_level)
+    die_with_parent()
+    setup_service_logging(config)
     setup_tracing("dilu-node-agent", **{"dilu.node.id": args.node_id})
     asyncio.run(run(config, args))
 
 
 CUDA_SHIM_MODES = ("auto", "on", "off")
+# Beyond any machine built; bounds what the node announces.
+MAX_SIM_GPUS = 16
 
 
 def cuda_shim(mode: str, gpu_backend: str) -> Path | None:
@@ -127,21 +151,29 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
     # Applied quota changes are scaling decisions: kept even before a scheduler made the stream.
     await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
                             subjects.SCALING_STREAM_MAX_MSGS)
+    advertise_host = advertised_host(config.host, args.advertise_host, nats_host(config.nats_url))
     settings = AgentSettings(
         runtime_dir=Path(args.runtime_dir) / args.node_id,
         heartbeat_interval_s=args.heartbeat_interval_s,
         arbiter_period_s=args.arbiter_period_ms / 1000,
         telemetry_interval_s=args.telemetry_interval_s, qos_window_s=args.qos_window_s,
-        drain_timeout_s=args.drain_timeout_s, cuda_shim=shim, bounds=args.bounds)
+        drain_timeout_s=args.drain_timeout_s, cuda_shim=shim, bounds=args.bounds,
+        worker_host=args.worker_host or config.host,
+        worker_advertise_host=args.worker_advertise_host or advertise_host,
+        worker_log_max_bytes=args.worker_log_max_bytes,
+        worker_log_backups=args.worker_log_backups)
+    log.info("advertising %s for the agent and %s for its workers (listening on %s)",
+             args.advertise_address or advertise_host, settings.worker_advertise_host,
+             settings.worker_host)
     agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv,
                       on_qos=lambda report: collector.record_qos(report))
     collector = NodeAgentCollector(agent.status, agent.stats_readings)
     server = GrpcServer(config.host, config.port)
     server.add(node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server,
                NodeAgentServicer(agent), "dilu.v1.NodeAgentService")
-    await server.start()
+    await start_or_exit(server)
     # Heartbeats announce the address, so the agent starts once the port is bound.
-    agent.address = args.advertise_address or server.address
+    agent.address = args.advertise_address or join_host_port(advertise_host, server.port)
     await agent.start()
     log.info("node %s up with %d %s GPUs (bounds per GPU: requests ≤ %g, limits ≤ %g)",
              args.node_id, len(gpus.devices()), gpus.name, args.bounds.max_requested,

@@ -21,12 +21,18 @@ from typing import Any
 from dilu.events.v1 import events_pb2
 from dilu.v1 import profiler_pb2, types_pb2
 
-from services.common import subjects
+from services.common import limits, subjects
 from services.common.attribution import MANUAL
 from services.common.bounds import AGENT_DEFAULT, PlacementBounds
 from services.common.bus import Bus, ProtoKV
 from services.common.clock import SYSTEM_CLOCK, Clock
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.common.loops import every
 from services.common.timestamps import now_timestamp
 from services.common.tracing import trace_headers
@@ -37,6 +43,8 @@ from services.node_agent.pages import MIB, Control, Stats, control_for
 from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
 from services.node_agent.shim import preload_env
 from services.node_agent.supervisor import WorkerFailed, WorkerProcess
+from services.node_agent.worker.requirements import checked_batch, memory_need_bytes
+from services.scheduler.validation import validate_spec
 
 log = logging.getLogger(__name__)
 S = types_pb2
@@ -60,6 +68,12 @@ class AgentSettings:
     cuda_shim: Path | None = None
     # What this node admits on each GPU (announced in its heartbeat).
     bounds: PlacementBounds = AGENT_DEFAULT
+    # Where workers listen, and the host others dial them on (never a wildcard).
+    worker_host: str = "127.0.0.1"
+    worker_advertise_host: str = "127.0.0.1"
+    # Each worker's log (in the runtime dir, often RAM) rotates at this size.
+    worker_log_max_bytes: int = 1024 * 1024
+    worker_log_backups: int = 2
 
 
 @dataclass
@@ -80,17 +94,21 @@ class _Held:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
-def _check_quota(quota: types_pb2.Quota, field_prefix: str) -> None:
-    if not 0 < quota.sm_request <= 1:
-        raise InvalidArgument(f"{field_prefix}.sm_request",
-                              f"must be in (0, 1], got {quota.sm_request}")
-    if not quota.sm_request <= quota.sm_limit <= 1:
+def _check_quota(quota: types_pb2.Quota, field_prefix: str, gpu_memory_mib: int) -> None:
+    """Shares in their range, the memory limit at most what the instance's GPUs have (a
+    quota no GPU could honour is out of range, not out of room)."""
+    limits.check_number(f"{field_prefix}.sm_request", quota.sm_request, limits.SHARE)
+    limits.check_number(f"{field_prefix}.sm_limit", quota.sm_limit, limits.SHARE)
+    if quota.sm_limit < quota.sm_request:
         raise InvalidArgument(f"{field_prefix}.sm_limit",
                               f"must be in [sm_request, 1], got {quota.sm_limit}")
-    if quota.memory_limit_mib <= 0:
-        # The budget counts memory: an instance without a limit could take any amount.
+    # The budget counts memory: an instance without a limit could take any amount.
+    limits.check_int(f"{field_prefix}.memory_limit_mib", quota.memory_limit_mib,
+                     limits.MEMORY_LIMIT_MIB)
+    if quota.memory_limit_mib > gpu_memory_mib:
         raise InvalidArgument(f"{field_prefix}.memory_limit_mib",
-                              f"must be set (MiB per GPU, > 0), got {quota.memory_limit_mib}")
+                              f"{quota.memory_limit_mib} MiB is more than the GPU has "
+                              f"({gpu_memory_mib} MiB)")
 
 
 # Logs of failed workers kept in the runtime dir (often RAM-backed) across agent restarts.
@@ -100,7 +118,8 @@ _KEPT_LOGS = 100
 def _prune_logs(runtime_dir: Path) -> None:
     logs = sorted(runtime_dir.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in logs[_KEPT_LOGS:]:
-        old.unlink(missing_ok=True)
+        for path in [old, *runtime_dir.glob(f"{old.name}.*")]:  # with its rotated files
+            path.unlink(missing_ok=True)
 
 
 class NodeAgent:
@@ -182,21 +201,48 @@ class NodeAgent:
 
     # ---- instances -------------------------------------------------------------------
 
-    async def start_instance(self, instance_id: str, spec: types_pb2.FunctionSpec,
-                             gpu_uuids: list[str], quota: types_pb2.Quota) -> types_pb2.InstanceReport:
-        if not instance_id:
-            raise InvalidArgument("instance_id", "must not be empty")
-        if not spec.name:
-            raise InvalidArgument("function.name", "must not be empty")
-        if not gpu_uuids:
-            raise InvalidArgument("gpu_uuids", "must name at least one GPU")
+    def _gpus_of(self, gpu_uuids: list[str], wanted: int) -> list[str]:
+        """`gpu_uuids` checked: GPUs of this node, no repeats, as many as the spec asks."""
+        if len(gpu_uuids) != wanted:
+            raise InvalidArgument("gpu_uuids", f"must name {wanted} GPU(s) (function.resources."
+                                               f"gpus_per_instance), got {len(gpu_uuids)}")
+        for i, uuid in enumerate(gpu_uuids):
+            limits.check_text(f"gpu_uuids[{i}]", uuid, limits.GPU_UUID_MAX, required=True)
         unknown = [u for u in gpu_uuids if u not in self._devices]
         if unknown:
             raise InvalidArgument("gpu_uuids", f"not GPUs of node {self.node_id}: {unknown}")
-        _check_quota(quota, "quota")
+        if len(set(gpu_uuids)) != len(gpu_uuids):
+            raise InvalidArgument("gpu_uuids", "must not name a GPU twice")
+        return gpu_uuids
+
+    def _check_room_for_one_more(self, gpu_uuids: list[str]) -> None:
+        """Bound what this node runs, so that its heartbeat (one report per instance) always
+        fits the bus's payload limit: the minimum share bounds the instances per GPU."""
+        if len(self._held) >= limits.MAX_INSTANCES_PER_NODE:
+            raise ResourceExhausted(f"node {self.node_id} already runs "
+                                    f"{limits.MAX_INSTANCES_PER_NODE} instances, its maximum")
+        for uuid in gpu_uuids:
+            count = sum(1 for held in self._held.values() if uuid in held.gpus)
+            if count >= limits.MAX_INSTANCES_PER_GPU:
+                raise ResourceExhausted(f"GPU {uuid} already runs {count} instances, the most "
+                                        f"one GPU can give a share of at least {limits.SHARE.low}")
+
+    async def start_instance(self, instance_id: str, spec: types_pb2.FunctionSpec,
+                             gpu_uuids: list[str], quota: types_pb2.Quota) -> types_pb2.InstanceReport:
+        # The id names the instance's files, bus subjects and keys: checked before any use.
+        limits.check_id("instance_id", instance_id)
+        spec = validate_spec(spec, "function")
+        gpu_uuids = self._gpus_of(gpu_uuids, spec.resources.gpus_per_instance)
+        _check_quota(quota, "quota", min(self._devices[u].memory_total_mib for u in gpu_uuids))
         existing = self._held.get(instance_id)
         if existing is not None:
             return existing.report
+        need = memory_need_bytes(spec, checked_batch(spec))
+        if need > quota.memory_limit_mib * MIB:
+            raise InvalidArgument("quota.memory_limit_mib",
+                                  f"{spec.model} needs {-(-need // MIB)} MiB per GPU, more than "
+                                  f"{quota.memory_limit_mib} MiB")
+        self._check_room_for_one_more(gpu_uuids)
         # Admitted and recorded before the first await: nothing can take the room between.
         self._budget.start(instance_id, gpu_uuids, Hold.of(quota))
         report = types_pb2.InstanceReport(
@@ -262,7 +308,11 @@ class NodeAgent:
         visible = ",".join(gpu_uuids) if self._gpus.name == "nvml" else ""
         env = {"CUDA_VISIBLE_DEVICES": visible, "DILU_GPU_UUIDS": ",".join(gpu_uuids),
                # The worker's start-up span joins the trace of the StartInstance that made it.
-               "DILU_TRACEPARENT": trace_headers().get("traceparent", "")}
+               "DILU_TRACEPARENT": trace_headers().get("traceparent", ""),
+               "DILU_WORKER_HOST": self._settings.worker_host,
+               "DILU_WORKER_ADVERTISE_HOST": self._settings.worker_advertise_host,
+               "DILU_LOG_MAX_BYTES": str(self._settings.worker_log_max_bytes),
+               "DILU_LOG_BACKUPS": str(self._settings.worker_log_backups)}
         if self._settings.cuda_shim is not None and spec.runtime == types_pb2.RUNTIME_TORCH:
             env.update(preload_env(self._settings.cuda_shim))
         return env
@@ -302,7 +352,7 @@ class NodeAgent:
         held.worker.remove_files(keep_log=True)
         _prune_logs(self._settings.runtime_dir)
         held.report.state = S.INSTANCE_STATE_FAILED
-        held.report.message = reason
+        held.report.message = limits.bounded_message(reason)  # heartbeats and events stay small
         await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_FAILED)
         await self._heartbeat_soon()
 
@@ -343,10 +393,11 @@ class NodeAgent:
         its version. Refuses (changing nothing) an unknown or stopping instance
         (NotFound), bad values (InvalidArgument), a memory limit below what the instance
         uses (FailedPrecondition) and what its GPUs have no room for (`NoRoom`)."""
+        limits.check_id("instance_id", instance_id)
         held = self._held.get(instance_id)
         if held is None or held.stopping is not None:
             raise NotFound(f"no running instance {instance_id!r} on node {self.node_id}")
-        _check_quota(quota, "quota")
+        _check_quota(quota, "quota", min(self._devices[u].memory_total_mib for u in held.gpus))
         in_use = held.worker.stats.read().most_on_one_gpu()  # the limit is per GPU
         if quota.memory_limit_mib * MIB < in_use:
             raise FailedPrecondition(

@@ -130,7 +130,9 @@ def control_for(share: float, request: float, limit: float, memory_limit_bytes: 
 
 
 def _ppm(fraction: float) -> int:
-    return max(0, min(PPM, round(fraction * PPM)))
+    if math.isnan(fraction):
+        raise ValueError("a share is NaN")
+    return max(0, min(PPM, round(min(max(fraction, 0.0), 1.0) * PPM)))
 
 
 def _map(path: Path, writable: bool) -> mmap.mmap:
@@ -168,17 +170,25 @@ class ControlPageWriter:
         self.write(initial)
 
     def write(self, control: Control) -> int:
-        """Publish `control` (its generation is ignored); returns the new generation."""
+        """Publish `control` (its generation is ignored); returns the new generation.
+
+        The body is encoded before the seqlock is touched: a value the page cannot hold
+        raises `PageError` with the page unchanged and consistent, never half-written with
+        the counter left odd (readers would then retry forever)."""
+        generation = (self._generation + 1) & 0xFFFFFFFF
+        try:
+            body = _CONTROL_BODY.pack(
+                generation, FLAG_PAUSED if control.paused else 0, _ppm(control.share),
+                control.period_ns // 1000, control.burst_ns, control.inflight_cap_ns,
+                control.memory_limit_bytes, _ppm(control.request), _ppm(control.limit))
+        except (struct.error, ValueError, OverflowError) as error:
+            raise PageError(f"{self.path}: control values out of the page's range: {error}") from error
         seq = _U64.unpack_from(self._page, 8)[0]
         _U64.pack_into(self._page, 8, seq + 1)  # odd: readers retry
-        self._generation = (self._generation + 1) & 0xFFFFFFFF
-        _CONTROL_BODY.pack_into(
-            self._page, 16, self._generation, FLAG_PAUSED if control.paused else 0,
-            _ppm(control.share), control.period_ns // 1000, control.burst_ns,
-            control.inflight_cap_ns, control.memory_limit_bytes, _ppm(control.request),
-            _ppm(control.limit))
+        self._page[16:16 + _CONTROL_BODY.size] = body
         _U64.pack_into(self._page, 8, seq + 2)
-        return self._generation
+        self._generation = generation
+        return generation
 
     def close(self) -> None:
         self._page.close()

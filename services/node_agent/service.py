@@ -1,10 +1,12 @@
-"""gRPC servicer of dilu.v1.NodeAgentService."""
+"""gRPC servicer of dilu.v1.NodeAgentService. Every field is checked against its range
+(`services.common.limits`) before the agent acts; ids before they name a file."""
 
 from __future__ import annotations
 
 import grpc
 from dilu.v1 import node_agent_pb2, node_agent_pb2_grpc
 
+from services.common import limits
 from services.common.attribution import checked_source
 from services.common.errors import InvalidArgument
 from services.node_agent.agent import NodeAgent
@@ -16,24 +18,25 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
 
     async def StartInstance(self, request: node_agent_pb2.StartInstanceRequest,
                             context: grpc.aio.ServicerContext) -> node_agent_pb2.StartInstanceResponse:
+        if not request.HasField("function"):
+            raise InvalidArgument("function", "is required")
         report = await self._agent.start_instance(request.instance_id, request.function,
                                                   list(request.gpu_uuids), request.quota)
         return node_agent_pb2.StartInstanceResponse(instance=report)
 
     async def StopInstance(self, request: node_agent_pb2.StopInstanceRequest,
                            context: grpc.aio.ServicerContext) -> node_agent_pb2.StopInstanceResponse:
-        if not request.instance_id:
-            raise InvalidArgument("instance_id", "must not be empty")
-        if request.drain_timeout_ms < 0:
-            raise InvalidArgument("drain_timeout_ms", f"must be ≥ 0, got {request.drain_timeout_ms}")
+        limits.check_id("instance_id", request.instance_id)
+        limits.check_int("drain_timeout_ms", request.drain_timeout_ms, limits.DRAIN_TIMEOUT_MS)
         await self._agent.stop_instance(request.instance_id,
                                         request.drain_timeout_ms / 1000 or None)
         return node_agent_pb2.StopInstanceResponse()
 
     async def SetQuota(self, request: node_agent_pb2.SetQuotaRequest,
                        context: grpc.aio.ServicerContext) -> node_agent_pb2.SetQuotaResponse:
-        if not request.instance_id:
-            raise InvalidArgument("instance_id", "must not be empty")
+        if not request.HasField("quota"):
+            raise InvalidArgument("quota", "is required")
+        limits.check_text("reason", request.reason, limits.REASON_MAX_BYTES)
         source = checked_source("source", request.source)
         quota, version = await self._agent.set_quota(request.instance_id, request.quota,
                                                      reason=request.reason, source=source)

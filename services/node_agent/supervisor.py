@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dilu.v1 import types_pb2
 
+from services.common import limits
+from services.common.lifetime import PARENT_PID_ENV
 from services.node_agent.pages import Control, ControlPageWriter, StatsReader, create_stats_page
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ class WorkerProcess:
         env = {**os.environ, **self._env,
                "DILU_INSTANCE_ID": self.instance_id, "DILU_SPEC": str(self.spec_path),
                "DILU_CONTROL": str(self.control_path), "DILU_STATS": str(self.stats_path),
-               "DILU_AGENT_PID": str(os.getpid())}
+               "DILU_AGENT_PID": str(os.getpid()), "DILU_LOG_FILE": str(self.log_path)}
+        env.pop(PARENT_PID_ENV, None)  # the worker's parent is this agent, not ours
         with self.log_path.open("ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.node_agent.worker",
@@ -79,7 +82,11 @@ class WorkerProcess:
                 raise WorkerFailed(self.exit_reason(code))
             text = line.decode(errors="replace").strip()
             if text.startswith("READY"):
-                return text.removeprefix("READY").strip()
+                endpoint = text.removeprefix("READY").strip()
+                if len(endpoint) > limits.ADDRESS_MAX:  # it goes into every heartbeat
+                    raise WorkerFailed(f"worker announced an endpoint of {len(endpoint)} "
+                                       f"characters, more than {limits.ADDRESS_MAX}")
+                return endpoint
             with self.log_path.open("a") as log_file:
                 log_file.write(f"[stdout] {text}\n")
 
@@ -96,7 +103,7 @@ class WorkerProcess:
         else:
             how = f"exited with code {code}"
         last = self.log_tail()
-        return f"worker {how}" + (f": {last}" if last else "")
+        return limits.bounded_message(f"worker {how}" + (f": {last}" if last else ""))
 
     def log_tail(self, limit: int = 4096) -> str:
         """The last line of the log (read from its end: logs can be long)."""
@@ -133,5 +140,7 @@ class WorkerProcess:
         self.control.close()
         self.stats.close()
         paths = [self.control_path, self.stats_path, self.spec_path]
-        for path in paths if keep_log else [*paths, self.log_path]:
+        if not keep_log:  # the log and the files it rotated into
+            paths += [self.log_path, *self.log_path.parent.glob(f"{self.log_path.name}.*")]
+        for path in paths:
             path.unlink(missing_ok=True)

@@ -8,9 +8,9 @@ from dilu.v1 import profiler_pb2, profiler_pb2_grpc
 
 from services.common import subjects
 from services.common.bus import Bus
-from services.common.config import ServerConfig, server_config, service_parser
+from services.common.config import ServerConfig, server_config, service_parser, setup_service_logging
 from services.common.grpc_server import GrpcServer, serve_until_stopped
-from services.common.logs import setup_logging
+from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
 from services.profiler.metrics import ProfilingMetrics
@@ -20,7 +20,8 @@ from services.profiler.service import ProfilerServicer
 def main() -> None:
     args = service_parser("profiler", "Dilu profiler: multi-factor profiling.").parse_args()
     config = server_config("profiler", args)
-    setup_logging("profiler", config.log_level)
+    die_with_parent()
+    setup_service_logging(config)
     setup_tracing("dilu-profiler")
     asyncio.run(run(config))
 

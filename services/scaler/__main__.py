@@ -10,9 +10,9 @@ from dilu.v1 import scaler_pb2_grpc
 from services.common import subjects
 from services.common.bus import Bus
 from services.common.clock import SYSTEM_CLOCK
-from services.common.config import ServerConfig, server_config, service_parser
+from services.common.config import ServerConfig, server_config, service_parser, setup_service_logging
 from services.common.grpc_server import GrpcServer, serve_until_stopped
-from services.common.logs import setup_logging
+from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
 from services.scaler.metrics import ReplayCursor, ScalingMetrics
@@ -23,7 +23,8 @@ from services.scaler.service import ScalerServicer
 def main() -> None:
     args = service_parser("scaler", "Dilu scaler: adaptive 2D co-scaling.").parse_args()
     config = server_config("scaler", args)
-    setup_logging("scaler", config.log_level)
+    die_with_parent()
+    setup_service_logging(config)
     setup_tracing("dilu-scaler")
     asyncio.run(run(config))
 

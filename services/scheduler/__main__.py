@@ -11,9 +11,9 @@ from dilu.v1 import scheduler_pb2_grpc, types_pb2
 from services.common import subjects
 from services.common.bounds import REQUESTS_ONLY
 from services.common.bus import Bus
-from services.common.config import ServerConfig, server_config, service_parser
-from services.common.grpc_server import GrpcServer, serve_until_stopped
-from services.common.logs import setup_logging
+from services.common.config import ServerConfig, server_config, service_parser, setup_service_logging
+from services.common.grpc_server import GrpcServer, bind_or_exit, serve_until_stopped
+from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
 from services.scheduler.core import SchedulerSettings
@@ -79,7 +79,8 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
 
 def main() -> None:
     config, settings, placement = parse()
-    setup_logging("scheduler", config.log_level)
+    die_with_parent()
+    setup_service_logging(config)
     setup_tracing("dilu-scheduler")
     log.info("placement policy %s (its own rule: %s; each node's bounds apply too)",
              placement.name, placement.bounds)
@@ -96,12 +97,15 @@ async def run(config: ServerConfig, settings: SchedulerSettings, placement: Plac
     await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
                             subjects.SCALING_STREAM_MAX_MSGS)
     scheduler = Scheduler(bus, store, nodes_kv, placement, settings)
-    await scheduler.start()
     server = GrpcServer(config.host, config.port)
     server.add(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                SchedulerServicer(scheduler), "dilu.v1.SchedulerService")
     metrics = metrics_server("scheduler", config.host, config.metrics_port,
                              SchedulerCollector(scheduler.functions, scheduler.list_nodes))
+    # Own the port before acting on the cluster: a second scheduler started by mistake
+    # exits here instead of placing instances beside the first.
+    bind_or_exit(server)
+    await scheduler.start()
     await serve_until_stopped(server, config.ready_file, config.grace_s,
                               scheduler.close, bus.close, metrics=metrics)
 

@@ -1,25 +1,32 @@
-"""gRPC servicer of dilu.v1.SchedulerService: proto in, Scheduler call, proto out."""
+"""gRPC servicer of dilu.v1.SchedulerService: every field checked against its range
+(`services.common.limits`), then a Scheduler call, proto out."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import grpc
 from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from services.common import limits
 from services.common.attribution import checked_source
 from services.common.errors import InvalidArgument
 from services.scheduler.scheduler import Scheduler
 
 
-def _name(field: str, value: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "must not be empty")
-    return value
-
-
 def _count(value: int) -> int:
-    if value < 0:
-        raise InvalidArgument("count", f"must not be negative, got {value}")
-    return value or 1
+    return limits.check_int("count", value, limits.SCALE_COUNT) or 1
+
+
+def _reason(value: str) -> str:
+    return limits.check_text("reason", value, limits.REASON_MAX_BYTES) or "manual"
+
+
+def _instance_ids(values: Sequence[str]) -> list[str]:
+    if len(values) > limits.INSTANCE_IDS_MAX:
+        raise InvalidArgument("instance_ids", f"must name at most {limits.INSTANCE_IDS_MAX} "
+                                              f"instances, got {len(values)}")
+    return [limits.check_id(f"instance_ids[{i}]", value) for i, value in enumerate(values)]
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -34,13 +41,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def DeleteFunction(self, request: scheduler_pb2.DeleteFunctionRequest,
                              context: grpc.aio.ServicerContext) -> scheduler_pb2.DeleteFunctionResponse:
-        stopped = await self._scheduler.delete(_name("name", request.name))
+        stopped = await self._scheduler.delete(limits.check_name("name", request.name))
         return scheduler_pb2.DeleteFunctionResponse(stopped_instances=stopped)
 
     async def GetFunction(self, request: scheduler_pb2.GetFunctionRequest,
                           context: grpc.aio.ServicerContext) -> scheduler_pb2.GetFunctionResponse:
         return scheduler_pb2.GetFunctionResponse(
-            function=self._scheduler.get(_name("name", request.name)))
+            function=self._scheduler.get(limits.check_name("name", request.name)))
 
     async def ListFunctions(self, request: scheduler_pb2.ListFunctionsRequest,
                             context: grpc.aio.ServicerContext) -> scheduler_pb2.ListFunctionsResponse:
@@ -48,24 +55,26 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def ScaleOut(self, request: scheduler_pb2.ScaleOutRequest,
                        context: grpc.aio.ServicerContext) -> scheduler_pb2.ScaleOutResponse:
-        function = await self._scheduler.scale(
-            _name("function", request.function), _count(request.count),
-            request.reason or "manual", source=checked_source("source", request.source))
+        name = limits.check_name("function", request.function)
+        count, reason = _count(request.count), _reason(request.reason)
+        function = await self._scheduler.scale(name, count, reason,
+                                               source=checked_source("source", request.source))
         return scheduler_pb2.ScaleOutResponse(function=function)
 
     async def ScaleIn(self, request: scheduler_pb2.ScaleInRequest,
                       context: grpc.aio.ServicerContext) -> scheduler_pb2.ScaleInResponse:
-        function = await self._scheduler.scale(
-            _name("function", request.function), -_count(request.count),
-            request.reason or "manual", source=checked_source("source", request.source),
-            instance_ids=request.instance_ids)
+        name = limits.check_name("function", request.function)
+        count, reason = _count(request.count), _reason(request.reason)
+        function = await self._scheduler.scale(name, -count, reason,
+                                               source=checked_source("source", request.source),
+                                               instance_ids=_instance_ids(request.instance_ids))
         return scheduler_pb2.ScaleInResponse(function=function)
 
     async def Invoke(self, request: scheduler_pb2.InvokeRequest,
                      context: grpc.aio.ServicerContext) -> scheduler_pb2.InvokeResponse:
-        _name("function", request.function)
-        if request.timeout_ms < 0:
-            raise InvalidArgument("timeout_ms", f"must not be negative, got {request.timeout_ms}")
+        limits.check_name("function", request.function)
+        limits.check_invoke_body(request.payload, request.content_type)
+        limits.check_int("timeout_ms", request.timeout_ms, limits.INVOKE_TIMEOUT_MS)
         return await self._scheduler.invoke(request)
 
     async def ListNodes(self, request: scheduler_pb2.ListNodesRequest,

@@ -1,130 +1,141 @@
 """Deploy validation: a pure function from a FunctionSpec to a normalised copy, or an
-`InvalidArgument` naming the first bad field."""
+`InvalidArgument` naming the first bad field.
+
+Every field is held to its range in `services.common.limits`; then what can be known up
+front about running the spec is checked, so that a spec no worker could run is refused
+here instead of failing on every restart: the runtime's options against its documented
+schema (`requirements`), and the model's memory need at its largest allowed batch against
+`resources.memory_mib` per GPU.
+"""
 
 from __future__ import annotations
 
-import math
-import re
-
 from dilu.v1 import types_pb2
 
+from services.common import limits
 from services.common.errors import InvalidArgument
+from services.node_agent.worker.requirements import (
+    MIB,
+    check_runtime_options,
+    checked_batch,
+    memory_need_bytes,
+)
 from services.node_agent.worker.torch_catalog import TORCH_MODELS
+from services.perf import SIM_MODELS
 
-NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-# Models the sim runtime has measured performance tables for.
-SIM_MODELS = frozenset({"resnet152", "bert-base", "roberta-large", "gpt2-large", "llama2-7b"})
-
-MAX_GPUS_PER_INSTANCE = 8
-MAX_REPLICAS = 1000
-MAX_BATCH = 4096
-
-
-def _share(field: str, value: float) -> None:
-    if math.isnan(value) or not 0.0 < value <= 1.0:
-        raise InvalidArgument(field, f"must be in (0, 1] (a fraction of one GPU), got {value}")
+S = types_pb2
+NAME_PATTERN = limits.NAME_PATTERN
+KINDS: dict[int, str] = {S.FUNCTION_KIND_INFERENCE: "FUNCTION_KIND_INFERENCE",
+         S.FUNCTION_KIND_LLM_INFERENCE: "FUNCTION_KIND_LLM_INFERENCE",
+         S.FUNCTION_KIND_TRAINING: "FUNCTION_KIND_TRAINING"}
+RUNTIMES: dict[int, str] = {S.RUNTIME_SIM: "RUNTIME_SIM", S.RUNTIME_TORCH: "RUNTIME_TORCH"}
+_MODELS = {S.RUNTIME_SIM: frozenset(SIM_MODELS), S.RUNTIME_TORCH: TORCH_MODELS}
+_PROFILING_NOT_BUILT = ("is required: a Deploy that leaves it to the profile needs the "
+                        "profiler's search, which is not built yet")
 
 
-def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function") -> types_pb2.FunctionSpec:
-    """Check every field and fill defaults (percentile 99, 1 GPU, min 1 replica, max = min)."""
-    if not spec.name:
-        raise InvalidArgument(f"{prefix}.name", "must not be empty")
-    if not NAME_PATTERN.match(spec.name):
-        raise InvalidArgument(
-            f"{prefix}.name",
-            f"{spec.name!r} must be 1-63 lowercase letters, digits or '-', "
-            "starting with a letter and not ending with '-'",
-        )
-    if spec.kind not in (
-        types_pb2.FUNCTION_KIND_INFERENCE,
-        types_pb2.FUNCTION_KIND_LLM_INFERENCE,
-        types_pb2.FUNCTION_KIND_TRAINING,
-    ):
-        raise InvalidArgument(
-            f"{prefix}.kind",
-            "must be FUNCTION_KIND_INFERENCE, FUNCTION_KIND_LLM_INFERENCE or "
-            f"FUNCTION_KIND_TRAINING, got {spec.kind}",
-        )
-    if spec.runtime not in (types_pb2.RUNTIME_SIM, types_pb2.RUNTIME_TORCH):
-        raise InvalidArgument(
-            f"{prefix}.runtime", f"must be RUNTIME_SIM or RUNTIME_TORCH, got {spec.runtime}"
-        )
-    if not spec.model:
-        raise InvalidArgument(f"{prefix}.model", "must not be empty")
-    if spec.runtime == types_pb2.RUNTIME_SIM and spec.model not in SIM_MODELS:
-        raise InvalidArgument(
-            f"{prefix}.model",
-            f"the sim runtime has no performance model for {spec.model!r}; "
-            f"known: {', '.join(sorted(SIM_MODELS))}",
-        )
-    if spec.runtime == types_pb2.RUNTIME_TORCH and spec.model not in TORCH_MODELS:
-        raise InvalidArgument(
-            f"{prefix}.model",
-            f"the torch runtime builds no model named {spec.model!r}; "
-            f"known: {', '.join(sorted(TORCH_MODELS))}",
-        )
-
+def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function", *,
+                  resources_required: bool = True) -> types_pb2.FunctionSpec:
+    """Check every field and fill defaults (percentile 99, sm_limit = sm_request, 1 GPU,
+    min 1 replica, max = min); the input is not changed. `resources_required=False` is for
+    the profiler, whose job is to find the shares and memory left unset."""
+    limits.check_name(f"{prefix}.name", spec.name)
+    limits.check_enum(f"{prefix}.kind", spec.kind, KINDS)
+    limits.check_enum(f"{prefix}.runtime", spec.runtime, RUNTIMES)
+    _validate_model(spec, prefix)
     normalised = types_pb2.FunctionSpec()
     normalised.CopyFrom(spec)
     _validate_slo(normalised, prefix)
-    _validate_resources(normalised, prefix)
+    _validate_resources(normalised, prefix, resources_required)
     _validate_replicas(normalised, prefix)
-    if not 0 <= spec.max_batch <= MAX_BATCH:
-        raise InvalidArgument(f"{prefix}.max_batch", f"must be in [0, {MAX_BATCH}], got {spec.max_batch}")
+    if normalised.HasField("max_batch"):
+        limits.check_int(f"{prefix}.max_batch", normalised.max_batch, limits.BATCH)
+    limits.check_map(f"{prefix}.labels", normalised.labels, max_entries=limits.LABELS_MAX,
+                     key_pattern=limits.LABEL_KEY_PATTERN,
+                     value_max_bytes=limits.LABEL_VALUE_MAX_BYTES)
+    limits.check_text(f"{prefix}.weights_uri", normalised.weights_uri, limits.WEIGHTS_URI_MAX)
+    limits.check_map(f"{prefix}.runtime_options", normalised.runtime_options,
+                     max_entries=limits.OPTIONS_MAX, key_pattern=limits.OPTION_KEY_PATTERN,
+                     value_max_bytes=limits.OPTION_VALUE_MAX_BYTES)
+    check_runtime_options(normalised)
+    if normalised.resources.HasField("memory_mib"):
+        _check_memory_need(normalised, prefix)
     return normalised
+
+
+def _validate_model(spec: types_pb2.FunctionSpec, prefix: str) -> None:
+    field = f"{prefix}.model"
+    limits.check_text(field, spec.model, limits.MODEL_MAX, required=True)
+    known = _MODELS[spec.runtime]
+    if spec.model not in known:
+        runtime = "sim runtime has no performance model" if spec.runtime == S.RUNTIME_SIM \
+            else "torch runtime builds no model named"
+        raise InvalidArgument(field, f"the {runtime} {spec.model!r}; known: {', '.join(sorted(known))}")
 
 
 def _validate_slo(spec: types_pb2.FunctionSpec, prefix: str) -> None:
     slo = spec.slo
-    if math.isnan(slo.latency_ms) or slo.latency_ms < 0:
-        raise InvalidArgument(f"{prefix}.slo.latency_ms", f"must be positive, got {slo.latency_ms}")
-    if spec.kind != types_pb2.FUNCTION_KIND_TRAINING and slo.latency_ms == 0:
+    if spec.kind == S.FUNCTION_KIND_TRAINING and slo.latency_ms == 0:
+        pass  # training is best effort: no latency target
+    elif slo.latency_ms == 0:
         raise InvalidArgument(f"{prefix}.slo.latency_ms", "is required for inference functions")
-    if math.isnan(slo.percentile) or not 0 <= slo.percentile <= 100:
-        raise InvalidArgument(f"{prefix}.slo.percentile", f"must be in (0, 100], got {slo.percentile}")
+    else:
+        limits.check_number(f"{prefix}.slo.latency_ms", slo.latency_ms, limits.LATENCY_MS)
+    limits.check_number(f"{prefix}.slo.percentile", slo.percentile, limits.PERCENTILE)
     if slo.percentile == 0:
         slo.percentile = 99.0
 
 
-def _validate_resources(spec: types_pb2.FunctionSpec, prefix: str) -> None:
+def _validate_resources(spec: types_pb2.FunctionSpec, prefix: str, required: bool) -> None:
     res = spec.resources
-    _share(f"{prefix}.resources.sm_request", res.sm_request)
-    if res.sm_limit == 0:
-        res.sm_limit = res.sm_request
-    _share(f"{prefix}.resources.sm_limit", res.sm_limit)
-    if res.sm_request > res.sm_limit:
-        raise InvalidArgument(
-            f"{prefix}.resources.sm_request",
-            f"must not exceed sm_limit ({res.sm_request} > {res.sm_limit})",
-        )
-    if res.memory_mib < 0:
-        raise InvalidArgument(f"{prefix}.resources.memory_mib", f"must not be negative, got {res.memory_mib}")
-    if res.memory_mib == 0:
-        raise InvalidArgument(f"{prefix}.resources.memory_mib", "must be set (GPU memory per GPU, MiB)")
-    if not 0 <= res.gpus_per_instance <= MAX_GPUS_PER_INSTANCE:
-        raise InvalidArgument(
-            f"{prefix}.resources.gpus_per_instance",
-            f"must be in [1, {MAX_GPUS_PER_INSTANCE}], got {res.gpus_per_instance}",
-        )
+    field = f"{prefix}.resources"
+    if res.HasField("sm_request"):
+        limits.check_number(f"{field}.sm_request", res.sm_request, limits.SHARE)
+        if not res.HasField("sm_limit"):
+            res.sm_limit = res.sm_request
+    elif required:
+        raise InvalidArgument(f"{field}.sm_request", _PROFILING_NOT_BUILT)
+    if res.HasField("sm_limit"):
+        limits.check_number(f"{field}.sm_limit", res.sm_limit, limits.SHARE)
+        if res.HasField("sm_request") and res.sm_request > res.sm_limit:
+            raise InvalidArgument(f"{field}.sm_request",
+                                  f"must not exceed sm_limit ({res.sm_request} > {res.sm_limit})")
+    if res.HasField("memory_mib"):
+        limits.check_int(f"{field}.memory_mib", res.memory_mib, limits.MEMORY_MIB)
+    elif required:
+        raise InvalidArgument(f"{field}.memory_mib", f"(GPU memory per GPU, MiB) {_PROFILING_NOT_BUILT}")
+    limits.check_int(f"{field}.gpus_per_instance", res.gpus_per_instance, limits.GPUS_PER_INSTANCE)
     if res.gpus_per_instance == 0:
         res.gpus_per_instance = 1
-    if res.gpus_per_instance > 1 and spec.kind == types_pb2.FUNCTION_KIND_INFERENCE:
+    if res.gpus_per_instance > 1 and spec.kind == S.FUNCTION_KIND_INFERENCE:
+        raise InvalidArgument(f"{field}.gpus_per_instance",
+                              "only training may span several GPUs")
+    if res.gpus_per_instance > 1 and spec.kind == S.FUNCTION_KIND_LLM_INFERENCE:
         raise InvalidArgument(
-            f"{prefix}.resources.gpus_per_instance",
-            "only training and LLM inference may span several GPUs",
-        )
+            f"{field}.gpus_per_instance",
+            "an LLM inference instance runs its whole model on one GPU: split instances "
+            "(a model in pipeline stages over several GPUs) do not exist yet; use 1")
 
 
 def _validate_replicas(spec: types_pb2.FunctionSpec, prefix: str) -> None:
     rep = spec.replicas
     if not rep.HasField("min"):
         rep.min = 1
-    if not 0 <= rep.min <= MAX_REPLICAS:
-        raise InvalidArgument(f"{prefix}.replicas.min", f"must be in [0, {MAX_REPLICAS}], got {rep.min}")
-    if not 0 <= rep.max <= MAX_REPLICAS:
-        raise InvalidArgument(f"{prefix}.replicas.max", f"must be in [0, {MAX_REPLICAS}], got {rep.max}")
+    limits.check_int(f"{prefix}.replicas.min", rep.min, limits.REPLICAS)
+    limits.check_int(f"{prefix}.replicas.max", rep.max, limits.MAX_REPLICAS)
     if rep.max == 0:
         rep.max = max(rep.min, 1)
     if rep.max < rep.min:
         raise InvalidArgument(f"{prefix}.replicas.max", f"must be at least min ({rep.max} < {rep.min})")
+
+
+def _check_memory_need(spec: types_pb2.FunctionSpec, prefix: str) -> None:
+    batch = checked_batch(spec)
+    need_mib = -(-memory_need_bytes(spec, batch) // MIB)
+    if need_mib > spec.resources.memory_mib:
+        at = "its training batch" if spec.kind == S.FUNCTION_KIND_TRAINING else (
+            "max_batch" if spec.HasField("max_batch") else "batch 1 (max_batch left to the profile)")
+        raise InvalidArgument(
+            f"{prefix}.resources.memory_mib",
+            f"{spec.model} needs {need_mib} MiB per GPU at {at} ({batch}), more than "
+            f"memory_mib {spec.resources.memory_mib}")

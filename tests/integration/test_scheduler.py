@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 from services.common import subjects
 from services.common.bus import Bus
 from tests.helpers import assert_eventually
-from tests.integration.conftest import Cluster, inference_spec
+from tests.integration.conftest import Cluster, inference_spec, torch_inference_spec
 
 S = types_pb2
 
@@ -202,14 +202,16 @@ def test_a_worker_that_cannot_start_fails_and_invoke_says_why(cluster: Cluster):
     cluster.start_scheduler()
     cluster.start_agent("n1")
     _wait_for_nodes(cluster, "n1")
-    # resnet152's weights alone need more than 64 MiB: the worker refuses to start.
-    cluster.deploy(inference_spec("cold", memory_mib=64))
+    # Only the node can find out that the weights file is not there: the worker refuses.
+    spec = torch_inference_spec("cold")
+    spec.weights_uri = str(cluster.tmp / "no-such-weights.pt")
+    cluster.deploy(spec)
 
     failed_instance = assert_eventually(
         lambda: next((i for i in cluster.function("cold").status.instances
                       if i.state == S.INSTANCE_STATE_FAILED), None),
-        timeout=15, message="the worker's start failure is reported")
-    assert "out of GPU memory" in failed_instance.message
+        timeout=30, message="the worker's start failure is reported")
+    assert "weights_uri" in failed_instance.message
     with pytest.raises(grpc.RpcError) as failed:
         cluster.sched.Invoke(scheduler_pb2.InvokeRequest(function="cold", payload=b"{}"))
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE

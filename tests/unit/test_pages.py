@@ -249,6 +249,24 @@ def test_reader_waits_while_the_seqlock_is_odd(control_path: Path) -> None:
         writer.close()
 
 
+def test_a_value_the_page_cannot_hold_leaves_it_consistent_and_writable(control_path: Path) -> None:
+    # Issue 11: a SetQuota of 2**62 MiB became a memory limit beyond the page's u64; the
+    # write raised halfway with the seqlock left odd, and every later write raised too.
+    writer = ControlPageWriter(control_path, _control(share=0.25))
+    reader = ControlPageReader(control_path)
+    try:
+        with pytest.raises(PageError):
+            writer.write(_control(memory_limit_bytes=(2**62) * 2**20))
+        seq = _u64(control_path.read_bytes(), 8)
+        assert seq % 2 == 0
+        assert reader.read() == replace(_control(share=0.25), generation=1)
+        writer.write(_control(share=0.5))
+        assert reader.read().share == 0.5 and reader.read().generation == 2
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_reader_refuses_a_file_of_the_wrong_size(control_path: Path) -> None:
     ControlPageWriter(control_path, _control()).close()
     with control_path.open("ab") as file:

@@ -12,7 +12,6 @@ instance cannot run as specified (the reason is the last log line).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -22,14 +21,22 @@ from pathlib import Path
 
 from dilu.v1 import types_pb2, worker_pb2_grpc
 
+from services.common.addresses import advertised_host, join_host_port
 from services.common.errors import DiluError
 from services.common.grpc_server import GrpcServer, wait_for_stop_signal
-from services.common.logs import setup_logging
+from services.common.lifetime import die_with_parent
+from services.common.logs import (
+    DEFAULT_LOG_BACKUPS,
+    DEFAULT_LOG_MAX_BYTES,
+    RotatingProcessLog,
+    setup_logging,
+)
 from services.common.tracing import setup_tracing
 from services.node_agent.pages import ControlPageReader, StatsWriter
 from services.node_agent.shim import shim_enforcing_here
 from services.node_agent.worker.engines import inference_engine, training_engine
 from services.node_agent.worker.gate import QuotaGate
+from services.node_agent.worker.requirements import checked_batch, memory_need_bytes
 from services.node_agent.worker.serving import InferenceWorker
 from services.node_agent.worker.spans import record_startup
 
@@ -47,17 +54,7 @@ class CannotRun(Exception):
     """The instance cannot run as specified (bad options, out of memory)."""
 
 
-def _die_with_agent() -> None:
-    """Ask Linux to kill this worker when the agent that started it dies. Unsupervised, it
-    would keep GPU memory and a stale share while a restarted agent reuses its GPU."""
-    agent_pid = int(os.environ.get("DILU_AGENT_PID", "0") or 0)
-    if not agent_pid or not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) != 0:
-        log.warning("cannot ask to die with the agent: %s", os.strerror(ctypes.get_errno()))
-    if os.getppid() != agent_pid:  # the agent died before prctl took effect
-        sys.exit(1)
+_log_file: RotatingProcessLog | None = None
 
 
 def _announce(endpoint: str = "") -> None:
@@ -67,12 +64,21 @@ def _announce(endpoint: str = "") -> None:
     # Nobody reads stdout after READY: later prints (ours, torch's, C libraries') go to the
     # log instead of filling the pipe and blocking the worker.
     os.dup2(2, 1)
+    if _log_file is not None:
+        _log_file.redirected_fds = (1, 2)  # and follow it when it rotates
 
 
 def _check_memory(needed_bytes: int, limit_bytes: int) -> None:
     if limit_bytes and needed_bytes > limit_bytes:
         raise CannotRun(f"out of GPU memory: the model needs {needed_bytes >> 20} MiB, "
                         f"the instance's quota is {limit_bytes >> 20} MiB")
+
+
+def _check_memory_before_building(spec: types_pb2.FunctionSpec, limit_bytes: int) -> None:
+    """The memory need computed from the spec alone, before torch is even imported:
+    building a model takes host memory in proportion to its size, so a model too large
+    for its quota must be refused before it exists (and on every restart)."""
+    _check_memory(memory_need_bytes(spec, checked_batch(spec)), limit_bytes)
 
 
 def _gpu_work(spec: types_pb2.FunctionSpec) -> bool:
@@ -95,13 +101,18 @@ async def run_inference(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: St
     _check_memory(engine.memory_bytes, gate.control().memory_limit_bytes)
     _record_memory(stats, gate, engine.memory_bytes)
     worker = InferenceWorker(engine, gate, stats, spec.slo.latency_ms, spec.max_batch)
-    server = GrpcServer(os.environ.get("DILU_WORKER_HOST", "127.0.0.1"), 0)
+    # The agent passes its settings: where to listen, and the address others dial.
+    bind_host = os.environ.get("DILU_WORKER_HOST", "127.0.0.1")
+    server = GrpcServer(bind_host, 0)
     server.add(worker_pb2_grpc.add_WorkerServiceServicer_to_server, worker,
                "dilu.v1.WorkerService")
-    await server.start()
+    port = await server.start()
+    endpoint = join_host_port(advertised_host(bind_host, os.environ.get(
+        "DILU_WORKER_ADVERTISE_HOST", "")), port)
     batcher = asyncio.create_task(worker.run(), name="batcher")
-    log.info("%s serving on %s (max batch %d)", spec.name, server.address, worker.max_batch)
-    _announce(server.address)
+    log.info("%s serving on %s, advertised as %s (max batch %d)", spec.name, server.address,
+             endpoint, worker.max_batch)
+    _announce(endpoint)
     await wait_for_stop_signal()
     log.info("draining")
     await server.stop(MAX_DRAIN_S)  # refuses new calls; returns when in-flight ones finished
@@ -124,6 +135,7 @@ async def run_training(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: Sta
 async def run(spec: types_pb2.FunctionSpec, control_path: Path, stats_path: Path) -> None:
     control = ControlPageReader(control_path)
     stats = StatsWriter(stats_path)
+    _check_memory_before_building(spec, control.read().memory_limit_bytes)
     # A torch worker on a GPU runs under the CUDA shim, which enforces the share kernel by
     # kernel; the gate must not throttle it a second time. A worker whose work stays on the
     # CPU (sim, or torch without a usable GPU) launches nothing the shim could see.
@@ -138,11 +150,18 @@ async def run(spec: types_pb2.FunctionSpec, control_path: Path, stats_path: Path
 
 
 def main() -> None:
-    global _STARTED_NS
+    global _STARTED_NS, _log_file
     _STARTED_NS = time.time_ns()
     instance_id = os.environ.get("DILU_INSTANCE_ID", "worker")
-    setup_logging(f"worker {instance_id}", os.environ.get("DILU_LOG_LEVEL", "info"))
-    _die_with_agent()
+    # Stdout carries the READY line to the agent: only stderr follows the log's rotation.
+    _log_file = setup_logging(
+        f"worker {instance_id}", os.environ.get("DILU_LOG_LEVEL", "info"),
+        os.environ.get("DILU_LOG_FILE") or None,
+        int(os.environ.get("DILU_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES)),
+        int(os.environ.get("DILU_LOG_BACKUPS", DEFAULT_LOG_BACKUPS)), redirected_fds=(2,))
+    # Unsupervised, a worker would keep GPU memory and a stale share while a restarted
+    # agent reuses its GPU: it dies with the agent that started it.
+    die_with_parent(pid_env="DILU_AGENT_PID", sig=signal.SIGKILL)
     try:
         spec = types_pb2.FunctionSpec.FromString(Path(os.environ["DILU_SPEC"]).read_bytes())
         control_path = Path(os.environ["DILU_CONTROL"])

@@ -10,9 +10,13 @@ from typing import Any, Protocol
 
 from dilu.v1 import types_pb2
 
-from services.common.errors import InvalidArgument
-from services.node_agent.pages import MIB
 from services.node_agent.worker.gate import QuotaGate, SimDevice
+from services.node_agent.worker.requirements import (
+    largest_batch_within,
+    memory_need_bytes,
+    sim_options,
+    training_batch,
+)
 from services.perf import PerfModel, load_model
 
 
@@ -30,32 +34,6 @@ class TrainingEngine(Protocol):
     memory_bytes: int
 
     async def step(self) -> None: ...
-
-
-def _option_int(spec: types_pb2.FunctionSpec, key: str, default: int) -> int:
-    raw = spec.runtime_options.get(key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"function.runtime_options.{key}", f"must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise InvalidArgument(f"function.runtime_options.{key}", f"must be ≥ 1, got {value}")
-    return value
-
-
-def _option_float(spec: types_pb2.FunctionSpec, key: str, default: float) -> float:
-    raw = spec.runtime_options.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgument(f"function.runtime_options.{key}", f"must be a number, got {raw!r}") from None
-    if not 0 <= value < 3_600_000:  # also refuses NaN
-        raise InvalidArgument(f"function.runtime_options.{key}", f"must be in [0, 3600000), got {raw}")
-    return value
 
 
 def time_sliced_s(perf: PerfModel, batch: int, share: float) -> float:
@@ -83,9 +61,12 @@ class SimInference:
         self._device = SimDevice(gate)
         self._model = spec.model
         control = gate.control()
-        self.default_max_batch = sim_default_max_batch(
-            self._perf, spec.slo.latency_ms, max(control.request, 0.1))
-        self.memory_bytes = self._perf.memory_mib(spec.max_batch or self.default_max_batch) * MIB
+        # Left open by the spec, the batch is the largest that meets the SLO and fits the
+        # memory quota.
+        self.default_max_batch = largest_batch_within(
+            spec, control.memory_limit_bytes,
+            sim_default_max_batch(self._perf, spec.slo.latency_ms, max(control.request, 0.1)))
+        self.memory_bytes = memory_need_bytes(spec, spec.max_batch or self.default_max_batch)
 
     def decode(self, payload: bytes, content_type: str) -> Any:
         return len(payload)  # the simulated model does not look at its input
@@ -114,10 +95,10 @@ class SimTraining:
         self._perf = load_model(spec.model)
         self._device = SimDevice(gate)
         self._clock = gate.clock
-        self._batch = _option_int(spec, "batch", 16)
-        self._host_s = _option_float(spec, "host_ms", 0.0) / 1000
+        self._batch = training_batch(spec)
+        self._host_s = sim_options(spec)["host_ms"] / 1000
         self._gpu_s = sim_training_step_gpu_s(self._perf, self._batch)
-        self.memory_bytes = 3 * self._perf.memory_mib(self._batch) * MIB  # weights, grads, optimiser
+        self.memory_bytes = memory_need_bytes(spec, self._batch)  # weights, grads, optimiser
 
     async def step(self) -> None:
         if self._host_s <= 0:
@@ -141,10 +122,6 @@ class _MeasuredCost:
             0.8 * self.per_sample_s + 0.2 * observed)
 
 
-def _parameter_bytes(model: Any) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
 async def _gated(gate: QuotaGate, cost: _MeasuredCost, samples: int, work: Any) -> Any:
     """Admit one indivisible torch launch at its estimated cost, then charge what it took."""
     estimate_ns = max(1, round(cost.estimate_s(samples) * 1e9))
@@ -166,8 +143,9 @@ class TorchInferenceEngine:
         self._gate = gate
         self._cost = _MeasuredCost()
         self.content_type = self._runtime.content_type
-        self.default_max_batch = self._runtime.max_batch_default
-        self.memory_bytes = _parameter_bytes(self._runtime.model)
+        self.default_max_batch = largest_batch_within(
+            spec, gate.control().memory_limit_bytes, self._runtime.max_batch_default)
+        self.memory_bytes = memory_need_bytes(spec, spec.max_batch or self.default_max_batch)
 
     def decode(self, payload: bytes, content_type: str) -> Any:
         return self._runtime.decode(payload, content_type)
@@ -188,7 +166,7 @@ class TorchTrainingEngine:
         self._runtime = torch_runtime.build_training(spec, torch_runtime.pick_device())
         self._gate = gate
         self._cost = _MeasuredCost()
-        self.memory_bytes = 3 * _parameter_bytes(self._runtime.model)
+        self.memory_bytes = memory_need_bytes(spec, self._runtime.batch_size)
 
     async def step(self) -> None:
         await _gated(self._gate, self._cost, self._runtime.batch_size, self._runtime.step)

@@ -13,6 +13,8 @@ import grpc
 from dilu.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.clock import SYSTEM_CLOCK, Clock
+from services.common.errors import InvalidArgument
+from services.common.limits import check_invoke_body
 from services.node_agent.pages import StatsWriter
 from services.node_agent.worker.batching import BatchQueue
 from services.node_agent.worker.engines import InferenceEngine
@@ -49,7 +51,12 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
 
     async def Infer(self, request: worker_pb2.InferRequest,
                     context: grpc.aio.ServicerContext) -> worker_pb2.InferResponse:
-        pending = _Pending(self._engine.decode(request.payload, request.content_type))
+        check_invoke_body(request.payload, request.content_type)
+        try:
+            sample = self._engine.decode(request.payload, request.content_type)
+        except RecursionError:  # JSON nested beyond what any model input needs
+            raise InvalidArgument("payload", "is nested too deeply") from None
+        pending = _Pending(sample)
         self._queue.push(pending, self._clock.monotonic())
         self._stats.add("accepted", 1)
         self._stats.set_queue_length(len(self._queue))

@@ -29,17 +29,17 @@ from dilu.v1 import types_pb2  # noqa: E402
 from torch import nn  # noqa: E402
 
 from services.common.errors import InvalidArgument  # noqa: E402
-from services.node_agent.worker.torch_models import (  # noqa: E402
+from services.node_agent.worker.torch_catalog import (  # noqa: E402
+    DEFAULT_MAX_BATCH,
+    RUNTIME_OPTIONS,
     ModelConfig,
     ResNetConfig,
     TransformerConfig,
+    check_runtime_options,
     parse_config,
-    parse_positive_int,
+    training_batch,
 )
 
-# Options the runtime handles itself rather than the model; see torch_catalog.
-_RUNTIME_KEYS = frozenset({"threads", "batch"})
-_DEFAULT_TRAIN_BATCH = 16
 _WEIGHTS_FIELD = "function.weights_uri"
 _JSON = "application/json"
 
@@ -58,9 +58,9 @@ class TorchInference:
         self.config = config
         self.model = model.eval()
         self.device = device
-        # Batch size to use when the spec's max_batch is 0: small images are cheap per
-        # sample, short sequences cheaper still.
-        self.max_batch_default: int = 16 if isinstance(config, ResNetConfig) else 32
+        # Batch size to use when the spec leaves max_batch unset (memory permitting).
+        self.max_batch_default: int = DEFAULT_MAX_BATCH[
+            "resnet" if isinstance(config, ResNetConfig) else "transformer"]
         # Random samples come from their own generator so that a load generator's requests
         # neither depend on nor disturb the global RNG.
         self._rng = torch.Generator().manual_seed(0)
@@ -147,18 +147,14 @@ def build_inference(spec: types_pb2.FunctionSpec, device: str) -> TorchInference
 def build_training(spec: types_pb2.FunctionSpec, device: str) -> TorchTraining:
     """The model of `spec` on `device`, ready to train; InvalidArgument names a bad field."""
     config, model = _build(spec, device)
-    batch = spec.runtime_options.get("batch")
-    batch_size = _DEFAULT_TRAIN_BATCH if batch is None else parse_positive_int("batch", batch)
-    return TorchTraining(config, model, device, batch_size)
+    return TorchTraining(config, model, device, training_batch(spec.runtime_options))
 
 
 def _build(spec: types_pb2.FunctionSpec, device: str) -> tuple[ModelConfig, nn.Module]:
     options = dict(spec.runtime_options)
     # Validate every option before the (slow) model construction.
-    config = parse_config(spec.model, options, _RUNTIME_KEYS)
-    threads = parse_positive_int("threads", options["threads"]) if "threads" in options else None
-    if "batch" in options:
-        parse_positive_int("batch", options["batch"])
+    config = parse_config(spec.model, options, RUNTIME_OPTIONS)
+    threads = check_runtime_options(options).get("threads")
     path = _weights_path(spec.weights_uri) if spec.weights_uri else None
     if threads is not None:
         torch.set_num_threads(threads)

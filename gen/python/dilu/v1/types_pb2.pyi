@@ -204,26 +204,41 @@ class Resources(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     GPUS_PER_INSTANCE_FIELD_NUMBER: _builtins.int
     sm_request: _builtins.float
-    """Guaranteed SM share per GPU, in (0, 1]."""
+    """Guaranteed SM share per GPU, in [0.01, 1]. Unset: the profile decides (refused until
+    the profiler is built).
+    """
     sm_limit: _builtins.float
-    """Ceiling the instance may borrow up to, in [sm_request, 1]."""
+    """Ceiling the instance may borrow up to, in [sm_request, 1]. Unset means sm_request."""
     memory_mib: _builtins.int
-    """GPU memory per GPU, MiB; never over-subscribed. Signed so a negative value is reported, not wrapped."""
+    """GPU memory per GPU, MiB; never over-subscribed. Signed so a negative value is reported,
+    not wrapped. Unset: the profile decides (refused until the profiler is built).
+    """
     gpus_per_instance: _builtins.int
     """GPUs per instance; 0 means 1. Training may ask for several (placed all or nothing)."""
     def __init__(
         self,
         *,
-        sm_request: _builtins.float = ...,
-        sm_limit: _builtins.float = ...,
-        memory_mib: _builtins.int = ...,
+        sm_request: _builtins.float | None = ...,
+        sm_limit: _builtins.float | None = ...,
+        memory_mib: _builtins.int | None = ...,
         gpus_per_instance: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_mib", b"_memory_mib", "_sm_limit", b"_sm_limit", "_sm_request", b"_sm_request", "memory_mib", b"memory_mib", "sm_limit", b"sm_limit", "sm_request", b"sm_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpus_per_instance", b"gpus_per_instance", "memory_mib", b"memory_mib", "sm_limit", b"sm_limit", "sm_request", b"sm_request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_mib", b"_memory_mib", "_sm_limit", b"_sm_limit", "_sm_request", b"_sm_request", "gpus_per_instance", b"gpus_per_instance", "memory_mib", b"memory_mib", "sm_limit", b"sm_limit", "sm_request", b"sm_request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__memory_mib: _TypeAlias = _typing.Literal["memory_mib"]  # noqa: Y015
+    _WhichOneofArgType__memory_mib: _TypeAlias = _typing.Literal["_memory_mib", b"_memory_mib"]  # noqa: Y015
+    _WhichOneofReturnType__sm_limit: _TypeAlias = _typing.Literal["sm_limit"]  # noqa: Y015
+    _WhichOneofArgType__sm_limit: _TypeAlias = _typing.Literal["_sm_limit", b"_sm_limit"]  # noqa: Y015
+    _WhichOneofReturnType__sm_request: _TypeAlias = _typing.Literal["sm_request"]  # noqa: Y015
+    _WhichOneofArgType__sm_request: _TypeAlias = _typing.Literal["_sm_request", b"_sm_request"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_mib) -> _WhichOneofReturnType__memory_mib | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sm_limit) -> _WhichOneofReturnType__sm_limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sm_request) -> _WhichOneofReturnType__sm_request | None: ...
 
 Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
@@ -319,7 +334,9 @@ class FunctionSpec(_message.Message):
     model: _builtins.str
     """Model to run, e.g. "resnet152", "bert-base", "llama2-7b"."""
     max_batch: _builtins.int
-    """Largest batch a worker forms; 0 lets the profile decide."""
+    """Largest batch a worker forms, in [1, 4096]; unset lets the profile (or, without one,
+    the worker within its memory quota) decide.
+    """
     weights_uri: _builtins.str
     """Model weights to load instead of random ones: a path or file:// URI readable on the
     node. Nothing is downloaded.
@@ -348,16 +365,18 @@ class FunctionSpec(_message.Message):
         slo: Global___Slo | None = ...,
         resources: Global___Resources | None = ...,
         replicas: Global___Replicas | None = ...,
-        max_batch: _builtins.int = ...,
+        max_batch: _builtins.int | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         weights_uri: _builtins.str = ...,
         runtime_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas", "resources", b"resources", "slo", b"slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "max_batch", b"max_batch", "replicas", b"replicas", "resources", b"resources", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "labels", b"labels", "max_batch", b"max_batch", "model", b"model", "name", b"name", "replicas", b"replicas", "resources", b"resources", "runtime", b"runtime", "runtime_options", b"runtime_options", "slo", b"slo", "weights_uri", b"weights_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "kind", b"kind", "labels", b"labels", "max_batch", b"max_batch", "model", b"model", "name", b"name", "replicas", b"replicas", "resources", b"resources", "runtime", b"runtime", "runtime_options", b"runtime_options", "slo", b"slo", "weights_uri", b"weights_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_batch: _TypeAlias = _typing.Literal["max_batch"]  # noqa: Y015
+    _WhichOneofArgType__max_batch: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch) -> _WhichOneofReturnType__max_batch | None: ...
 
 Global___FunctionSpec: _TypeAlias = FunctionSpec  # noqa: Y015
 
