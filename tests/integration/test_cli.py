@@ -149,3 +149,88 @@ def test_dilu_up_serves_until_dilu_down_and_stops_every_child(tmp_path: Path):
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def _up(state: Path, ports: dict[str, str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen' / 'python'}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "up", "--state-dir", str(state),
+         *[x for pair in ports.items() for x in pair]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+
+
+def _stack_record(state: Path) -> dict:  # type: ignore[type-arg]
+    return assert_eventually(lambda: (state / "stack.json").exists() and json.loads(
+        (state / "stack.json").read_text()), timeout=60, message="dilu up wrote stack.json")
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_dilu_up_owns_its_state_dir_survives_a_crash_loop_and_leaves_nothing_after_kill_9(
+        tmp_path: Path):
+    from services.cli.stack import free_port
+    from services.node_agent.pages import StatsReader
+
+    ports = {flag: str(free_port()) for flag in (
+        "--nats-port", "--scheduler-port", "--node-agent-port", "--profiler-port", "--scaler-port")}
+    state = tmp_path / "state"
+    up = _up(state, ports)
+    again: subprocess.Popen[str] | None = None
+    try:
+        stack = _stack_record(state)
+        scheduler = stack["endpoints"]["scheduler"]
+        # A second stack on the same state dir refuses, naming the owner.
+        second = dilu("up", "--state-dir", str(state), *[x for p in ports.items() for x in p])
+        assert second.returncode == 1 and f"pid {up.pid}" in second.stderr, second.stderr
+        assert dilu("deploy", str(ROOT / "examples" / "resnet152.yaml"),
+                    scheduler=scheduler).returncode == 0
+        instance = assert_eventually(lambda: next(
+            (w for w in dilu("status", scheduler=scheduler).stdout.splitlines()
+             if w.startswith("resnet152-") and " ready " in w), None), timeout=20,
+            message="resnet152 serves").split()[0]
+        worker = StatsReader(state / "run" / "local" / f"{instance}.stats").read().pid
+
+        # The profiler keeps dying: after 5 deaths within a minute it is left down, alone.
+        for _ in range(5):
+            pid = json.loads((state / "stack.json").read_text())["pids"]["profiler"]
+            os.kill(pid, signal.SIGKILL)
+            assert_eventually(lambda p=pid: (r := json.loads((state / "stack.json").read_text()))
+                              ["pids"]["profiler"] != p or "profiler" in r["down"],
+                              timeout=20, message="profiler restarted or left down")
+        record = json.loads((state / "stack.json").read_text())
+        assert "died 5 times" in record["down"]["profiler"]
+        assert up.poll() is None
+        invoked = dilu("invoke", "resnet152", scheduler=scheduler)
+        assert invoked.returncode == 0 and instance in invoked.stderr, invoked.stderr
+
+        # kill -9 of `dilu up`: every process it started, and the worker, goes with it.
+        os.kill(up.pid, signal.SIGKILL)
+        up.wait()
+        survivors = [pid for name, pid in record["pids"].items() if name != "profiler"] + [worker]
+        assert_eventually(lambda: all(_gone(pid) for pid in survivors), timeout=20,
+                          message="no orphans after kill -9 of dilu up")
+        down = dilu("down", "--state-dir", str(state))
+        assert down.returncode == 0 and "was gone" in down.stdout, down.stdout + down.stderr
+
+        # The next `dilu up` takes the state dir and the store over, with the function kept.
+        again = _up(state, ports)
+        scheduler = _stack_record(state)["endpoints"]["scheduler"]
+        assert_eventually(lambda: "resnet152" in dilu("status", scheduler=scheduler).stdout,
+                          timeout=20, message="the function survived")
+        assert dilu("down", "--state-dir", str(state)).returncode == 0
+        assert again.wait(timeout=30) == 0
+    finally:
+        for process in (up, again):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_dilu_scale_out_zero_and_invoke_of_a_missing_file_are_clear_errors(tmp_path: Path):
+    zero = dilu("scale", "f", "--out", "0", scheduler="127.0.0.1:1")
+    assert zero.returncode == 2 and "must be at least 1" in zero.stderr
+    missing = dilu("invoke", "f", "--file", str(tmp_path / "missing.json"), scheduler="127.0.0.1:1")
+    assert missing.returncode == 2 and "cannot read the request body" in missing.stderr
+    assert "Traceback" not in missing.stderr

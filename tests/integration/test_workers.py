@@ -322,7 +322,8 @@ async def test_a_function_without_max_batch_uses_its_stored_profiles_batch_size(
     finally:
         await nc.close()
     spec = _saturating_spec()
-    spec.name, spec.max_batch = "prof", 0
+    spec.name = "prof"
+    spec.ClearField("max_batch")  # left to the profile
     spec.resources.sm_request = spec.resources.sm_limit = 0.1  # slow, so requests queue up
     await asyncio.to_thread(one_node.deploy, spec)
     await asyncio.to_thread(_ready, one_node, "prof")
