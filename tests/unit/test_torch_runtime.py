@@ -221,3 +221,15 @@ def test_training_steps_change_the_parameters(model: str) -> None:
 
 def test_training_batch_defaults_to_16() -> None:
     assert build_training(spec("transformer"), "cpu").batch_size == 16
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"image": ' + b"9" * 5000 + b"}",  # found by the fuzz suite: int() refuses > 4300 digits
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"tokens": [1e999]}',
+])
+def test_absurd_json_is_an_invalid_payload_not_a_crash(payload: bytes):
+    runtime = build_inference(spec("resnet"), "cpu")
+    with pytest.raises(InvalidArgument) as refused:
+        runtime.decode(payload, JSON)
+    assert refused.value.field == "payload"

@@ -81,8 +81,11 @@ class TorchInference:
                                              f"({expected}) or an empty payload for a random sample")
         try:
             body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InvalidArgument("payload", f"is not valid JSON ({error}); expected {expected}") from None
+        except ValueError as error:  # bad UTF-8 or JSON, or an integer of over 4300 digits
+            raise InvalidArgument("payload", f"is not valid JSON ({str(error)[:200]}); "
+                                             f"expected {expected}") from None
+        except RecursionError:
+            raise InvalidArgument("payload", f"is nested too deeply; expected {expected}") from None
         if isinstance(self.config, ResNetConfig):
             sample = _decode_image(body, self.config, expected)
         else:

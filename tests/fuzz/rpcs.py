@@ -1,0 +1,158 @@
+"""The table of RPCs the fuzz suite drives: for each, the server it goes to and the
+strategy of its requests (serialized; valid-shaped and garbage). Add a row when an RPC is
+added to any service; `test_fuzz` fails when a dilu.v1 RPC has no row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dilu.v1 import (
+    node_agent_pb2,
+    profiler_pb2,
+    scaler_pb2,
+    scheduler_pb2,
+    worker_pb2,
+)
+from hypothesis import strategies as st
+
+from services.common import limits
+from tests.fuzz import strategies as fz
+
+
+@dataclass(frozen=True, slots=True)
+class FuzzContext:
+    """What strategies need to know about the running stack."""
+
+    gpu_uuids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    """One RPC to fuzz. `target` names a server of the stack (a service, or a seeded
+    worker); `requests` makes the strategy of its serialized requests."""
+
+    service: str
+    method: str
+    target: str
+    requests: Callable[[FuzzContext], st.SearchStrategy[bytes]]
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.service.removeprefix('dilu.v1.')}.{self.method}{self.label}"
+
+    @property
+    def path(self) -> str:
+        return f"/{self.service}/{self.method}"
+
+
+def _empty(message_type: type) -> Callable[[FuzzContext], st.SearchStrategy[bytes]]:
+    return lambda _: fz.requests(st.just(message_type()))
+
+
+def _named(message_type: type, field: str) -> Callable[[FuzzContext], st.SearchStrategy[bytes]]:
+    return lambda _: fz.requests(fz.messages(message_type, {field: (fz.VALID_NAMES, fz.names())}))
+
+
+def _deploy(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(st.one_of(st.builds(scheduler_pb2.DeployRequest, function=fz.function_specs()),
+                                 st.just(scheduler_pb2.DeployRequest())))
+
+
+_COUNT = (st.integers(0, 2), fz.ints(limits.SCALE_COUNT))
+_REASON = (st.sampled_from(["", "fuzz"]), fz.texts(limits.REASON_MAX_BYTES))
+
+
+def _scale_out(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(scheduler_pb2.ScaleOutRequest, {
+        "function": (fz.VALID_NAMES, fz.names()), "count": _COUNT, "reason": _REASON}))
+
+
+def _scale_in(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(scheduler_pb2.ScaleInRequest, {
+        "function": (fz.VALID_NAMES, fz.names()), "count": _COUNT, "reason": _REASON,
+        "instance_ids": (st.just([]), st.one_of(st.lists(fz.ids(), max_size=3),
+                                                st.just(["fz-0"] * 1001)))}))
+
+
+def _invoke(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(scheduler_pb2.InvokeRequest, {
+        "function": (fz.VALID_NAMES, fz.names()),
+        "payload": (st.sampled_from([b"", b"{}"]), fz.infer_payloads()),
+        "content_type": fz.content_types(),
+        "timeout_ms": (st.integers(0, 5000), fz.ints(limits.INVOKE_TIMEOUT_MS))}))
+
+
+def _start(context: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(st.one_of(fz.messages(node_agent_pb2.StartInstanceRequest, {
+        "instance_id": (fz.VALID_IDS, fz.ids()),
+        "function": (fz.function_specs(), fz.function_specs()),
+        "gpu_uuids": fz.gpu_lists(context.gpu_uuids),
+        "quota": (fz.quotas(), fz.quotas())}),
+        st.just(node_agent_pb2.StartInstanceRequest())))
+
+
+def _stop(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(node_agent_pb2.StopInstanceRequest, {
+        "instance_id": (fz.VALID_IDS, fz.ids()),
+        "drain_timeout_ms": (st.integers(0, 2000), fz.ints(limits.DRAIN_TIMEOUT_MS))}))
+
+
+def _set_quota(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(node_agent_pb2.SetQuotaRequest, {
+        "instance_id": (fz.VALID_IDS, fz.ids()), "quota": (fz.quotas(), st.one_of(st.none(), fz.quotas()))}))
+
+
+def _profile(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    # The profiler starts nothing: any spec, torch included, goes all the way through.
+    return fz.requests(st.one_of(
+        st.builds(profiler_pb2.ProfileFunctionRequest, function=fz.function_specs(startable=False)),
+        st.just(profiler_pb2.ProfileFunctionRequest())))
+
+
+def _set_policy(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(st.builds(scaler_pb2.SetPolicyRequest, policy=fz.messages(
+        scaler_pb2.ScalingPolicy, {
+            "slo_drift_threshold": (st.sampled_from([0.0, 0.8]), fz.floats(limits.SLO_DRIFT_THRESHOLD)),
+            "scale_in_after_s": (st.sampled_from([0.0, 60.0]), fz.floats(limits.SCALE_IN_AFTER_S)),
+            "vertical_step": (st.sampled_from([0.0, 0.1]), fz.floats(limits.VERTICAL_STEP))})))
+
+
+def _list_decisions(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(scaler_pb2.ListDecisionsRequest, {
+        "function": (st.sampled_from(["", *fz.FUZZ_NAMES]), fz.names()),
+        "limit": (st.integers(0, 10), fz.ints(limits.DECISIONS_LIMIT))}))
+
+
+def _infer(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(worker_pb2.InferRequest, {
+        "payload": (st.sampled_from([b"", b"{}"]), fz.infer_payloads()),
+        "content_type": fz.content_types()}))
+
+
+_SCHED, _AGENT = "dilu.v1.SchedulerService", "dilu.v1.NodeAgentService"
+_PROF, _SCALER = "dilu.v1.ProfilerService", "dilu.v1.ScalerService"
+
+RPCS: tuple[Rpc, ...] = (
+    Rpc(_SCHED, "Deploy", "scheduler", _deploy),
+    Rpc(_SCHED, "DeleteFunction", "scheduler", _named(scheduler_pb2.DeleteFunctionRequest, "name")),
+    Rpc(_SCHED, "GetFunction", "scheduler", _named(scheduler_pb2.GetFunctionRequest, "name")),
+    Rpc(_SCHED, "ListFunctions", "scheduler", _empty(scheduler_pb2.ListFunctionsRequest)),
+    Rpc(_SCHED, "ScaleOut", "scheduler", _scale_out),
+    Rpc(_SCHED, "ScaleIn", "scheduler", _scale_in),
+    Rpc(_SCHED, "Invoke", "scheduler", _invoke),
+    Rpc(_SCHED, "ListNodes", "scheduler", _empty(scheduler_pb2.ListNodesRequest)),
+    Rpc(_AGENT, "StartInstance", "node-agent", _start),
+    Rpc(_AGENT, "StopInstance", "node-agent", _stop),
+    Rpc(_AGENT, "SetQuota", "node-agent", _set_quota),
+    Rpc(_AGENT, "GetNodeStatus", "node-agent", _empty(node_agent_pb2.GetNodeStatusRequest)),
+    Rpc(_PROF, "ProfileFunction", "profiler", _profile),
+    Rpc(_PROF, "GetProfile", "profiler", _named(profiler_pb2.GetProfileRequest, "function")),
+    Rpc(_SCALER, "GetStatus", "scaler", _empty(scaler_pb2.GetStatusRequest)),
+    Rpc(_SCALER, "SetPolicy", "scaler", _set_policy),
+    Rpc(_SCALER, "ListDecisions", "scaler", _list_decisions),
+    Rpc("dilu.v1.WorkerService", "Infer", "worker-sim", _infer, "[sim]"),
+    Rpc("dilu.v1.WorkerService", "Infer", "worker-torch", _infer, "[torch]"),
+)
