@@ -104,6 +104,8 @@ def main() -> None:
                      "'_' or '-', starting with a letter or digit")
     if not 1 <= args.sim_gpus <= MAX_SIM_GPUS:
         parser.error(f"--sim-gpus: must be in [1, {MAX_SIM_GPUS}], got {args.sim_gpus}")
+    if len(args.advertise_address) > limits.ADDRESS_MAX:
+        parser.error(f"--advertise-address: longer than {limits.ADDRESS_MAX} characters")
     for flag in ("advertise_host", "worker_advertise_host"):
         if getattr(args, flag) in WILDCARD_HOSTS - {""}:
             parser.error(f"--{flag.replace('_', '-')}: {getattr(args, flag)!r} is not an address "
