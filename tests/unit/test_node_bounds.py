@@ -26,6 +26,9 @@ def _agent(tmp_path: Path, gpus: int) -> NodeAgent:
     return agent
 
 
+_LONGEST_MESSAGE = limits.bounded_message("\u00e9" * 100_000)
+
+
 def _widest_report(index: int) -> types_pb2.InstanceReport:
     """An instance report with every field at its longest."""
     return types_pb2.InstanceReport(
@@ -33,7 +36,7 @@ def _widest_report(index: int) -> types_pb2.InstanceReport:
         state=S.INSTANCE_STATE_FAILED, endpoint="e" * limits.ADDRESS_MAX,
         quota=types_pb2.Quota(sm_request=0.123456789, sm_limit=0.987654321,
                               effective_share=0.333333333, memory_limit_mib=limits.MEMORY_LIMIT_MIB.high),
-        message=limits.bounded_message("\u00e9" * 100_000))
+        message=_LONGEST_MESSAGE)
 
 
 def _fill(agent: NodeAgent, count: int, gpus: list[str]) -> None:
