@@ -191,12 +191,12 @@ def test_a_torch_worker_checks_its_memory_quota_before_building_the_model(tmp_pa
 def test_an_agent_bound_to_every_interface_advertises_an_address_others_can_dial(cluster: Cluster):
     cluster.start_scheduler()
     wildcard = cluster.start_agent("n1", 1, "--host", "0.0.0.0")
-    named = cluster.start_agent("n2", 1, "--advertise-host", "localhost")
-    nodes = assert_eventually(lambda: len(cluster.nodes()) == 2 and cluster.nodes(),
-                              message="both nodes registered")
-    host, port = nodes["n1"].node.address.rsplit(":", 1)
+    node = assert_eventually(lambda: cluster.nodes().get("n1"), message="n1 registered").node
+    host, port = node.address.rsplit(":", 1)
     assert host not in ("0.0.0.0", "", "::") and port == wildcard.address.rsplit(":", 1)[1]
-    assert nodes["n2"].node.address == f"localhost:{named.address.rsplit(':', 1)[1]}"
+    named = cluster.start_agent("n2", 1, "--advertise-host", "localhost")
+    node = assert_eventually(lambda: cluster.nodes().get("n2"), message="n2 registered").node
+    assert node.address == f"localhost:{named.address.rsplit(':', 1)[1]}"
     # Workers advertise the node's address too, and Invoke reaches them through it.
     spec = inference_spec("where", max_replicas=2)
     spec.replicas.min = 2
