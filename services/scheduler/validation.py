@@ -30,8 +30,8 @@ KINDS: dict[int, str] = {S.FUNCTION_KIND_INFERENCE: "FUNCTION_KIND_INFERENCE",
          S.FUNCTION_KIND_TRAINING: "FUNCTION_KIND_TRAINING"}
 RUNTIMES: dict[int, str] = {S.RUNTIME_SIM: "RUNTIME_SIM", S.RUNTIME_TORCH: "RUNTIME_TORCH"}
 _MODELS = {S.RUNTIME_SIM: frozenset(SIM_MODELS), S.RUNTIME_TORCH: TORCH_MODELS}
-_PROFILING_NOT_BUILT = ("is required: a Deploy that leaves it to the profile needs the "
-                        "profiler's search, which is not built yet")
+_PROFILING_NOT_BUILT = ("is required: a Deploy that leaves it to the profile needs live "
+                        "profiling by the profiler, which is not built yet")
 
 
 def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function", *,
