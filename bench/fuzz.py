@@ -6,7 +6,7 @@ answer, a call with no answer within its deadline, a process of the stack that d
 traceback in any service's or worker's log, or a seeded function or instance that changed.
 The target is 0 failures.
 
-    .venv/bin/python bench/fuzz.py --minutes 10 [--json FILE] [--seed N]
+    .venv/bin/python bench/fuzz.py --minutes 10 [--json FILE] [--seed N] [--logs DIR]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -32,12 +33,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to fuzz")
     parser.add_argument("--json", help="write the figures here as JSON too")
+    parser.add_argument("--logs", help="copy the stack's logs here when something failed")
     parser.add_argument("--seed", type=int, default=None,
                         help="first round's seed (default: random); rounds use seed, seed+1, ...")
     args = parser.parse_args()
     first_seed = args.seed if args.seed is not None else random.randrange(2**32)
     started = time.monotonic()
     results: dict[str, RpcResult] = {rpc.name: RpcResult() for rpc in RPCS}
+    invariants: list[str] = []
+    round_index = 0
     with tempfile.TemporaryDirectory(prefix="dilu-fuzz-") as tmp:
         stack = FuzzStack(Path(tmp))
         try:
@@ -45,7 +49,6 @@ def main() -> int:
             print(f"fuzzing {len(RPCS)} RPCs for {args.minutes:g} min (first seed {first_seed})",
                   flush=True)
             until = started + args.minutes * 60
-            round_index = 0
             while time.monotonic() < until:
                 fuzz_rounds(stack, RPCS, 1, EXAMPLES_PER_ROUND, first_seed=first_seed + round_index,
                             results=results)
@@ -57,6 +60,10 @@ def main() -> int:
             invariants = stack.check()
         finally:
             stack.close()
+            failed = invariants or any(r.failures for r in results.values())
+            if args.logs and failed:
+                shutil.copytree(tmp, args.logs, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("jetstream", "*.ctl", "*.stats"))
     elapsed_s = time.monotonic() - started
     failures = [f for r in results.values() for f in r.failures] + invariants
     print(f"\n{'RPC':<34} {'cases':>7} {'failures':>8}  answers")

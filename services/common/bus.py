@@ -172,6 +172,7 @@ _UNAVAILABLE = (
     nats.errors.NoRespondersError,
     nats.errors.OutboundBufferLimitError,
     js_errors.ServiceUnavailableError,
+    js_errors.ServerError,  # a 500 from JetStream: transient, retried like a 503
 )
 
 
@@ -242,7 +243,10 @@ class ProtoKV(Generic[M]):
             keys = await asyncio.wait_for(self._store.keys(), timeout=5.0)
         except js_errors.NoKeysError:
             return {}
-        except _UNAVAILABLE as error:
+        except (*_UNAVAILABLE, js_errors.APIError) as error:
+            # Listing creates a consumer on the server; under load JetStream may answer that
+            # with an error of its own. The read failed, and the caller's next pass retries:
+            # the store was unavailable to it, which is not a bug worth a traceback.
             raise Unavailable(f"state store unavailable: {error!r}") from error
         found: dict[str, tuple[int, M]] = {}
         for key in keys:
