@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import nats
 from google.protobuf.message import DecodeError, Message
@@ -32,11 +32,13 @@ M = TypeVar("M", bound=Message)
 class Bus:
     """A NATS connection shared by one service."""
 
-    def __init__(self, nc: Client, name: str) -> None:
+    def __init__(self, nc: Client, name: str, lost: asyncio.Event | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=2.0)
         self._name = name
         self._tracer = trace.get_tracer("dilu.bus")
+        # Set while the connection is down (so a drain at shutdown need not wait for it).
+        self._lost = lost if lost is not None else asyncio.Event()
 
     @classmethod
     async def connect(cls, url: str, name: str, *, connect_timeout_s: float = 60.0) -> Bus:
@@ -46,10 +48,14 @@ class Bus:
         re-creates subscriptions, so a restarted NATS is picked up without our help.
         """
 
+        lost = asyncio.Event()
+
         async def on_disconnect() -> None:
+            lost.set()
             log.warning("bus disconnected; reconnecting")
 
         async def on_reconnect() -> None:
+            lost.clear()
             log.info("bus reconnected")
 
         async def on_error(error: Exception) -> None:
@@ -75,7 +81,7 @@ class Bus:
                     error_cb=on_error,
                 )
         log.info("bus connected to %s", nc.connected_url.netloc if nc.connected_url else url)
-        return cls(nc, name)
+        return cls(nc, name, lost)
 
     @property
     def connected(self) -> bool:
@@ -155,14 +161,40 @@ class Bus:
         return ProtoKV(store, message_type, connected=lambda: self.nc.is_connected)
 
     async def close(self) -> None:
-        """Drain: deliver what was published, stop subscriptions, close."""
+        """Drain (deliver what was published, stop subscriptions) and close. When NATS is
+        away too (a stack stopping all at once), there is nothing to deliver: close at once,
+        since draining a connection that is reconnecting only waits and leaves nats-py's
+        tasks behind."""
         if self.nc.is_closed:
             return
+        # nats-py leaves futures of an interrupted drain unretrieved; at shutdown that is
+        # expected, not a bug worth asyncio's traceback in the log.
+        asyncio.get_running_loop().set_exception_handler(_quiet_at_shutdown)
+        if self.nc.is_connected and not self._lost.is_set():
+            drain = asyncio.ensure_future(self.nc.drain())
+            lost = asyncio.ensure_future(self._lost.wait())
+            await asyncio.wait({drain, lost}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            if drain.done() and not drain.cancelled() and drain.exception() is None:
+                return
+            drain.cancel()
+            log.warning("bus drain did not finish: %s", "NATS went away" if self._lost.is_set()
+                        else drain.exception() if drain.done() else "timed out")
         try:
-            await asyncio.wait_for(self.nc.drain(), timeout=5)
+            await asyncio.wait_for(self.nc.close(), timeout=2)
+        except asyncio.CancelledError:
+            # nats-py may cancel its own transport's close while it reconnects; only a
+            # cancellation of this task itself is passed on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("bus did not close cleanly: its transport's close was cancelled")
         except Exception as error:
-            log.warning("bus drain did not finish cleanly: %s", error)
-            await self.nc.close()
+            log.warning("bus did not close cleanly: %s", error)
+
+
+def _quiet_at_shutdown(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    log.warning("at shutdown: %s (%r)", context.get("message"), context.get("exception"))
 
 
 _UNAVAILABLE = (

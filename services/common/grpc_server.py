@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ async def serve_until_stopped(server: GrpcServer, ready_file: str | None, grace_
     notifier.ready(f"serving on {server.address}")
     await wait_for_stop_signal()
     notifier.stopping("shutting down")
+    exit_if_stuck(grace_s + SHUTDOWN_SLACK_S)
     await server.stop(grace_s)
     for cleanup in cleanups:
         try:
@@ -131,6 +133,27 @@ async def serve_until_stopped(server: GrpcServer, ready_file: str | None, grace_
         watchdog.cancel()
     notifier.close()
     log.info("stopped")
+
+
+# Time a shutdown may take beyond the RPCs' grace: cleanups (a bus drain of at most 5 s,
+# agents asked to stop) and the event loop's own wind-down.
+SHUTDOWN_SLACK_S = 10.0
+
+
+def exit_if_stuck(limit_s: float) -> None:
+    """Exit the process if it is still running `limit_s` from now. A stop was asked for;
+    whatever hangs in the cleanup (a library task that swallows its cancellation, a peer
+    that never answers) must not keep the process, its port and its state alive: a
+    supervisor that died (parent-death signal) cannot follow up with SIGKILL."""
+
+    def give_up() -> None:
+        log.error("shutdown did not finish within %.0f s; exiting now", limit_s)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(limit_s, give_up)
+    timer.daemon = True  # a shutdown that finishes in time exits without waiting for it
+    timer.start()
 
 
 def bind_or_exit(server: GrpcServer) -> int:

@@ -164,6 +164,19 @@ def _stack_record(state: Path) -> dict:  # type: ignore[type-arg]
         (state / "stack.json").read_text()), timeout=60, message="dilu up wrote stack.json")
 
 
+def _stop_recorded(state: Path) -> None:
+    """Stop whatever a stack recorded that still runs (when the test failed midway)."""
+    from services.cli.ownership import same_process
+
+    try:
+        record = json.loads((state / "stack.json").read_text())
+    except (OSError, ValueError):
+        return
+    for name, pid in record.get("pids", {}).items():
+        if same_process(pid, record.get("starts", {}).get(name)):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
@@ -209,7 +222,8 @@ def test_dilu_up_owns_its_state_dir_survives_a_crash_loop_and_leaves_nothing_aft
         os.kill(up.pid, signal.SIGKILL)
         up.wait()
         survivors = [pid for name, pid in record["pids"].items() if name != "profiler"] + [worker]
-        assert_eventually(lambda: all(_gone(pid) for pid in survivors), timeout=20,
+        # Each stops within its shutdown bound (grace 5 s + 10 s), whatever hangs.
+        assert_eventually(lambda: all(_gone(pid) for pid in survivors), timeout=30,
                           message="no orphans after kill -9 of dilu up")
         down = dilu("down", "--state-dir", str(state))
         assert down.returncode == 0 and "was gone" in down.stdout, down.stdout + down.stderr
@@ -226,6 +240,7 @@ def test_dilu_up_owns_its_state_dir_survives_a_crash_loop_and_leaves_nothing_aft
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+        _stop_recorded(state)
 
 
 def test_dilu_scale_out_zero_and_invoke_of_a_missing_file_are_clear_errors(tmp_path: Path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import grpc
 import pytest
 from dilu.v1 import node_agent_pb2, node_agent_pb2_grpc, scheduler_pb2, types_pb2
 
-from services.cli.stack import NatsServer, StackError
+from services.cli.stack import NatsServer, ServiceLauncher, StackError
 from services.node_agent.pages import MIB, ControlPageWriter, control_for, create_stats_page
 from tests.helpers import assert_eventually
 from tests.integration.conftest import Cluster, inference_spec
@@ -114,10 +115,14 @@ def test_a_very_long_function_name_is_refused_and_other_instances_keep_serving(c
 def test_a_second_scheduler_on_a_taken_port_refuses_to_start(cluster: Cluster):
     first = cluster.start_scheduler()
     port = first.address.rsplit(":", 1)[1]
-    with pytest.raises(StackError) as refused:
-        cluster.launcher.start("scheduler", "--port", port, name="scheduler-2")
-    assert "exited with 2" in str(refused.value)
-    assert "cannot listen on" in str(refused.value) and "Traceback" not in str(refused.value)
+    try:
+        second = cluster.launcher.start("scheduler", "--port", port, name="scheduler-2")
+    except StackError as refused:
+        assert "exited with 2" in str(refused.value)
+        assert "cannot listen on" in str(refused.value) and "Traceback" not in str(refused.value)
+    else:
+        second.stop()
+        pytest.fail("a second scheduler started on a port the first one owns")
     # The first one still serves alone.
     assert cluster.sched.ListFunctions(scheduler_pb2.ListFunctionsRequest(), timeout=5) is not None
 
@@ -217,11 +222,35 @@ def test_an_agent_bound_to_every_interface_advertises_an_address_others_can_dial
 
 def test_a_jetstream_store_never_has_two_nats_servers(tmp_path: Path):
     first = NatsServer(tmp_path / "nats").start()
+    second = NatsServer(tmp_path / "nats")
     try:
         with pytest.raises(StackError, match="already runs on it"):
-            NatsServer(tmp_path / "nats").start()
+            second.start()
         assert first.proc is not None and first.proc.alive()
     finally:
+        second.stop()  # in case it started after all
         first.stop()
     second = NatsServer(tmp_path / "nats").start()  # free again once the first stopped
     second.stop()
+
+
+@pytest.mark.parametrize("service", ["scheduler", "scaler"])
+def test_a_service_stopping_together_with_nats_exits_promptly_and_cleanly(
+        tmp_path: Path, service: str):
+    # What `kill -9` of `dilu up` does: every child gets SIGTERM at once, NATS included.
+    # Draining a connection that is reconnecting once hung a service for good.
+    for attempt in range(3):
+        root = tmp_path / str(attempt)
+        nats = NatsServer(root / "nats").start()
+        process = ServiceLauncher(root, nats.url).start(service)
+        try:
+            time.sleep(0.3 * attempt)
+            assert nats.proc is not None
+            os.kill(nats.proc.pid, signal.SIGTERM)
+            os.kill(process.pid, signal.SIGTERM)
+            assert process.process.wait(timeout=10) == 0
+        finally:
+            process.kill()
+            nats.stop()
+        log = (root / "logs" / f"{service}.log").read_text()
+        assert "Traceback" not in log and "stopped" in log
