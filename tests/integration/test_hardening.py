@@ -118,8 +118,8 @@ def test_a_second_scheduler_on_a_taken_port_refuses_to_start(cluster: Cluster):
     try:
         second = cluster.launcher.start("scheduler", "--port", port, name="scheduler-2")
     except StackError as refused:
-        assert "exited with 2" in str(refused.value)
-        assert "cannot listen on" in str(refused.value) and "Traceback" not in str(refused.value)
+        assert "exited with 2" in str(refused)
+        assert "cannot listen on" in str(refused) and "Traceback" not in str(refused)
     else:
         second.stop()
         pytest.fail("a second scheduler started on a port the first one owns")
