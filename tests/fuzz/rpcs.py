@@ -63,17 +63,20 @@ def _deploy(_: FuzzContext) -> st.SearchStrategy[bytes]:
 
 _COUNT = (st.integers(0, 2), fz.ints(limits.SCALE_COUNT))
 _REASON = (st.sampled_from(["", "fuzz"]), fz.texts(limits.REASON_MAX_BYTES))
+_SOURCE = (st.sampled_from(["", "fuzz", "cli"]),
+           st.one_of(st.sampled_from(fz.HOSTILE_STRINGS), st.text(max_size=40)))
 
 
 def _scale_out(_: FuzzContext) -> st.SearchStrategy[bytes]:
     return fz.requests(fz.messages(scheduler_pb2.ScaleOutRequest, {
-        "function": (fz.VALID_NAMES, fz.names()), "count": _COUNT, "reason": _REASON}))
+        "function": (fz.VALID_NAMES, fz.names()), "count": _COUNT, "reason": _REASON,
+        "source": _SOURCE}))
 
 
 def _scale_in(_: FuzzContext) -> st.SearchStrategy[bytes]:
     return fz.requests(fz.messages(scheduler_pb2.ScaleInRequest, {
         "function": (fz.VALID_NAMES, fz.names()), "count": _COUNT, "reason": _REASON,
-        "instance_ids": (st.just([]), st.one_of(st.lists(fz.ids(), max_size=3),
+        "source": _SOURCE, "instance_ids": (st.just([]), st.one_of(st.lists(fz.ids(), max_size=3),
                                                 st.just(["fz-0"] * 1001)))}))
 
 
@@ -102,7 +105,8 @@ def _stop(_: FuzzContext) -> st.SearchStrategy[bytes]:
 
 def _set_quota(_: FuzzContext) -> st.SearchStrategy[bytes]:
     return fz.requests(fz.messages(node_agent_pb2.SetQuotaRequest, {
-        "instance_id": (fz.VALID_IDS, fz.ids()), "quota": (fz.quotas(), st.one_of(st.none(), fz.quotas()))}))
+        "instance_id": (fz.VALID_IDS, fz.ids()), "quota": (fz.quotas(), st.one_of(st.none(), fz.quotas())),
+        "reason": _REASON, "source": _SOURCE}))
 
 
 def _profile(_: FuzzContext) -> st.SearchStrategy[bytes]:

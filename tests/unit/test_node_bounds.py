@@ -29,27 +29,49 @@ def _agent(tmp_path: Path, gpus: int) -> NodeAgent:
 _LONGEST_MESSAGE = limits.bounded_message("\u00e9" * 100_000)
 
 
-def _widest_report(index: int) -> types_pb2.InstanceReport:
+def _widest_report(index: int, gpus: tuple[str, ...]) -> types_pb2.InstanceReport:
     """An instance report with every field at its longest."""
     return types_pb2.InstanceReport(
         instance_id=f"{index:0{limits.ID_MAX}d}", function="f" * limits.NAME_MAX,
         state=S.INSTANCE_STATE_FAILED, endpoint="e" * limits.ADDRESS_MAX,
         quota=types_pb2.Quota(sm_request=0.123456789, sm_limit=0.987654321,
                               effective_share=0.333333333, memory_limit_mib=limits.MEMORY_LIMIT_MIB.high),
-        message=_LONGEST_MESSAGE)
+        message=_LONGEST_MESSAGE, gpu_uuids=gpus, quota_version=2**64 - 1)
 
 
-def _fill(agent: NodeAgent, count: int, gpus: list[str]) -> None:
+def _fill(agent: NodeAgent, count: int, gpus: list[str], slots: int | None = None) -> int:
+    """`count` instances, one GPU each round robin, then (up to `slots` GPU places in all)
+    more GPUs each for the first ones, never more than the per-GPU bound; returns the
+    places used."""
     held: dict[str, Any] = agent._held  # type: ignore[assignment]
+    per_gpu = dict.fromkeys(gpus, 0)
+    assigned = []
     for i in range(count):
-        report = _widest_report(i)
-        held[report.instance_id] = SimpleNamespace(report=report, gpus=(gpus[i % len(gpus)],))
+        gpu = gpus[i % len(gpus)]
+        per_gpu[gpu] += 1
+        assigned.append([gpu])
+    extra = (slots or count) - count
+    for mine in assigned:
+        for gpu in gpus:
+            if extra <= 0 or len(mine) >= limits.GPUS_PER_INSTANCE.high:
+                break
+            if gpu not in mine and per_gpu[gpu] < limits.MAX_INSTANCES_PER_GPU:
+                mine.append(gpu)
+                per_gpu[gpu] += 1
+                extra -= 1
+    for i, mine in enumerate(assigned):
+        report = _widest_report(i, tuple(mine))
+        held[report.instance_id] = SimpleNamespace(report=report, gpus=tuple(mine))
+    return sum(per_gpu.values())
 
 
 def test_a_full_node_heartbeat_fits_the_bus_payload_limit(tmp_path: Path):
     agent = _agent(tmp_path, gpus=16)
     uuids = [d.uuid for d in SimGpuBackend("n", 16).devices()]
-    _fill(agent, limits.MAX_INSTANCES_PER_NODE, uuids)
+    # As many instances as a node holds, on as many GPU places as its GPUs have.
+    places = _fill(agent, limits.MAX_INSTANCES_PER_NODE, uuids,
+                   slots=16 * limits.MAX_INSTANCES_PER_GPU)
+    assert places == 16 * limits.MAX_INSTANCES_PER_GPU
     size = len(agent.status().SerializeToString())
     assert size <= limits.HEARTBEAT_BUDGET_BYTES < limits.NATS_DEFAULT_MAX_PAYLOAD
     assert size > 0.5 * limits.HEARTBEAT_BUDGET_BYTES  # the widest fields were really used
