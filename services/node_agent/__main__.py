@@ -55,7 +55,8 @@ def main() -> None:
     parser.add("--worker-host", default="",
                help="address workers listen on (default: --host)")
     parser.add("--worker-advertise-host", default="",
-               help="host others dial for workers (default: --advertise-host)")
+               help="host others dial for workers (default: --advertise-host if set, else "
+                    "--worker-host unless it is a wildcard, else as for --advertise-host)")
     parser.add("--worker-log-max-bytes", default=1024 * 1024, type=int,
                help="rotate each worker's log (in the runtime dir) at this size")
     parser.add("--worker-log-backups", default=2, type=int,
@@ -154,14 +155,19 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
     await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
                             subjects.SCALING_STREAM_MAX_MSGS)
     advertise_host = advertised_host(config.host, args.advertise_host, nats_host(config.nats_url))
+    worker_host = args.worker_host or config.host
+    # Workers are announced as configured, else as the node is, else (listening on one
+    # address of their own) at that address.
+    worker_advertise_host = args.worker_advertise_host or args.advertise_host or advertised_host(
+        worker_host, "", nats_host(config.nats_url))
     settings = AgentSettings(
         runtime_dir=Path(args.runtime_dir) / args.node_id,
         heartbeat_interval_s=args.heartbeat_interval_s,
         arbiter_period_s=args.arbiter_period_ms / 1000,
         telemetry_interval_s=args.telemetry_interval_s, qos_window_s=args.qos_window_s,
         drain_timeout_s=args.drain_timeout_s, cuda_shim=shim, bounds=args.bounds,
-        worker_host=args.worker_host or config.host,
-        worker_advertise_host=args.worker_advertise_host or advertise_host,
+        worker_host=worker_host,
+        worker_advertise_host=worker_advertise_host,
         worker_log_max_bytes=args.worker_log_max_bytes,
         worker_log_backups=args.worker_log_backups)
     log.info("advertising %s for the agent and %s for its workers (listening on %s)",
