@@ -47,7 +47,8 @@ class FakeNats:
 class FakeLauncher:
     pids: int = 100
 
-    def start(self, service: str, *extra: str, port: int = 0) -> FakeProcess:
+    def start(self, service: str, *extra: str, port: int = 0,
+              metrics_port: int | None = None) -> FakeProcess:
         self.pids += 1
         return FakeProcess(service, self.pids)
 
