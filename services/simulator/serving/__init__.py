@@ -44,7 +44,12 @@ A system bundles what a platform decides, behind one interface:
         def policy(self, scenario, profiles) -> ScalingPolicy | None
 
 Registered in `systems.SYSTEMS` (name → factory): adding a system is one line. `static`
-is today's platform. Every system sizes from the stand-in profile (`profile.py`:
+is today's platform; the baselines live in `baselines/`, each from its published rules
+and defaults: `exclusive-kpa` (a whole GPU per instance, Knative's KPA), `static-kpa`
+(fixed fractional shares, best fit, KPA), `has-gpu` (HAS-GPU's Kalman-predicted hybrid
+scaling of quotas) and `dilu-paper` (the paper's placement, its RCKM arbitration and lazy
+scaling); none but `static` and `dilu-paper` lends GPU time. Every system sizes from the
+stand-in profile (`profile.py`:
 `capacity(share, max_batch)`, `best_batch`, `share_for(rate)`, `lone_batch_share`,
 `efficient_batch`), measured with the simulator's own single-instance model.
 
@@ -56,7 +61,8 @@ now)` (the instance's pacing changed); it reads an instance's `last_wait_end(t)`
 (`PacedRun`: the batch or step in progress), schedules its own evaluations with
 `schedule(at_ns, callback, *args, first=True)` and sets shares with
 `instance.set_share(now_ns, share)`. `arbitration.NodeArbitrationDriver` is today's; a rule
-that ticks on its own clock (RCKM's 5 ms periods) implements the same five calls.
+that ticks on its own clock implements the same five calls (`baselines/rckm.py`: RCKM's
+5 ms ticks, evaluated on events; `baselines/fixed_share.py`: no lending).
 
 ## Policy hooks (`policy.py`)
 
@@ -84,7 +90,8 @@ Replica bounds are the scenario's; an action beyond them is refused.
 
 `scenario` (YAML and its validator), `generate` (cluster-50), `arrivals`, `pacing`,
 `instances`, `arbitration`, `engine` (`Simulation`), `windows` (QoS windows), `policy`,
-`systems`, `profile` (the stand-in profile and its cache), `report` (results, oracle,
-GPU-seconds bound, tables, PNG), `run` (systems × scenarios in parallel processes), `cli`.
+`systems`, `baselines` (the systems Dilu is measured against), `profile` (the stand-in
+profile and its cache), `report` (results, oracle, GPU-seconds bound, tables, PNG), `run`
+(systems × scenarios in parallel processes), `cli`.
 The scenarios live in `services/simulator/scenarios/`.
 """

@@ -27,6 +27,7 @@ from services.perf import load_model
 from services.perf.traces import load_trace
 from services.scheduler.placement import Placement, PlacementBounds, make_placement
 from services.simulator.serving.arbitration import HUNGER_HOLD_NS, PERIOD_NS, NodeArbitrationDriver
+from services.simulator.serving.baselines import DiluPaper, ExclusiveKpa, HasGpu, StaticKpa
 from services.simulator.serving.engine import Sizing
 from services.simulator.serving.policy import ScalingPolicy
 from services.simulator.serving.profile import StandInProfile
@@ -111,6 +112,7 @@ class Static:
 
 SYSTEMS: dict[str, Callable[[], System]] = {
     "static": Static,
+    "exclusive-kpa": ExclusiveKpa, "static-kpa": StaticKpa, "has-gpu": HasGpu, "dilu-paper": DiluPaper,
 }
 
 
