@@ -204,6 +204,7 @@ class RckmDriver:
         self.on_gpu: dict[str, dict[str, Any]] = {uuid: {} for uuid in gpus}
         self.instances: dict[str, Any] = {}
         self.work: dict[str, _Work] = {}
+        self.claims: dict[str, Claim] = {}
         self.shares: dict[str, float] = {}
         self._gpu_shares: dict[str, dict[str, float]] = {uuid: {} for uuid in gpus}
         self._left: list[tuple[str, tuple[str, ...]]] = []
@@ -224,15 +225,18 @@ class RckmDriver:
             self.on_gpu[uuid][instance.id] = instance
         if not instance.training:
             self.work[instance.id] = _Work()
-        self._mark(self._after(now_ns), instance.gpus, must=True)
+        self.update(instance, now_ns)
 
     def update(self, instance: Any, now_ns: int, draining: bool = False) -> None:
         """A quota change (or a drain, which changes nothing here): seen at the next tick."""
+        self.claims[instance.id] = Claim(instance.id, not instance.training, instance.request,
+                                         instance.limit)
         self._mark(self._after(now_ns), instance.gpus, must=True)
 
     def detach(self, instance: Any, now_ns: int) -> None:
         self.instances.pop(instance.id, None)
         self.shares.pop(instance.id, None)
+        self.claims.pop(instance.id, None)
         for uuid in instance.gpus:
             self.on_gpu[uuid].pop(instance.id, None)
             self._gpu_shares[uuid].pop(instance.id, None)
@@ -296,8 +300,7 @@ class RckmDriver:
             self.evaluations += 1
             self._catch_up(uuid, tick)
             rule.tick(present, busy)
-            self._gpu_shares[uuid] = rule.shares(
-                Claim(m.id, not m.training, m.request, m.limit) for m in members.values())
+            self._gpu_shares[uuid] = rule.shares([self.claims[i] for i in members])
             touched.update(members)
             idle_in = rule.idle_from()
             if idle_in is not None and not self.ticked:
