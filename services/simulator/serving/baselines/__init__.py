@@ -4,7 +4,8 @@ its published rules and defaults and printing them beside its results:
 - `exclusive-kpa` and `static-kpa` (`knative.py`): Knative's KPA (`kpa.py`) over a whole
   GPU per instance, or over fixed fractional shares placed best fit; no lending
   (`fixed_share.py`).
-- `has-gpu` (`hasgpu.py`): HAS-GPU's Kalman-predicted hybrid vertical/horizontal scaling of
+- `has-gpu` (`hasgpu.py`, its placement in `has_placement.py`): HAS-GPU's Kalman-predicted
+  hybrid vertical/horizontal scaling of
   quotas, no lending.
 - `dilu-paper` (`dilu_paper.py`): the Dilu paper's placement, its RCKM arbitration
   (`rckm.py`) and its lazy horizontal scaling.

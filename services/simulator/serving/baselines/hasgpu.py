@@ -54,22 +54,22 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from services.scheduler.placement import (
-    Assignment,
-    ClusterView,
-    InstanceShape,
-    PlacementBounds,
-    WorkloadKind,
-)
-from services.scheduler.placement.choose import choose
+from services.scheduler.placement import PlacementBounds
 from services.simulator.serving import policy as hooks
 from services.simulator.serving.arbitration import PERIOD_NS
 from services.simulator.serving.baselines.fixed_share import FixedShareDriver
+from services.simulator.serving.baselines.has_placement import (
+    EPS,
+    FIRST_MAX_OCCUPANCY,
+    MAX_OCCUPANCY,
+    STEP,
+    HasGpuPlacement,
+    HasPlanner,
+    floor_step,
+)
 from services.simulator.serving.engine import Sizing
 from services.simulator.serving.instances import DRAINING, READY
 from services.simulator.serving.profile import StandInProfile
@@ -78,8 +78,6 @@ from services.simulator.serving.scenario import Scenario, ServedFunction
 if TYPE_CHECKING:
     from services.simulator.serving.systems import ArbitrationFactory
 
-STEP = 0.1
-EPS = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +92,8 @@ class HasSettings:
     scale_down: float = 0.3
     step: float = STEP                  # DeltaIq: quota steps of 10 % of a GPU
     cooldown_s: float = 10.0
-    max_occupancy: float = 0.95         # HGOThredshold: used GPUs a new instance may join
-    initial_occupancy: float = 0.5      # a function's first instance: used GPUs under 50 %
+    max_occupancy: float = MAX_OCCUPANCY
+    initial_occupancy: float = FIRST_MAX_OCCUPANCY
     min_rps: float = 0.1                # the last instance is not shrunk below this
 
     def published(self) -> dict[str, object]:
@@ -170,70 +168,6 @@ def has_config(function: ServedFunction, profile: StandInProfile | None) -> HasC
     batch = function.max_batch or profile.best_batch(efficient)
     smallest = next(s for s in steps if profile.capacity(s, batch) > 0)
     return HasConfig(batch, smallest, efficient, memory(batch), profile)
-
-
-def floor_step(value: float) -> float:
-    """`value` down to a whole number of 10 % steps (rounded: quotas are compared with the
-    profile's grid, where a hair above a grid share is a different capacity)."""
-    return round(math.floor(round(value / STEP, 6)) * STEP, 2)
-
-
-@dataclass
-class HasPlanner:
-    """What the controller and the placement share: per function, the GPUs the controller
-    chose for the instances it just asked for (in order), and per GPU the quota that
-    instances placed there will be given beyond the one they start at (the controller sets
-    it at its next tick), so that GPU counts as occupied by it from the start."""
-
-    plans: dict[str, list[str]] = field(default_factory=dict)
-    pending: dict[str, float] = field(default_factory=dict)
-    efficient: dict[str, float] = field(default_factory=dict)
-    max_occupancy: float = HasSettings().initial_occupancy
-
-    def placed(self, uuid: str, function: str, start_quota: float, occupancy: float,
-               alone: bool) -> None:
-        """An instance starting at `start_quota` went to `uuid`, where `occupancy` was
-        held (and counted as pending) before it."""
-        if alone:
-            target = self.efficient.get(function, start_quota)
-        else:
-            target = start_quota + floor_step(1.0 - occupancy - start_quota)
-        self.pending[uuid] = self.pending.get(uuid, 0.0) + max(0.0, target - start_quota)
-
-
-class HasGpuPlacement:
-    """Where HAS-GPU puts an instance: on the GPU its controller chose, else on the least
-    occupied used GPU under the occupancy threshold, else a GPU that holds nothing, else the
-    least occupied GPU with room. Request = limit: limits never add up past one GPU."""
-
-    name = "has-gpu"
-
-    def __init__(self, bounds: PlacementBounds | None, planner: HasPlanner) -> None:
-        self.bounds = replace(bounds or PlacementBounds(), max_requested=1.0, max_limited=1.0)
-        self.planner = planner
-
-    def place(self, shape: InstanceShape, view: ClusterView) -> Assignment | None:
-        planner = self.planner
-        occupancy = view.limited.copy()
-        for uuid, extra in planner.pending.items():
-            occupancy[view.index[uuid]] += extra
-        admits = view.admits(shape, self.bounds) & (occupancy + shape.sm_limit <= 1.0 + EPS)
-        used = view.instances > 0
-        assignment: Assignment | None = None
-        plan = planner.plans.get(shape.function)
-        if plan and shape.gpus == 1:
-            i = view.index.get(plan.pop(0))
-            if i is not None and admits[i]:
-                assignment = Assignment(view.node_names[view.node_of[i]], (view.uuids[i],))
-        if assignment is None:
-            preferred = used & (occupancy < planner.max_occupancy - EPS)
-            score = np.where(preferred, 4.0 - occupancy, np.where(used, 1.0 - occupancy, 2.0))
-            assignment = choose(view, shape, admits, score)
-        if assignment is not None and shape.kind is not WorkloadKind.TRAINING:
-            i = view.index[assignment.gpu_uuids[0]]
-            planner.placed(assignment.gpu_uuids[0], shape.function, shape.sm_limit,
-                           float(occupancy[i]), alone=not used[i])
-        return assignment
 
 
 class HasGpuPolicy:
