@@ -5,8 +5,7 @@ its published rules and defaults and printing them beside its results:
   GPU per instance, or over fixed fractional shares placed best fit; no lending
   (`fixed_share.py`).
 - `has-gpu` (`hasgpu.py`, its placement in `has_placement.py`): HAS-GPU's Kalman-predicted
-  hybrid vertical/horizontal scaling of
-  quotas, no lending.
+  hybrid vertical/horizontal scaling of quotas, no lending.
 - `dilu-paper` (`dilu_paper.py`): the Dilu paper's placement, its RCKM arbitration
   (`rckm.py`) and its lazy horizontal scaling.
 
