@@ -504,8 +504,11 @@ class Simulation:
                 slot.uuid, slot.node, slot.memory_total_mib, slot.sm_requested, slot.sm_limited,
                 slot.memory_allocated_mib, tuple(self.core.ledger.instances_on(slot.uuid)),
                 self._last_busy_s.get(slot.uuid, 0.0))
+        training = {i.id: hooks.TrainingView(i.id, i.job.name, i.node, i.gpus, i.request, i.limit,
+                                             i.page_share)
+                    for i in self.training.values() if i.state != STOPPED}
         return hooks.ClusterView(self.now_ns / NS, self.bounds.max_requested,
-                                 self.bounds.max_limited, functions, gpus)
+                                 self.bounds.max_limited, functions, gpus, training)
 
     def _policy_tick(self, now_ns: int) -> None:
         assert self.policy is not None

@@ -6,11 +6,12 @@ arbitration).
 Each tick (`ScalingPolicy.interval_s`, e.g. 1 s, 2 s) the policy gets a `ClusterView`:
 every function with its offered load, its queue and its instances, each instance with its
 quota, effective share and the last closed one-second `QosWindow` (rps, completions within
-the SLO, p50/p99, queue, GPU busy time, time throttled, mean share, concurrency), and every
-GPU with what is committed on it (the headroom to the placement bounds). It returns
+the SLO, p50/p95/p99, queue, GPU busy time, time throttled, mean share, concurrency), every
+GPU with what is committed on it (the headroom to the placement bounds), and every training
+instance with its GPUs and quota (what `SetQuota` may lower for inference). It returns
 actions:
 
-- `SetQuota` (vertical): admitted like the node agent's `SetQuota` against the GPU's
+- `SetQuota` (vertical, of an inference or a training instance): admitted like the node agent's `SetQuota` against the GPU's
   bounds (Σ requests ≤ max requested, Σ limits ≤ max limited; refused otherwise, counted in
   `refused_actions`), applied at the next arbiter period (10 ms).
 - `ScaleOut` (horizontal): new instances, at the function's deployed quota, placed by the
@@ -27,7 +28,7 @@ Replica bounds of the scenario are enforced (an action beyond them is refused).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.simulator.serving.windows import QosWindow
@@ -72,12 +73,26 @@ class GpuView:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingView:
+    """A training instance (a job's gang: the same quota on each of its GPUs)."""
+
+    id: str
+    job: str
+    node: str
+    gpus: tuple[str, ...]
+    request: float
+    limit: float
+    share: float               # effective share now
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterView:
     now_s: float
     max_requested: float
     max_limited: float
     functions: Mapping[str, FunctionView]
     gpus: Mapping[str, GpuView]
+    training: Mapping[str, TrainingView] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from services.perf.traces import load_trace
 from services.scheduler.placement import Placement, PlacementBounds, make_placement
 from services.simulator.serving.arbitration import HUNGER_HOLD_NS, PERIOD_NS, NodeArbitrationDriver
 from services.simulator.serving.baselines import DiluPaper, ExclusiveKpa, HasGpu, StaticKpa
+from services.simulator.serving.coscale import Coscale, CoscaleHorizontalOnly, CoscaleVerticalOnly
 from services.simulator.serving.engine import Sizing
 from services.simulator.serving.policy import ScalingPolicy
 from services.simulator.serving.profile import StandInProfile
@@ -113,6 +114,8 @@ class Static:
 SYSTEMS: dict[str, Callable[[], System]] = {
     "static": Static,
     "exclusive-kpa": ExclusiveKpa, "static-kpa": StaticKpa, "has-gpu": HasGpu, "dilu-paper": DiluPaper,
+    "coscale": Coscale, "coscale-vertical-only": CoscaleVerticalOnly,
+    "coscale-horizontal-only": CoscaleHorizontalOnly,
 }
 
 

@@ -28,6 +28,7 @@ class QosWindow:
     mean_share: float          # time-averaged effective share
     concurrency: float         # time-averaged requests in flight (routed, not yet answered)
     refused: int = 0           # a function: refused by a full queue
+    p95_ms: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -71,13 +72,13 @@ class WindowCounter:
         self.inflight(now_ns, 0)
         span = max(now_ns - self.start_ns, 1)
         if self.latencies_ms:
-            p50, p99 = (float(v) for v in np.percentile(self.latencies_ms, [50, 99]))
+            p50, p95, p99 = (float(v) for v in np.percentile(self.latencies_ms, [50, 95, 99]))
         else:
-            p50 = p99 = 0.0
+            p50 = p95 = p99 = 0.0
         window = QosWindow(self.start_ns / NS, now_ns / NS, self.arrivals, self.completed,
                            self.within_slo, p50, p99, queue, self.busy_ns / NS,
                            self.throttled_ns / NS, self.share_ns / span, self.inflight_ns / span,
-                           self.refused)
+                           self.refused, p95)
         self.start_ns = now_ns
         self.arrivals = self.completed = self.within_slo = self.refused = 0
         self.latencies_ms = []
