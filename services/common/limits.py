@@ -60,10 +60,27 @@ SCALE_COUNT = Range(1, 1000, "instances", zero_means="1")
 INVOKE_TIMEOUT_MS = Range(1, 600_000, "ms", zero_means="10 × the function's SLO")
 DRAIN_TIMEOUT_MS = Range(1, 600_000, "ms", zero_means="the agent's default")
 DECISIONS_LIMIT = Range(1, 10_000, "decisions", zero_means="100")
-# The co-scaling policy's parameters (ScalerService.SetPolicy); 0 keeps the default.
-SLO_DRIFT_THRESHOLD = Range(0.05, 1.0, "of the SLO", zero_means="the default")
-SCALE_IN_AFTER_S = Range(1, 86_400, "s", zero_means="the default")
-VERTICAL_STEP = Range(0.01, 1.0, "of one GPU", zero_means="the default")
+# The co-scaling policy's parameters (ScalerService.SetPolicy, `CoscaleSettings`); a field
+# left unset keeps its default. Cross-field rules (a scale-in margin above the scale-out
+# one, limit floor above request floor) are `CoscaleSettings.validated`'s.
+POLICY: Mapping[str, Range] = {
+    "interval_s": Range(0.1, 3_600, "s"),
+    "rate_window_s": Range(1, 3_600, "s"),
+    "trend_window_s": Range(1, 3_600, "s"),
+    "noise_sigmas": Range(0, 10, "standard deviations"),
+    "slo_target": Range(0.5, 0.9999, "of requests"),
+    "capacity_headroom": Range(0, 4, "of the rate"),
+    "burst_headroom": Range(0, 8, "of the rate"),
+    "scale_in_headroom": Range(0, 8, "of the rate"),
+    "scale_in_after_s": Range(1, 86_400, "s"),
+    "scale_down_after_s": Range(1, 86_400, "s"),
+    "min_change": Range(0.01, 0.5, "of one GPU"),
+    "training_request_floor": Range(0, 1, "of the deployed request"),
+    "training_limit_floor": Range(0, 1, "of the deployed request"),
+    "start_share_max": Range(0.01, 1, "of one GPU"),
+    "scale_out_patience_s": Range(0, 3_600, "s"),
+    "keep_alive_s": Range(1, 86_400, "s"),
+}
 
 # ---- strings, bytes and collections -------------------------------------------------------
 

@@ -1,6 +1,10 @@
 """gRPC servicer of dilu.v1.ScalerService. The scaler observes QoS and scaling decisions on
-the bus; the co-scaling policy that acts on them is not built yet and says so. Requests
-are checked against their ranges (`services.common.limits`) first, as on every service."""
+the bus. The co-scaling policy (`services.scaler.coscale`, a pure core) is built and runs
+in the serving simulator; the live scaler does not run it yet (the next issue wires it:
+`SetPolicy` will carry a `ScalingPolicy`, converted by `CoscaleSettings.from_proto`), so
+`SetPolicy` checks the policy it is given (INVALID_ARGUMENT naming the field) and then
+answers UNIMPLEMENTED, saying so. Requests are checked against their ranges
+(`services.common.limits`) first, as on every service."""
 
 from __future__ import annotations
 
@@ -8,18 +12,16 @@ import grpc
 from dilu.v1 import scaler_pb2, scaler_pb2_grpc
 
 from services.common import limits
+from services.scaler.coscale import CoscaleSettings
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import Unimplemented
 from services.scaler.observer import QosObserver
 
 
-def check_policy(policy: scaler_pb2.ScalingPolicy, prefix: str = "policy") -> None:
-    """Every parameter in its range (0 keeps the default)."""
-    limits.check_number(f"{prefix}.slo_drift_threshold", policy.slo_drift_threshold,
-                        limits.SLO_DRIFT_THRESHOLD)
-    limits.check_number(f"{prefix}.scale_in_after_s", policy.scale_in_after_s,
-                        limits.SCALE_IN_AFTER_S)
-    limits.check_number(f"{prefix}.vertical_step", policy.vertical_step, limits.VERTICAL_STEP)
+def check_policy(policy: scaler_pb2.ScalingPolicy) -> CoscaleSettings:
+    """The settings a `ScalingPolicy` carries (unset fields keep their defaults), or
+    `InvalidArgument` naming the first bad field."""
+    return CoscaleSettings.from_proto(policy)
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
@@ -35,8 +37,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
     async def SetPolicy(self, request: scaler_pb2.SetPolicyRequest,
                         context: grpc.aio.ServicerContext) -> scaler_pb2.SetPolicyResponse:
         check_policy(request.policy)  # unset means every default
-        raise Unimplemented("the adaptive 2D co-scaling policy is not built yet; "
-                            "the scaler only observes QoS and scaling decisions")
+        raise Unimplemented("the live scaler does not run the co-scaling policy yet (it runs "
+                            "in the serving simulator: dilu simulate serve); the scaler only "
+                            "observes QoS and scaling decisions")
 
     async def ListDecisions(self, request: scaler_pb2.ListDecisionsRequest,
                             context: grpc.aio.ServicerContext) -> scaler_pb2.ListDecisionsResponse:

@@ -18,6 +18,7 @@ from dilu.v1 import (
 from hypothesis import strategies as st
 
 from services.common import limits
+from services.scaler.coscale import CoscaleSettings
 from tests.fuzz import strategies as fz
 
 
@@ -117,11 +118,15 @@ def _profile(_: FuzzContext) -> st.SearchStrategy[bytes]:
 
 
 def _set_policy(_: FuzzContext) -> st.SearchStrategy[bytes]:
-    return fz.requests(st.builds(scaler_pb2.SetPolicyRequest, policy=fz.messages(
-        scaler_pb2.ScalingPolicy, {
-            "slo_drift_threshold": (st.sampled_from([0.0, 0.8]), fz.floats(limits.SLO_DRIFT_THRESHOLD)),
-            "scale_in_after_s": (st.sampled_from([0.0, 60.0]), fz.floats(limits.SCALE_IN_AFTER_S)),
-            "vertical_step": (st.sampled_from([0.0, 0.1]), fz.floats(limits.VERTICAL_STEP))})))
+    # Valid: unset or the default; wild: the range's edges and beyond.
+    defaults = CoscaleSettings()
+    fields: dict[str, fz.Field] = {
+        name: (st.sampled_from([None, getattr(defaults, name)]), fz.floats(bounds))
+        for name, bounds in limits.POLICY.items()}
+    fields |= {flag: (st.sampled_from([None, True]), st.booleans())
+               for flag in ("vertical", "horizontal")}
+    return fz.requests(st.builds(scaler_pb2.SetPolicyRequest,
+                                 policy=fz.messages(scaler_pb2.ScalingPolicy, fields)))
 
 
 def _list_decisions(_: FuzzContext) -> st.SearchStrategy[bytes]:

@@ -19,8 +19,8 @@ Worked numbers (z = 3, 5 s, 6 s): rates 20, 23, 18, 21, 19 req/s: mean 20.2, lev
 √(20.2/5) = 22.2; no jump (19 < 20.2 + 3·√20.2 = 33.7); the slope is not significant: 22.2
 req/s at any horizon. Then a window of 45 req/s: 45 > 25.2 + 3·√25.2 = 40.3, a jump: the
 level is 45. Rates 40, 44, 52, 58, 61, 67 req/s: slope 5.49 req/s per s, standard error
-0.43, so the trend counts; level 58.4 + √(58.4/5) = 61.8; a cold start (2.4 s) plus one
-second ahead: 61.8 + 5.49 × 3.4 = 80.5 req/s.
+0.31, so the trend counts; level 56.4 + √(56.4/5) = 59.8; a cold start (2.4 s) plus one
+second ahead: 59.8 + 5.49 × 3.4 = 78.4 req/s.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def level(rates: Rates, now_s: float, window_s: float, sigmas: float) -> float:
     if not values:
         return 0.0
     mean = sum(values) / len(values)
-    bound = mean + math.sqrt(max(mean, 1.0) / len(values))
+    bound = mean + math.sqrt(mean / len(values))
     last = values[-1]
     if last > mean + sigmas * math.sqrt(max(mean, 1.0)):
         return max(bound, last)

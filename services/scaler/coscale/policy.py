@@ -6,8 +6,9 @@ Pure and deterministic: the same context, state and time give the same actions. 
 1. records each function's offered rate and predicts it (`forecast.py`);
 2. sizes every live instance for its function's predicted rate (`sizing.py`): a busy share
    (what the instances need while they run batches), a limit (the same for a one-second
-   jump of the rate) and a request (the guarantee), raised at once and lowered only to the
-   highest size of the last `scale_down_after_s`, by at least `min_change`;
+   jump of the rate) and a request (the guarantee), raised at once and lowered by at
+   least `min_change` once the rate they are sized for comes down (after
+   `scale_down_after_s`);
 3. divides every GPU between its inference instances and the training that yields
    (`room.py`): each instance's quota, each training job's, and how far each instance
    could still grow;
@@ -60,6 +61,7 @@ class _Load:
     horizontal_rps: float  # predicted a cold start and one decision ahead
     held_rps: float        # the highest of the last `scale_in_after_s`
     history_s: float       # how long the history covers
+    recent_peak_rps: float  # the highest of the last `keep_alive_s`
 
 
 def decide(context: Context, state: CoscaleState, now_s: float,
@@ -152,8 +154,9 @@ def _load(f: FunctionContext, memory: FunctionMemory, now_s: float,
           settings: CoscaleSettings) -> tuple[_Load, FunctionMemory]:
     """The rates to size for. The rate the quotas are sized for moves only when the
     prediction leaves its noise band (`noise_sigmas` standard errors of a
-    `rate_window_s` mean): at once upwards, downwards to the highest prediction of the
-    last `scale_down_after_s`, so a steady Poisson load converges to one size."""
+    `rate_window_s` mean): at once upwards; downwards once every prediction of the last
+    `scale_down_after_s` was below the band, to the highest of the last `rate_window_s`.
+    So a steady Poisson load converges to one size."""
     rates = memory.rates
     now_rps = rates[-1][1] if rates else 0.0
     # A queue waiting for a ready instance is load that arrived and is not served yet.
@@ -172,10 +175,12 @@ def _load(f: FunctionContext, memory: FunctionMemory, now_s: float,
     if sized is None or predicted > sized + band:
         sized = predicted
     elif max(p for _, p in recent) < sized - band:
-        sized = max(p for _, p in recent)
+        # Lower for `scale_down_after_s` now: to where it settled (the last rate window).
+        sized = max(p for t, p in recent if t > now_s - settings.rate_window_s + 1e-6)
     covered = now_s - rates[0][0] + settings.interval_s if rates else 0.0
     load = _Load(now_rps, sized, max(sized, ahead(f.cold_start_s + settings.interval_s)),
-                 forecast.highest(rates, now_s, settings.scale_in_after_s) + backlog, covered)
+                 forecast.highest(rates, now_s, settings.scale_in_after_s) + backlog, covered,
+                 forecast.highest(rates, now_s, settings.keep_alive_s))
     return load, replace(memory, predicted=recent, sized_rps=sized)
 
 
@@ -204,14 +209,18 @@ def _wants(f: FunctionContext, load: _Load, c: Curve,
 def _size(f: FunctionContext, load: _Load, c: Curve, carriers: int, miss: float,
           settings: CoscaleSettings) -> tuple[Want, str]:
     steady = load.vertical_rps * (1 + settings.capacity_headroom)
-    burst = load.vertical_rps * (1 + settings.burst_headroom)
+    # The limit costs nothing while the instance idles: it also carries the highest rate
+    # of the last keep-alive, so a sporadic function's next burst finds it.
+    burst = max(load.vertical_rps * (1 + settings.burst_headroom),
+                load.recent_peak_rps * (1 + settings.capacity_headroom))
     busy = c.pool_share_for(steady, carriers, miss) or 1.0
     limit = max(busy, c.pool_share_for(burst, carriers, miss) or 1.0)
     long_run = c.long_run_share(steady / carriers, busy)
     request = min(busy, max(c.lone_share, ceil_share(long_run)))
     reason = (f"{f.name}: {load.vertical_rps:.1f} req/s predicted over {carriers} instance(s): "
               f"busy share {busy:.2f} carries {steady:.1f} (×{1 + settings.capacity_headroom:.2f}),"
-              f" limit {limit:.2f} carries {burst:.1f} (×{1 + settings.burst_headroom:.2f}); "
+              f" limit {limit:.2f} carries {burst:.1f} (a jump ×{1 + settings.burst_headroom:.2f}"
+              f" or the last {settings.keep_alive_s:.0f} s' peak); "
               f"request {request:.2f} (a lone request needs {c.lone_share:.2f}, the long-run "
               f"load {long_run:.2f})")
     return Want(max(MIN_SHARE, request), max(MIN_SHARE, busy), max(MIN_SHARE, limit)), reason
@@ -219,30 +228,25 @@ def _size(f: FunctionContext, load: _Load, c: Curve, carriers: int, miss: float,
 
 def _hold(memory: InstanceMemory, want: Want, instance: InstanceContext, now_s: float,
           settings: CoscaleSettings) -> tuple[Want, InstanceMemory]:
-    """Raise at once (by more than half `min_change`: less is noise); lower to the highest
-    want of the last `scale_down_after_s`, only by at least `min_change`, and only once
-    the instance has been watched that long."""
+    """Each of request, busy share and limit rises at once (by more than half
+    `min_change`: less is noise) and comes down only by at least `min_change`, and not
+    before the instance has been watched for `scale_down_after_s` (the rate it is sized
+    for already waits that long before it comes down, `_load`)."""
     if not settings.vertical:
         return want, memory
-    window = now_s - settings.scale_down_after_s + 1e-6
-    wants = tuple(w for w in memory.wants if w[0] > window)
-    wants += ((now_s, want.request, want.busy, want.limit),)
     since = now_s if memory.since_s is None else memory.since_s
     watched = now_s - since >= settings.scale_down_after_s - 1e-6
     before = memory.held or (instance.request, instance.limit, instance.limit)
 
-    def lazy(k: int) -> float:
-        wanted, held = wants[-1][k + 1], before[k]
-        top = max(w[k + 1] for w in wants)
+    def lazy(wanted: float, held: float) -> float:
         if wanted > held + settings.min_change / 2 - 1e-9:
             return wanted
-        return top if watched and held - top >= settings.min_change - 1e-9 else held
+        return wanted if watched and held - wanted >= settings.min_change - 1e-9 else held
 
-    busy, limit = lazy(1), lazy(2)
-    limit = max(limit, busy)
-    request = min(busy, lazy(0))
-    held = Want(request, busy, limit)
-    return held, replace(memory, wants=wants, held=(request, busy, limit), since_s=since)
+    busy = lazy(want.busy, before[1])
+    limit = max(busy, lazy(want.limit, before[2]))
+    request = min(busy, lazy(want.request, before[0]))
+    return Want(request, busy, limit), replace(memory, held=(request, busy, limit), since_s=since)
 
 
 def _divide_gpus(context: Context, wants: Mapping[str, Want], before: Mapping[str, float],

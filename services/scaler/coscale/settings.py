@@ -8,11 +8,11 @@ these, one for one (a field left unset there keeps its default here).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 
 from dilu.v1 import scaler_pb2
 
+from services.common import limits
 from services.common.errors import InvalidArgument
 
 # The smallest share an agent accepts (DESIGN.md: a share below 0.01 is out of range).
@@ -66,48 +66,27 @@ class CoscaleSettings:
     horizontal: bool = True
 
     def validated(self) -> CoscaleSettings:
-        """Self, or `InvalidArgument` naming the first bad field."""
-        positive = ("interval_s", "rate_window_s", "trend_window_s", "scale_in_after_s",
-                    "scale_down_after_s", "keep_alive_s")
-        for name in positive:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 < value <= 86_400):
-                raise InvalidArgument(f"policy.{name}", f"must be a duration in (0, 86400] s, got {value}")
-        if not 0 <= self.scale_out_patience_s <= 3_600:
-            raise InvalidArgument("policy.scale_out_patience_s",
-                                  f"must be in [0, 3600] s, got {self.scale_out_patience_s}")
-        if not 0 <= self.noise_sigmas <= 10:
-            raise InvalidArgument("policy.noise_sigmas", f"must be in [0, 10], got {self.noise_sigmas}")
-        if not 0.5 <= self.slo_target < 1:
-            raise InvalidArgument("policy.slo_target", f"must be in [0.5, 1), got {self.slo_target}")
-        if not 0 <= self.capacity_headroom <= 4:
-            raise InvalidArgument("policy.capacity_headroom",
-                                  f"must be in [0, 4], got {self.capacity_headroom}")
-        if not self.capacity_headroom <= self.burst_headroom <= 8:
+        """Self, or `InvalidArgument` naming the first bad field (`policy.<field>`): every
+        number in its range (`services.common.limits.POLICY`), then the rules between
+        fields."""
+        for name, bounds in limits.POLICY.items():
+            limits.check_number(f"policy.{name}", getattr(self, name), bounds)
+        if not self.capacity_headroom <= self.burst_headroom:
             raise InvalidArgument("policy.burst_headroom",
-                                  f"must be in [capacity_headroom ({self.capacity_headroom}), 8], "
-                                  f"got {self.burst_headroom}")
-        if not self.capacity_headroom < self.scale_in_headroom <= 8:
+                                  f"must be at least capacity_headroom ({self.capacity_headroom:g}): "
+                                  f"a limit is never below the busy share, got {self.burst_headroom:g}")
+        if not self.capacity_headroom < self.scale_in_headroom:
             raise InvalidArgument(
                 "policy.scale_in_headroom",
-                f"must be above capacity_headroom ({self.capacity_headroom}) and at most 8 "
-                f"(a scale-in must leave more room than a scale-out asks for), got "
-                f"{self.scale_in_headroom}")
-        if not 0 < self.min_change <= 0.5:
-            raise InvalidArgument("policy.min_change", f"must be in (0, 0.5], got {self.min_change}")
-        if not 0 <= self.training_request_floor <= 1:
-            raise InvalidArgument("policy.training_request_floor",
-                                  f"must be in [0, 1], got {self.training_request_floor}")
-        if not self.training_request_floor <= self.training_limit_floor <= 1:
+                f"must be above capacity_headroom ({self.capacity_headroom:g}): a scale-in must "
+                f"leave more room than a scale-out asks for, got {self.scale_in_headroom:g}")
+        if not self.training_request_floor <= self.training_limit_floor:
             raise InvalidArgument(
                 "policy.training_limit_floor",
-                f"must be in [training_request_floor ({self.training_request_floor}), 1], "
-                f"got {self.training_limit_floor}")
-        if not 0 < self.start_share_max <= 1:
-            raise InvalidArgument("policy.start_share_max",
-                                  f"must be in (0, 1], got {self.start_share_max}")
+                f"must be at least training_request_floor ({self.training_request_floor:g}), "
+                f"got {self.training_limit_floor:g}")
         if not (self.vertical or self.horizontal):
-            raise InvalidArgument("policy.vertical", "vertical and horizontal cannot both be off")
+            raise InvalidArgument("policy.horizontal", "vertical and horizontal cannot both be off")
         return self
 
     # ---- the wire ----------------------------------------------------------------------

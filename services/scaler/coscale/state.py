@@ -26,8 +26,6 @@ class FunctionMemory:
 
 @dataclass(frozen=True, slots=True)
 class InstanceMemory:
-    # (decision s, wanted request, busy share, limit) over the last `scale_down_after_s`.
-    wants: tuple[tuple[float, float, float, float], ...] = ()
     # What the policy holds it at (request, busy share, limit: raised at once, lowered
     # lazily; empty before the first decision), and since when it is known.
     held: tuple[float, ...] = ()

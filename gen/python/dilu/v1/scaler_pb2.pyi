@@ -21,31 +21,180 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ScalingPolicy(_message.Message):
-    """Parameters of the co-scaling policy."""
+    """Parameters of the co-scaling policy: the fields of `CoscaleSettings`
+    (services/scaler/coscale/settings.py), one for one, with the same names and units. A
+    field left unset keeps its default; a value out of range is INVALID_ARGUMENT naming
+    `policy.<field>`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SLO_DRIFT_THRESHOLD_FIELD_NUMBER: _builtins.int
+    INTERVAL_S_FIELD_NUMBER: _builtins.int
+    RATE_WINDOW_S_FIELD_NUMBER: _builtins.int
+    TREND_WINDOW_S_FIELD_NUMBER: _builtins.int
+    NOISE_SIGMAS_FIELD_NUMBER: _builtins.int
+    SLO_TARGET_FIELD_NUMBER: _builtins.int
+    CAPACITY_HEADROOM_FIELD_NUMBER: _builtins.int
+    BURST_HEADROOM_FIELD_NUMBER: _builtins.int
+    SCALE_IN_HEADROOM_FIELD_NUMBER: _builtins.int
     SCALE_IN_AFTER_S_FIELD_NUMBER: _builtins.int
-    VERTICAL_STEP_FIELD_NUMBER: _builtins.int
-    slo_drift_threshold: _builtins.float
-    """Act when a function's tail latency passes this fraction of its SLO, e.g. 0.8."""
+    SCALE_DOWN_AFTER_S_FIELD_NUMBER: _builtins.int
+    MIN_CHANGE_FIELD_NUMBER: _builtins.int
+    TRAINING_REQUEST_FLOOR_FIELD_NUMBER: _builtins.int
+    TRAINING_LIMIT_FLOOR_FIELD_NUMBER: _builtins.int
+    START_SHARE_MAX_FIELD_NUMBER: _builtins.int
+    SCALE_OUT_PATIENCE_S_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_S_FIELD_NUMBER: _builtins.int
+    VERTICAL_FIELD_NUMBER: _builtins.int
+    HORIZONTAL_FIELD_NUMBER: _builtins.int
+    interval_s: _builtins.float
+    """How often the policy decides, seconds (default 1)."""
+    rate_window_s: _builtins.float
+    """A function's rate level is its mean over this many last seconds plus one standard
+    error (default 5).
+    """
+    trend_window_s: _builtins.float
+    """The rising trend is fitted over this many last seconds (default 6)."""
+    noise_sigmas: _builtins.float
+    """Poisson deviations beyond which a one-second rate is a jump and a slope a trend
+    (default 3).
+    """
+    slo_target: _builtins.float
+    """The part of requests the sizing keeps within the SLO (default 0.99)."""
+    capacity_headroom: _builtins.float
+    """Busy shares carry the predicted rate × (1 + this) (default 0.25)."""
+    burst_headroom: _builtins.float
+    """Limits carry the predicted rate × (1 + this) (default 1.0)."""
+    scale_in_headroom: _builtins.float
+    """Scale in only when the instances left carry the highest rate of the last
+    `scale_in_after_s` × (1 + this); above `capacity_headroom` (default 0.6).
+    """
     scale_in_after_s: _builtins.float
-    """Scale in after this long over-provisioned, seconds."""
-    vertical_step: _builtins.float
-    """Step of a vertical change, fraction of one GPU."""
+    """The window of that highest rate, and the wait after a scale-out, seconds (default 15)."""
+    scale_down_after_s: _builtins.float
+    """Quotas are lowered to the highest size of this many last seconds (default 15)."""
+    min_change: _builtins.float
+    """A quota is lowered by at least this much of a GPU, raised by more than half of it
+    (default 0.05).
+    """
+    training_request_floor: _builtins.float
+    """Training's request may go down to this part of its deployed request (default 0.5)."""
+    training_limit_floor: _builtins.float
+    """Training's limit may go down to this part of its deployed request (default 1.0)."""
+    start_share_max: _builtins.float
+    """A function starts at the busy share one instance needs for its expected rate, at
+    most this much of a GPU (default 0.5).
+    """
+    scale_out_patience_s: _builtins.float
+    """A requested instance not seen after its cold start plus this long is asked for
+    again, seconds (default 5).
+    """
+    keep_alive_s: _builtins.float
+    """Functions whose minimum is 0 go to zero after this long without a request, seconds
+    (default 60).
+    """
+    vertical: _builtins.bool
+    """Vertical scaling on (default true); off: every quota stays as deployed."""
+    horizontal: _builtins.bool
+    """Horizontal scaling on (default true); off: replicas stay as deployed."""
     def __init__(
         self,
         *,
-        slo_drift_threshold: _builtins.float = ...,
-        scale_in_after_s: _builtins.float = ...,
-        vertical_step: _builtins.float = ...,
+        interval_s: _builtins.float | None = ...,
+        rate_window_s: _builtins.float | None = ...,
+        trend_window_s: _builtins.float | None = ...,
+        noise_sigmas: _builtins.float | None = ...,
+        slo_target: _builtins.float | None = ...,
+        capacity_headroom: _builtins.float | None = ...,
+        burst_headroom: _builtins.float | None = ...,
+        scale_in_headroom: _builtins.float | None = ...,
+        scale_in_after_s: _builtins.float | None = ...,
+        scale_down_after_s: _builtins.float | None = ...,
+        min_change: _builtins.float | None = ...,
+        training_request_floor: _builtins.float | None = ...,
+        training_limit_floor: _builtins.float | None = ...,
+        start_share_max: _builtins.float | None = ...,
+        scale_out_patience_s: _builtins.float | None = ...,
+        keep_alive_s: _builtins.float | None = ...,
+        vertical: _builtins.bool | None = ...,
+        horizontal: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_burst_headroom", b"_burst_headroom", "_capacity_headroom", b"_capacity_headroom", "_horizontal", b"_horizontal", "_interval_s", b"_interval_s", "_keep_alive_s", b"_keep_alive_s", "_min_change", b"_min_change", "_noise_sigmas", b"_noise_sigmas", "_rate_window_s", b"_rate_window_s", "_scale_down_after_s", b"_scale_down_after_s", "_scale_in_after_s", b"_scale_in_after_s", "_scale_in_headroom", b"_scale_in_headroom", "_scale_out_patience_s", b"_scale_out_patience_s", "_slo_target", b"_slo_target", "_start_share_max", b"_start_share_max", "_training_limit_floor", b"_training_limit_floor", "_training_request_floor", b"_training_request_floor", "_trend_window_s", b"_trend_window_s", "_vertical", b"_vertical", "burst_headroom", b"burst_headroom", "capacity_headroom", b"capacity_headroom", "horizontal", b"horizontal", "interval_s", b"interval_s", "keep_alive_s", b"keep_alive_s", "min_change", b"min_change", "noise_sigmas", b"noise_sigmas", "rate_window_s", b"rate_window_s", "scale_down_after_s", b"scale_down_after_s", "scale_in_after_s", b"scale_in_after_s", "scale_in_headroom", b"scale_in_headroom", "scale_out_patience_s", b"scale_out_patience_s", "slo_target", b"slo_target", "start_share_max", b"start_share_max", "training_limit_floor", b"training_limit_floor", "training_request_floor", b"training_request_floor", "trend_window_s", b"trend_window_s", "vertical", b"vertical"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scale_in_after_s", b"scale_in_after_s", "slo_drift_threshold", b"slo_drift_threshold", "vertical_step", b"vertical_step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_burst_headroom", b"_burst_headroom", "_capacity_headroom", b"_capacity_headroom", "_horizontal", b"_horizontal", "_interval_s", b"_interval_s", "_keep_alive_s", b"_keep_alive_s", "_min_change", b"_min_change", "_noise_sigmas", b"_noise_sigmas", "_rate_window_s", b"_rate_window_s", "_scale_down_after_s", b"_scale_down_after_s", "_scale_in_after_s", b"_scale_in_after_s", "_scale_in_headroom", b"_scale_in_headroom", "_scale_out_patience_s", b"_scale_out_patience_s", "_slo_target", b"_slo_target", "_start_share_max", b"_start_share_max", "_training_limit_floor", b"_training_limit_floor", "_training_request_floor", b"_training_request_floor", "_trend_window_s", b"_trend_window_s", "_vertical", b"_vertical", "burst_headroom", b"burst_headroom", "capacity_headroom", b"capacity_headroom", "horizontal", b"horizontal", "interval_s", b"interval_s", "keep_alive_s", b"keep_alive_s", "min_change", b"min_change", "noise_sigmas", b"noise_sigmas", "rate_window_s", b"rate_window_s", "scale_down_after_s", b"scale_down_after_s", "scale_in_after_s", b"scale_in_after_s", "scale_in_headroom", b"scale_in_headroom", "scale_out_patience_s", b"scale_out_patience_s", "slo_target", b"slo_target", "start_share_max", b"start_share_max", "training_limit_floor", b"training_limit_floor", "training_request_floor", b"training_request_floor", "trend_window_s", b"trend_window_s", "vertical", b"vertical"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__burst_headroom: _TypeAlias = _typing.Literal["burst_headroom"]  # noqa: Y015
+    _WhichOneofArgType__burst_headroom: _TypeAlias = _typing.Literal["_burst_headroom", b"_burst_headroom"]  # noqa: Y015
+    _WhichOneofReturnType__capacity_headroom: _TypeAlias = _typing.Literal["capacity_headroom"]  # noqa: Y015
+    _WhichOneofArgType__capacity_headroom: _TypeAlias = _typing.Literal["_capacity_headroom", b"_capacity_headroom"]  # noqa: Y015
+    _WhichOneofReturnType__horizontal: _TypeAlias = _typing.Literal["horizontal"]  # noqa: Y015
+    _WhichOneofArgType__horizontal: _TypeAlias = _typing.Literal["_horizontal", b"_horizontal"]  # noqa: Y015
+    _WhichOneofReturnType__interval_s: _TypeAlias = _typing.Literal["interval_s"]  # noqa: Y015
+    _WhichOneofArgType__interval_s: _TypeAlias = _typing.Literal["_interval_s", b"_interval_s"]  # noqa: Y015
+    _WhichOneofReturnType__keep_alive_s: _TypeAlias = _typing.Literal["keep_alive_s"]  # noqa: Y015
+    _WhichOneofArgType__keep_alive_s: _TypeAlias = _typing.Literal["_keep_alive_s", b"_keep_alive_s"]  # noqa: Y015
+    _WhichOneofReturnType__min_change: _TypeAlias = _typing.Literal["min_change"]  # noqa: Y015
+    _WhichOneofArgType__min_change: _TypeAlias = _typing.Literal["_min_change", b"_min_change"]  # noqa: Y015
+    _WhichOneofReturnType__noise_sigmas: _TypeAlias = _typing.Literal["noise_sigmas"]  # noqa: Y015
+    _WhichOneofArgType__noise_sigmas: _TypeAlias = _typing.Literal["_noise_sigmas", b"_noise_sigmas"]  # noqa: Y015
+    _WhichOneofReturnType__rate_window_s: _TypeAlias = _typing.Literal["rate_window_s"]  # noqa: Y015
+    _WhichOneofArgType__rate_window_s: _TypeAlias = _typing.Literal["_rate_window_s", b"_rate_window_s"]  # noqa: Y015
+    _WhichOneofReturnType__scale_down_after_s: _TypeAlias = _typing.Literal["scale_down_after_s"]  # noqa: Y015
+    _WhichOneofArgType__scale_down_after_s: _TypeAlias = _typing.Literal["_scale_down_after_s", b"_scale_down_after_s"]  # noqa: Y015
+    _WhichOneofReturnType__scale_in_after_s: _TypeAlias = _typing.Literal["scale_in_after_s"]  # noqa: Y015
+    _WhichOneofArgType__scale_in_after_s: _TypeAlias = _typing.Literal["_scale_in_after_s", b"_scale_in_after_s"]  # noqa: Y015
+    _WhichOneofReturnType__scale_in_headroom: _TypeAlias = _typing.Literal["scale_in_headroom"]  # noqa: Y015
+    _WhichOneofArgType__scale_in_headroom: _TypeAlias = _typing.Literal["_scale_in_headroom", b"_scale_in_headroom"]  # noqa: Y015
+    _WhichOneofReturnType__scale_out_patience_s: _TypeAlias = _typing.Literal["scale_out_patience_s"]  # noqa: Y015
+    _WhichOneofArgType__scale_out_patience_s: _TypeAlias = _typing.Literal["_scale_out_patience_s", b"_scale_out_patience_s"]  # noqa: Y015
+    _WhichOneofReturnType__slo_target: _TypeAlias = _typing.Literal["slo_target"]  # noqa: Y015
+    _WhichOneofArgType__slo_target: _TypeAlias = _typing.Literal["_slo_target", b"_slo_target"]  # noqa: Y015
+    _WhichOneofReturnType__start_share_max: _TypeAlias = _typing.Literal["start_share_max"]  # noqa: Y015
+    _WhichOneofArgType__start_share_max: _TypeAlias = _typing.Literal["_start_share_max", b"_start_share_max"]  # noqa: Y015
+    _WhichOneofReturnType__training_limit_floor: _TypeAlias = _typing.Literal["training_limit_floor"]  # noqa: Y015
+    _WhichOneofArgType__training_limit_floor: _TypeAlias = _typing.Literal["_training_limit_floor", b"_training_limit_floor"]  # noqa: Y015
+    _WhichOneofReturnType__training_request_floor: _TypeAlias = _typing.Literal["training_request_floor"]  # noqa: Y015
+    _WhichOneofArgType__training_request_floor: _TypeAlias = _typing.Literal["_training_request_floor", b"_training_request_floor"]  # noqa: Y015
+    _WhichOneofReturnType__trend_window_s: _TypeAlias = _typing.Literal["trend_window_s"]  # noqa: Y015
+    _WhichOneofArgType__trend_window_s: _TypeAlias = _typing.Literal["_trend_window_s", b"_trend_window_s"]  # noqa: Y015
+    _WhichOneofReturnType__vertical: _TypeAlias = _typing.Literal["vertical"]  # noqa: Y015
+    _WhichOneofArgType__vertical: _TypeAlias = _typing.Literal["_vertical", b"_vertical"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__burst_headroom) -> _WhichOneofReturnType__burst_headroom | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__capacity_headroom) -> _WhichOneofReturnType__capacity_headroom | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__horizontal) -> _WhichOneofReturnType__horizontal | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__interval_s) -> _WhichOneofReturnType__interval_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_alive_s) -> _WhichOneofReturnType__keep_alive_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_change) -> _WhichOneofReturnType__min_change | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__noise_sigmas) -> _WhichOneofReturnType__noise_sigmas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_window_s) -> _WhichOneofReturnType__rate_window_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scale_down_after_s) -> _WhichOneofReturnType__scale_down_after_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scale_in_after_s) -> _WhichOneofReturnType__scale_in_after_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scale_in_headroom) -> _WhichOneofReturnType__scale_in_headroom | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scale_out_patience_s) -> _WhichOneofReturnType__scale_out_patience_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__slo_target) -> _WhichOneofReturnType__slo_target | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_share_max) -> _WhichOneofReturnType__start_share_max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__training_limit_floor) -> _WhichOneofReturnType__training_limit_floor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__training_request_floor) -> _WhichOneofReturnType__training_request_floor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__trend_window_s) -> _WhichOneofReturnType__trend_window_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vertical) -> _WhichOneofReturnType__vertical | None: ...
 
 Global___ScalingPolicy: _TypeAlias = ScalingPolicy  # noqa: Y015
 
