@@ -194,8 +194,8 @@ def test_sustained_over_provisioning_comes_down_after_the_hysteresis_not_before(
     """60 req/s, then 10: the rate the instance is sized for stays while a prediction of
     60 is within the last `scale_down_after_s` (15 s); then its busy share (here its
     request: no training on the GPU, so the request guarantees it) comes down in one step.
-    Its limit, free while it idles, keeps the last keep-alive's peak: it comes down once
-    that peak is `keep_alive_s` old."""
+    Its limit, free while it idles, keeps what the last keep-alive's peak needs: it comes
+    down the rest of the way once that peak is `keep_alive_s` old."""
     w = world(job=False)
     w.add("f", "g0", 0.2, 0.3)
     settle(w, 60, 10)
@@ -205,7 +205,8 @@ def test_sustained_over_provisioning_comes_down_after_the_hysteresis_not_before(
     changes = [(10 + k + 1, a) for k, acts in enumerate(after) for a in acts
                if isinstance(a, SetInferenceQuota)]
     assert [t for t, _ in changes] == [10 + 15, 10 + 60]   # 15 s, then the keep-alive
-    assert changes[0][1].request < 0.3 and changes[0][1].limit == 1.0
+    # the limit now carries the last minute's peak: 60 × 1.25 / 100
+    assert changes[0][1].request < 0.3 and changes[0][1].limit == 0.75
     assert changes[1][1].limit < 0.3
 
 
