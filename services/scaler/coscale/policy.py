@@ -430,6 +430,8 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
                              f"(keep-alive {settings.keep_alive_s:.0f} s): to zero")
                      for i in live], replace(memory, last_scale_in_s=now_s))
         if count == 0 and (load.now_rps > 0 or f.queued > 0):
+            if cluster.land(context, f, f.start_request) <= 0:
+                return [], memory  # no GPU would take it: it would stay pending
             return ([ScaleOut(f.name, 1, f"{f.name}: a request at zero instances")],
                     replace(memory, asked=1, asked_s=now_s, last_scale_out_s=now_s))
 
@@ -444,12 +446,11 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
                 count + len(added) < f.replicas_min
                 or c.pool_capacity(shares + added, miss) < need - 1e-9):
             # A newcomer is sized like the others once placed (vertical first), so it is
-            # counted at the busy share the function's instances want then; a function
-            # whose newcomers find no GPU at all asks for none (they would stay pending).
+            # counted at the busy share the function's instances want then.
             want = c.pool_share_for(need, len(live) + len(added) + 1, miss) or 1.0
             found = cluster.land(context, f, want) if settings.vertical else f.start_limit
-            if found <= 0 and count + len(added) >= f.replicas_min:
-                break
+            if found <= 0:
+                break  # no GPU would take it: it would stay pending
             added.append(max(f.start_request, want) if settings.vertical else found)
         if added:
             k = len(added)
@@ -466,7 +467,9 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
     if (len(live) <= max(1, f.replicas_min) or waiting
             or now_s - memory.last_scale_out_s < settings.scale_in_after_s):
         return [], memory
-    held = load.held_rps * (1 + settings.scale_in_headroom)
+    # Never below what a scale-out sizes for: at the same load a scale-in cannot be
+    # followed by a scale-out (scale_in_headroom > capacity_headroom).
+    held = max(load.held_rps, load.horizontal_rps) * (1 + settings.scale_in_headroom)
 
     # Lazy scale-in: one instance at a time, when the rest carry the highest rate of the
     # last `scale_in_after_s` with the wider margin, nothing is starting or asked for,
@@ -485,8 +488,8 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
     if not going:
         return [], memory
     left = c.pool_capacity([reach(i) for i in live if i not in going], miss)
-    reason = (f"{f.name}: at most {load.held_rps:.1f} req/s over the last "
-              f"{settings.scale_in_after_s:.0f} s, ×{1 + settings.scale_in_headroom:.2f} = "
+    reason = (f"{f.name}: at most {max(load.held_rps, load.horizontal_rps):.1f} req/s over the "
+              f"last {settings.scale_in_after_s:.0f} s, ×{1 + settings.scale_in_headroom:.2f} = "
               f"{held:.1f}; the other {len(live) - len(going)} instance(s) carry {left:.1f}")
     return ([ScaleIn(f.name, i.id, f"{reason}: {i.id} goes") for i in going],
             replace(memory, last_scale_in_s=now_s))

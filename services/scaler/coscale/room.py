@@ -12,7 +12,8 @@ Training is throughput-bound and yields: its request goes down (to its floor) on
 as the busy rule needs, its limit (to its limit floor) only as far as the placement bound
 Σ limits ≤ max_limited needs. The room inference can have on a GPU is therefore
 
-    cap = 1 − Σ training request floors − Σ requests of draining instances
+    cap = min(1 − Σ training request floors − Σ requests of draining instances,
+              max_limited − Σ training limit floors − Σ limits of draining instances)
 
 and when the busy shares wanted add up to more, they are water-filled (equal increments,
 none above its want): the GPU is *short*, and each instance's `most` (what it would get if
@@ -98,7 +99,9 @@ def divide(max_requested: float, max_limited: float, wants: Mapping[str, Want],
     guaranteed = min(1.0, max_requested)
     fixed_requests = sum(f.request for f in fixed)
     fixed_limits = sum(f.limit for f in fixed)
-    cap = max(0.0, guaranteed - sum(t.request_floor for t in training.values()) - fixed_requests)
+    # A busy share is at most the instance's limit, so it needs room under both bounds.
+    cap = max(0.0, min(guaranteed - sum(t.request_floor for t in training.values()) - fixed_requests,
+                       max_limited - sum(t.limit_floor for t in training.values()) - fixed_limits))
     # Incumbents first: what each already had (up to its want), then the rest of the room
     # water-filled over what they want beyond it.
     base = {i: min(w.busy, held.get(i, 0.0)) for i, w in wants.items()}
@@ -122,21 +125,27 @@ def divide(max_requested: float, max_limited: float, wants: Mapping[str, Want],
     granted = {i: Want(min(w.request, busy[i]) if alone else busy[i], busy[i],
                        min(1.0, busy[i] + burst[i]))
                for i, w in wants.items()}
-    # What training may keep, shared in proportion to what each was deployed with.
+    # What training may keep: each its floors, and what is left above them shared in
+    # proportion to what each gives up from its deployed quota.
     request_room = guaranteed - used - fixed_requests
     limit_left = max_limited - sum(g.limit for g in granted.values()) - fixed_limits
-    deployed_r = sum(t.deployed_request for t in training.values())
-    deployed_l = sum(t.deployed_limit for t in training.values())
-    kept = {}
-    for tid, t in training.items():
-        r = t.deployed_request if deployed_r <= request_room + _EPS else floor_share(
-            request_room * t.deployed_request / deployed_r)
-        lim = t.deployed_limit if deployed_l <= limit_left + _EPS else floor_share(
-            limit_left * t.deployed_limit / deployed_l)
-        r = max(t.request_floor, min(t.deployed_request, r))
-        lim = max(t.limit_floor, r, min(t.deployed_limit, lim))
-        kept[tid] = (r, lim)
+    requests = _share_out(request_room, {tid: (t.request_floor, t.deployed_request)
+                                         for tid, t in training.items()})
+    limits = _share_out(limit_left, {tid: (t.limit_floor, t.deployed_limit)
+                                     for tid, t in training.items()})
+    kept = {tid: (requests[tid], max(requests[tid], limits[tid])) for tid in training}
     return GpuShares(granted, kept, most, cap, sum(w.busy for w in wants.values()))
+
+
+def _share_out(room: float, spans: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """Each (floor, top) gets its floor, then the rest of `room` in proportion to
+    top − floor, never above its top (to 0.01 below)."""
+    floors = sum(low for low, _ in spans.values())
+    extra = sum(high - low for low, high in spans.values())
+    if floors + extra <= room + _EPS:
+        return {i: high for i, (_, high) in spans.items()}
+    part = max(0.0, room - floors) / extra if extra > _EPS else 0.0
+    return {i: max(low, floor_share(low + part * (high - low))) for i, (low, high) in spans.items()}
 
 
 def _water_fill(room: float, wants: Mapping[str, float]) -> dict[str, float]:
