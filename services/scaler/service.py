@@ -12,9 +12,9 @@ import grpc
 from dilu.v1 import scaler_pb2, scaler_pb2_grpc
 
 from services.common import limits
-from services.scaler.coscale import CoscaleSettings
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import Unimplemented
+from services.scaler.coscale import CoscaleSettings
 from services.scaler.observer import QosObserver
 
 

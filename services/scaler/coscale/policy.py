@@ -137,7 +137,7 @@ def _remember(f: FunctionContext, memory: FunctionMemory, now_s: float,
     window = f.window
     if window is not None and (not rates or window.end_s > rates[-1][0] + 1e-9):
         keep_after = now_s - _history_s(settings)
-        rates = tuple(r for r in rates if r[0] > keep_after) + ((window.end_s, window.rps),)
+        rates = (*(r for r in rates if r[0] > keep_after), (window.end_s, window.rps))
     last_request = memory.last_request_s
     if f.queued > 0 or (window is not None and window.arrivals > 0):
         last_request = now_s

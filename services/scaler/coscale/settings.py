@@ -100,5 +100,5 @@ class CoscaleSettings:
         """The settings a `ScalingPolicy` carries, validated; a field it leaves unset
         keeps its default (every field has presence)."""
         changes = {f.name: getattr(message, f.name) for f in fields(cls)
-                   if message.HasField(f.name)}
+                   if message.HasField(f.name)}  # type: ignore[arg-type]  # names, not literals
         return replace(cls(), **changes).validated()

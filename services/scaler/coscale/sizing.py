@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -98,15 +98,18 @@ class Curve:
 
 
 def curve(profile: Profile) -> Curve:
-    try:
-        return _curve_cached(profile)
-    except TypeError:  # an unhashable profile: computed each time
-        return _curve(profile)
+    """The profile's curve (cached for hashable profiles, such as the frozen stand-in)."""
+    if isinstance(profile, Hashable):
+        try:
+            return _curve_cached(profile)
+        except TypeError:  # hashable type, unhashable contents
+            pass
+    return _curve(profile)
 
 
 @lru_cache(maxsize=1024)
-def _curve_cached(profile: Profile) -> Curve:
-    return _curve(profile)
+def _curve_cached(profile: Hashable) -> Curve:
+    return _curve(profile)  # type: ignore[arg-type]  # only profiles are passed
 
 
 def _curve(profile: Profile) -> Curve:

@@ -23,7 +23,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
+from services.perf.traces import load_trace
 from services.scaler.coscale import (
+    DEFAULT_SETTINGS,
     Context,
     CoscaleSettings,
     CoscaleState,
@@ -40,6 +42,7 @@ from services.scaler.coscale import (
     decide,
 )
 from services.scaler.coscale import Action as CoreAction
+from services.scaler.coscale.sizing import start_quota
 from services.scheduler.placement import Placement, PlacementBounds, make_placement
 from services.simulator.serving import policy as hooks
 from services.simulator.serving.arbitration import HUNGER_HOLD_NS, PERIOD_NS, NodeArbitrationDriver
@@ -47,12 +50,10 @@ from services.simulator.serving.engine import Sizing, cold_start_s
 from services.simulator.serving.profile import StandInProfile
 from services.simulator.serving.scenario import Scenario, ServedFunction
 from services.simulator.serving.windows import QosWindow
-from services.scaler.coscale.sizing import start_quota
-from services.perf.traces import load_trace
 
 
 def start_sizing(function: ServedFunction, profile: StandInProfile | None,
-                 settings: CoscaleSettings = CoscaleSettings()) -> Sizing:
+                 settings: CoscaleSettings = DEFAULT_SETTINGS) -> Sizing:
     """The quota a function is deployed with and `ScaleOut` places (see the module)."""
     from services.simulator.serving.systems import memory_for
 

@@ -11,9 +11,10 @@ GPU with what is committed on it (the headroom to the placement bounds), and eve
 instance with its GPUs and quota (what `SetQuota` may lower for inference). It returns
 actions:
 
-- `SetQuota` (vertical, of an inference or a training instance): admitted like the node agent's `SetQuota` against the GPU's
-  bounds (Σ requests ≤ max requested, Σ limits ≤ max limited; refused otherwise, counted in
-  `refused_actions`), applied at the next arbiter period (10 ms).
+- `SetQuota` (vertical, of an inference or a training instance): admitted like the node
+  agent's `SetQuota` against the GPU's bounds (Σ requests ≤ max requested, Σ limits ≤ max
+  limited; refused otherwise, counted in `refused_actions`), applied at the next arbiter
+  period (10 ms).
 - `ScaleOut` (horizontal): new instances, at the function's deployed quota, placed by the
   scheduler core with the system's placement policy (kept pending and retried every
   second while nothing admits them); each serves after its cold start (2 s + fp16 weights
