@@ -171,14 +171,18 @@ def test_a_drift_with_headroom_is_one_vertical_raise_of_the_computed_size() -> N
 def test_no_headroom_means_a_scale_out_sized_for_the_predicted_rate() -> None:
     """80 req/s: 100 req/s to carry, but training keeps its request floor 0.2, so the
     instance can have at most 0.8 (80 req/s). A second instance wanting 0.5 (2 × 50 = 100)
-    covers it; there is an idle GPU for it. Nothing more is asked for while it starts."""
+    covers it; there is an idle GPU for it. The first decision raises the instance (vertical
+    first); the scale-out comes at the second, the need confirmed (one noisy window
+    does not add an instance). Nothing more is asked for while it starts."""
     w = world(gpus=("g0", "g1"))
     w.add("f", "g0", 0.2, 0.3)
     settle(w, 20, 6)
-    actions = settle(w, 80, 1)[0]
-    outs = [a for a in actions if isinstance(a, ScaleOut)]
+    first, second = settle(w, 80, 2)
+    assert any(isinstance(a, SetInferenceQuota) for a in first)
+    assert not any(isinstance(a, ScaleOut) for a in first)
+    outs = [a for a in second if isinstance(a, ScaleOut)]
     assert outs == [ScaleOut("f", 1, outs[0].reason)]
-    assert "= 100.0; 1 instance(s) carry at most 80.0" in outs[0].reason
+    assert "= 100.0 at 2 decisions in a row; 1 instance(s) carry at most 80.0" in outs[0].reason
     assert not any(isinstance(a, ScaleOut) for a in settle(w, 80, 1)[0])
     assert len(w.instances) == 2 and not w.refused
 

@@ -206,3 +206,31 @@ def test_static_sizes_a_function_without_a_quota_by_its_published_rule() -> None
         "functions": [{"name": "f", "model": "resnet152", "slo_ms": 100, "trace": "bursty",
                        "scale": 2}]}, "s").functions[0]
     assert Static().sizing(function, profile) == Sizing(1, 0.12, 0.29, 1280, 4)
+
+
+# ---- the coscale system ------------------------------------------------------------------
+
+
+def test_coscale_converges_on_a_steady_load_and_then_acts_no_more(
+        testbed: tuple[Scenario, dict[str, StandInProfile]]) -> None:
+    """Never flap, end to end: at a constant Poisson rate the policy sizes the function in
+    its first decisions and then asks for nothing (no quota, batch or replica change)."""
+    scenario = steady("resnet152", 40, 6.0, 0.5, 8, duration_s=240)
+    sim = Simulation(scenario, make_system("coscale"), {"f": testbed[1]["resnet152"]},
+                     overhead_ms=OVERHEAD_MS).run()
+    decisions = sim.policy.decisions  # type: ignore[union-attr]  # the coscale adapter
+    assert decisions and decisions[0][0] <= 5.0
+    assert [d for d in decisions if d[0] > 120.0] == []
+    assert sim.counters.refused_actions == 0
+    assert summarize(sim).attainment > 0.97
+
+
+def test_coscale_on_demo_meets_its_slos_and_keeps_nine_tenths_of_static_training(
+        demo: tuple[Scenario, dict[str, StandInProfile]]) -> None:
+    scenario, profiles = demo
+    static = summarize(Simulation(scenario, Static(), profiles, overhead_ms=OVERHEAD_MS).run())
+    coscale = summarize(Simulation(scenario, make_system("coscale"), profiles,
+                                   overhead_ms=OVERHEAD_MS).run())
+    assert static.min_function_attainment < 0.9  # bert-base under static: what there is to win
+    assert coscale.attainment >= 0.99 and coscale.min_function_attainment >= 0.97
+    assert coscale.training_throughput >= 0.9 * static.training_throughput

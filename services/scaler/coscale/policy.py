@@ -58,7 +58,7 @@ class _Load:
 
     now_rps: float         # the last window's
     vertical_rps: float    # predicted one decision ahead, held within its noise band
-    horizontal_rps: float  # predicted a cold start and one decision ahead
+    horizontal_rps: float  # predicted a cold start and two decisions ahead
     held_rps: float        # the highest of the last `scale_in_after_s`
     history_s: float       # how long the history covers
     recent_peak_rps: float  # the highest of the last `keep_alive_s`
@@ -178,7 +178,9 @@ def _load(f: FunctionContext, memory: FunctionMemory, now_s: float,
         # Lower for `scale_down_after_s` now: to where it settled (the last rate window).
         sized = max(p for t, p in recent if t > now_s - settings.rate_window_s + 1e-6)
     covered = now_s - rates[0][0] + settings.interval_s if rates else 0.0
-    load = _Load(now_rps, sized, max(sized, ahead(f.cold_start_s + settings.interval_s)),
+    # A scale-out is confirmed over two decisions (`_horizontal`): the horizon covers
+    # the cold start and both.
+    load = _Load(now_rps, sized, max(sized, ahead(f.cold_start_s + 2 * settings.interval_s)),
                  forecast.highest(rates, now_s, settings.scale_in_after_s) + backlog, covered,
                  forecast.highest(rates, now_s, settings.keep_alive_s))
     return load, replace(memory, predicted=recent, sized_rps=sized)
@@ -438,9 +440,14 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
     need = load.horizontal_rps * (1 + settings.capacity_headroom)
     # One wave at a time: while instances are asked for or starting, what they will carry
     # is not known yet (they count at a whole GPU), so no more are asked for until they
-    # serve. A wave is as large as the predicted rate needs.
+    # serve. A wave is as large as the predicted rate needs. The need must stand above
+    # the capacity at two decisions in a row: one noisy window (a Poisson count, a queue
+    # at its end) predicts a peak a steady load does not have, and an instance added for
+    # it would be scaled in again (the horizon is one decision longer for that, `_load`).
     waiting = memory.asked > 0 or any(i.state == STARTING for i in live)
-    if count < f.replicas_min or (need > capacity + 1e-9 and count < f.replicas_max and not waiting):
+    over = memory.over + 1 if need > capacity + 1e-9 and not waiting else 0
+    memory = replace(memory, over=over)
+    if count < f.replicas_min or (over >= 2 and count < f.replicas_max):
         added: list[float] = []
         while count + len(added) < f.replicas_max and (
                 count + len(added) < f.replicas_min
@@ -455,12 +462,13 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
         if added:
             k = len(added)
             reason = (f"{f.name}: {load.horizontal_rps:.1f} req/s predicted a cold start "
-                      f"({f.cold_start_s:.1f} s) ahead, ×{1 + settings.capacity_headroom:.2f} = "
-                      f"{need:.1f}; {count} instance(s) carry at most {capacity:.1f} with every "
+                      f"({f.cold_start_s:.1f} s) and two decisions ahead, "
+                      f"×{1 + settings.capacity_headroom:.2f} = {need:.1f} at {over} decisions "
+                      f"in a row; {count} instance(s) carry at most {capacity:.1f} with every "
                       f"busy share at its room: +{k} (expected to find "
                       f"{', '.join(f'{s:.2f}' for s in added)})")
             return [ScaleOut(f.name, k, reason)], replace(
-                memory, asked=memory.asked + k, asked_s=now_s, last_scale_out_s=now_s)
+                memory, asked=memory.asked + k, asked_s=now_s, last_scale_out_s=now_s, over=0)
 
     # Scale-in waits `scale_in_after_s` after a scale-out (hysteresis: what was added is
     # watched serving before anything goes), and for every instance to serve.

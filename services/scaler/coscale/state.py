@@ -16,6 +16,8 @@ class FunctionMemory:
     asked: int = 0
     asked_s: float = 0.0
     known: frozenset[str] = frozenset()           # the instances seen at the last decision
+    # Consecutive decisions whose predicted need exceeded what the instances can carry.
+    over: int = 0
     last_scale_out_s: float = -1e18
     last_scale_in_s: float = -1e18
     # The predictions of the last `scale_down_after_s` (s, req/s) and the rate the
