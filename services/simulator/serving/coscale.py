@@ -6,12 +6,22 @@ with `NodeArbitration`), as today's platform has them.
 `ClusterView` each tick, simulator actions back) and the pure core
 (`services.scaler.coscale.decide`: a `Context`, core actions back); the live scaler is the
 other adapter. Each function's start quota (what it is deployed with, and what `ScaleOut`
-places) comes from its stand-in profile: request = the lone-batch share (a lone request
-meets its SLO before the arbiter lends anything), limit = at least that and
-`max_limited − 1` (0.5 under the default bounds: a shape that fits beside any one job whose
-limit is at most a whole GPU, so that new instances go beside training, whose GPUs are
-held anyway), maximum batch = the best at that limit. The policy sizes each instance from
-its first decision on. Scenario fields that pin a quota win (`demo`).
+places) comes from its stand-in profile (`sizing.start_quota`): request = limit = the busy
+share at which one instance carries the mean rate of its trace × (1 +
+`capacity_headroom`), at least the lone-batch share (a lone request meets its SLO before
+the arbiter lends anything) and at most `start_share_max` (0.5: a shape that fits beside
+any one job whose limit is at most a whole GPU, so that new instances go beside training,
+whose GPUs are held anyway); maximum batch = the best there. The policy sizes each
+instance from its first decision on. Scenario fields that pin a quota win (`demo`).
+
+The trade-off that start shape makes, measured on `paper-testbed` (one run each, the
+rest of the policy as it is): at ≤ 0.5 a new instance fits beside a training job whose
+GPUs are held anyway, and coscale holds 13 883 GPU-seconds, but a gang steps at its
+slowest member, so a busy neighbour on one GPU of a 4-GPU gang slows all four: training
+gets 47 % of saturated (the two 4-GPU gangs 23 % and 32 %). Starting every instance with
+a whole-GPU limit keeps newcomers off GPUs whose training limits are high (Σ limits ≤
+`max_limited`): training gets 83.3 % (the gangs 100 %), attainment 99.8 %, but 17 016
+GPU-seconds, more than `dilu-paper`'s 16 717. The default keeps the first.
 
 Ablations: `coscale-vertical-only` (replicas stay as deployed) and
 `coscale-horizontal-only` (every quota stays as deployed, training's included).
@@ -145,8 +155,9 @@ class Coscale:
     def parameters(self) -> Mapping[str, object]:
         return {"placement": "complementary", "arbiter_period_ms": PERIOD_NS / 1e6,
                 "hunger_hold_ms": HUNGER_HOLD_NS / 1e6, **asdict(self.settings),
-                "sizing": "stand-in profile: request lone-batch share, limit max(lone, "
-                          "max_limited - 1); then the policy"}
+                "sizing": "stand-in profile: request = limit = the share for the trace's "
+                          "mean rate x (1 + capacity_headroom), >= lone-batch share, <= "
+                          "start_share_max; then the policy"}
 
     def placement(self, bounds: PlacementBounds) -> Placement:
         return make_placement("complementary", bounds)
