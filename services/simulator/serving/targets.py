@@ -108,7 +108,10 @@ def _scaling_targets(report: ScenarioReport) -> list[Target]:
             name, f"GPU-s ≤ {EXCLUSIVE_RATIO[name]:g} × exclusive-kpa's",
             ratio <= EXCLUSIVE_RATIO[name] + 1e-9,
             f"{ratio:.3f} × ({mine.gpu_seconds:.0f} vs {exclusive.gpu_seconds:.0f}); "
-            f"{to_bound} × the lower bound ({bound:.0f})"))
+            f"{to_bound} × the lower bound ({bound:.0f}; above 1 because training holds "
+            f"its GPUs whole where the bound counts it at 1 % of its request, and inference "
+            f"is sized for bursts and the SLO tail, not the fluid demand at the cheapest "
+            f"batch)"))
     return targets
 
 
