@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from services.cli.ownership import AlreadyOwned, Ownership, same_process, start_time
@@ -42,6 +42,8 @@ class StackOptions:
     scaler_port: int = DEFAULT_PORTS["scaler"]
     sim_gpus: int = 2
     node_id: str = "local"
+    # The scaler's policy at start: "coscale" (it acts) or "static" (it only observes).
+    scaler_policy: str = "coscale"
     # Prometheus /metrics port per service (0: a free one, -1: none).
     metrics_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
 
@@ -141,6 +143,10 @@ def running_stack(options: StackOptions) -> Iterator[RunningStack]:
         nats.start()
         stack.launcher.nats_url = nats.url
         for name in specs:
+            if name == "scaler":  # it acts through the scheduler, wherever that listens
+                specs[name] = replace(specs[name], extra=(
+                    "--scheduler", stack.services["scheduler"].address,
+                    "--policy", options.scaler_policy))
             stack.start(name)
         yield stack
     finally:

@@ -1,6 +1,6 @@
 """What the scaler sees on the bus: latest QoS per function and recent scaling decisions.
 
-Pure bookkeeping with an explicit clock; the co-scaling policy will read from it.
+Pure bookkeeping with an explicit clock (GetStatus and ListDecisions read it).
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ class QosObserver:
                 reports=window.reports))
         return summaries
 
-    def decisions(self, function: str, limit: int) -> list[events_pb2.ScalingDecision]:
-        matching = [d for d in reversed(self._decisions) if not function or d.function == function]
+    def decisions(self, function: str, limit: int,
+                  source: str = "") -> list[events_pb2.ScalingDecision]:
+        """Newest first; only `function`'s and `source`'s when given."""
+        matching = [d for d in reversed(self._decisions)
+                    if (not function or d.function == function)
+                    and (not source or d.source == source)]
         return matching[:limit]

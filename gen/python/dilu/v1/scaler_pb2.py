@@ -23,31 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from dilu.events.v1 import events_pb2 as dilu_dot_events_dot_v1_dot_events__pb2
+from dilu.v1 import types_pb2 as dilu_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64ilu/v1/scaler.proto\x12\x07\x64ilu.v1\x1a\x1b\x64ilu/events/v1/events.proto\"\xab\x07\n\rScalingPolicy\x12\x17\n\ninterval_s\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rrate_window_s\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0etrend_window_s\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0cnoise_sigmas\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\nslo_target\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x63\x61pacity_headroom\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1b\n\x0e\x62urst_headroom\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11scale_in_headroom\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\x1d\n\x10scale_in_after_s\x18\x02 \x01(\x01H\x08\x88\x01\x01\x12\x1f\n\x12scale_down_after_s\x18\x0c \x01(\x01H\t\x88\x01\x01\x12\x17\n\nmin_change\x18\r \x01(\x01H\n\x88\x01\x01\x12#\n\x16training_request_floor\x18\x0e \x01(\x01H\x0b\x88\x01\x01\x12!\n\x14training_limit_floor\x18\x0f \x01(\x01H\x0c\x88\x01\x01\x12\x1c\n\x0fstart_share_max\x18\x10 \x01(\x01H\r\x88\x01\x01\x12!\n\x14scale_out_patience_s\x18\x11 \x01(\x01H\x0e\x88\x01\x01\x12\x19\n\x0ckeep_alive_s\x18\x12 \x01(\x01H\x0f\x88\x01\x01\x12\x15\n\x08vertical\x18\x13 \x01(\x08H\x10\x88\x01\x01\x12\x17\n\nhorizontal\x18\x14 \x01(\x08H\x11\x88\x01\x01\x42\r\n\x0b_interval_sB\x10\n\x0e_rate_window_sB\x11\n\x0f_trend_window_sB\x0f\n\r_noise_sigmasB\r\n\x0b_slo_targetB\x14\n\x12_capacity_headroomB\x11\n\x0f_burst_headroomB\x14\n\x12_scale_in_headroomB\x13\n\x11_scale_in_after_sB\x15\n\x13_scale_down_after_sB\r\n\x0b_min_changeB\x19\n\x17_training_request_floorB\x17\n\x15_training_limit_floorB\x12\n\x10_start_share_maxB\x17\n\x15_scale_out_patience_sB\x0f\n\r_keep_alive_sB\x0b\n\t_verticalB\r\n\x0b_horizontalJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04R\x13slo_drift_thresholdR\rvertical_step\"z\n\x0b\x46unctionQos\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x1b\n\x13reporting_instances\x18\x02 \x01(\x05\x12\x0b\n\x03rps\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\x12\x0e\n\x06slo_ms\x18\x05 \x01(\x01\x12\x0f\n\x07reports\x18\x06 \x01(\x03\"\x12\n\x10GetStatusRequest\"\x7f\n\x11GetStatusResponse\x12\x19\n\x11\x63o_scaling_active\x18\x01 \x01(\x08\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x16.dilu.v1.ScalingPolicy\x12\'\n\tfunctions\x18\x03 \x03(\x0b\x32\x14.dilu.v1.FunctionQos\":\n\x10SetPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b\x32\x16.dilu.v1.ScalingPolicy\";\n\x11SetPolicyResponse\x12&\n\x06policy\x18\x01 \x01(\x0b\x32\x16.dilu.v1.ScalingPolicy\"7\n\x14ListDecisionsRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"K\n\x15ListDecisionsResponse\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.dilu.events.v1.ScalingDecision2\xe7\x01\n\rScalerService\x12\x42\n\tGetStatus\x12\x19.dilu.v1.GetStatusRequest\x1a\x1a.dilu.v1.GetStatusResponse\x12\x42\n\tSetPolicy\x12\x19.dilu.v1.SetPolicyRequest\x1a\x1a.dilu.v1.SetPolicyResponse\x12N\n\rListDecisions\x12\x1d.dilu.v1.ListDecisionsRequest\x1a\x1e.dilu.v1.ListDecisionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64ilu/v1/scaler.proto\x12\x07\x64ilu.v1\x1a\x1b\x64ilu/events/v1/events.proto\x1a\x13\x64ilu/v1/types.proto\"\xab\x07\n\rScalingPolicy\x12\x17\n\ninterval_s\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rrate_window_s\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0etrend_window_s\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0cnoise_sigmas\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\nslo_target\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x63\x61pacity_headroom\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1b\n\x0e\x62urst_headroom\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11scale_in_headroom\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\x1d\n\x10scale_in_after_s\x18\x02 \x01(\x01H\x08\x88\x01\x01\x12\x1f\n\x12scale_down_after_s\x18\x0c \x01(\x01H\t\x88\x01\x01\x12\x17\n\nmin_change\x18\r \x01(\x01H\n\x88\x01\x01\x12#\n\x16training_request_floor\x18\x0e \x01(\x01H\x0b\x88\x01\x01\x12!\n\x14training_limit_floor\x18\x0f \x01(\x01H\x0c\x88\x01\x01\x12\x1c\n\x0fstart_share_max\x18\x10 \x01(\x01H\r\x88\x01\x01\x12!\n\x14scale_out_patience_s\x18\x11 \x01(\x01H\x0e\x88\x01\x01\x12\x19\n\x0ckeep_alive_s\x18\x12 \x01(\x01H\x0f\x88\x01\x01\x12\x15\n\x08vertical\x18\x13 \x01(\x08H\x10\x88\x01\x01\x12\x17\n\nhorizontal\x18\x14 \x01(\x08H\x11\x88\x01\x01\x42\r\n\x0b_interval_sB\x10\n\x0e_rate_window_sB\x11\n\x0f_trend_window_sB\x0f\n\r_noise_sigmasB\r\n\x0b_slo_targetB\x14\n\x12_capacity_headroomB\x11\n\x0f_burst_headroomB\x14\n\x12_scale_in_headroomB\x13\n\x11_scale_in_after_sB\x15\n\x13_scale_down_after_sB\r\n\x0b_min_changeB\x19\n\x17_training_request_floorB\x17\n\x15_training_limit_floorB\x12\n\x10_start_share_maxB\x17\n\x15_scale_out_patience_sB\x0f\n\r_keep_alive_sB\x0b\n\t_verticalB\r\n\x0b_horizontalJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04R\x13slo_drift_thresholdR\rvertical_step\"z\n\x0b\x46unctionQos\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x1b\n\x13reporting_instances\x18\x02 \x01(\x05\x12\x0b\n\x03rps\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\x12\x0e\n\x06slo_ms\x18\x05 \x01(\x01\x12\x0f\n\x07reports\x18\x06 \x01(\x03\"\x98\x01\n\rInstanceQuota\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.dilu.v1.InstanceState\x12\x12\n\nsm_request\x18\x04 \x01(\x01\x12\x10\n\x08sm_limit\x18\x05 \x01(\x01\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_share\x18\x06 \x01(\x01\"\xb8\x01\n\x0f\x46unctionScaling\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12)\n\tinstances\x18\x02 \x03(\x0b\x32\x16.dilu.v1.InstanceQuota\x12\x18\n\x10request_headroom\x18\x03 \x01(\x01\x12\x16\n\x0elimit_headroom\x18\x04 \x01(\x01\x12\x36\n\rlast_decision\x18\x05 \x01(\x0b\x32\x1f.dilu.events.v1.ScalingDecision\"\x12\n\x10GetStatusRequest\"\xe1\x01\n\x11GetStatusResponse\x12\x19\n\x11\x63o_scaling_active\x18\x01 \x01(\x08\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x16.dilu.v1.ScalingPolicy\x12\'\n\tfunctions\x18\x03 \x03(\x0b\x32\x14.dilu.v1.FunctionQos\x12!\n\x04mode\x18\x04 \x01(\x0e\x32\x13.dilu.v1.PolicyMode\x12\x12\n\nlease_held\x18\x05 \x01(\x08\x12)\n\x07scaling\x18\x06 \x03(\x0b\x32\x18.dilu.v1.FunctionScaling\"]\n\x10SetPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b\x32\x16.dilu.v1.ScalingPolicy\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.dilu.v1.PolicyMode\"^\n\x11SetPolicyResponse\x12&\n\x06policy\x18\x01 \x01(\x0b\x32\x16.dilu.v1.ScalingPolicy\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.dilu.v1.PolicyMode\"7\n\x14ListDecisionsRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"K\n\x15ListDecisionsResponse\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.dilu.events.v1.ScalingDecision*Z\n\nPolicyMode\x12\x1b\n\x17POLICY_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13POLICY_MODE_COSCALE\x10\x01\x12\x16\n\x12POLICY_MODE_STATIC\x10\x02\x32\xe7\x01\n\rScalerService\x12\x42\n\tGetStatus\x12\x19.dilu.v1.GetStatusRequest\x1a\x1a.dilu.v1.GetStatusResponse\x12\x42\n\tSetPolicy\x12\x19.dilu.v1.SetPolicyRequest\x1a\x1a.dilu.v1.SetPolicyResponse\x12N\n\rListDecisions\x12\x1d.dilu.v1.ListDecisionsRequest\x1a\x1e.dilu.v1.ListDecisionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dilu.v1.scaler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCALINGPOLICY']._serialized_start=63
-  _globals['_SCALINGPOLICY']._serialized_end=1002
-  _globals['_FUNCTIONQOS']._serialized_start=1004
-  _globals['_FUNCTIONQOS']._serialized_end=1126
-  _globals['_GETSTATUSREQUEST']._serialized_start=1128
-  _globals['_GETSTATUSREQUEST']._serialized_end=1146
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1148
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1275
-  _globals['_SETPOLICYREQUEST']._serialized_start=1277
-  _globals['_SETPOLICYREQUEST']._serialized_end=1335
-  _globals['_SETPOLICYRESPONSE']._serialized_start=1337
-  _globals['_SETPOLICYRESPONSE']._serialized_end=1396
-  _globals['_LISTDECISIONSREQUEST']._serialized_start=1398
-  _globals['_LISTDECISIONSREQUEST']._serialized_end=1453
-  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1455
-  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1530
-  _globals['_SCALERSERVICE']._serialized_start=1533
-  _globals['_SCALERSERVICE']._serialized_end=1764
+  _globals['_POLICYMODE']._serialized_start=2064
+  _globals['_POLICYMODE']._serialized_end=2154
+  _globals['_SCALINGPOLICY']._serialized_start=84
+  _globals['_SCALINGPOLICY']._serialized_end=1023
+  _globals['_FUNCTIONQOS']._serialized_start=1025
+  _globals['_FUNCTIONQOS']._serialized_end=1147
+  _globals['_INSTANCEQUOTA']._serialized_start=1150
+  _globals['_INSTANCEQUOTA']._serialized_end=1302
+  _globals['_FUNCTIONSCALING']._serialized_start=1305
+  _globals['_FUNCTIONSCALING']._serialized_end=1489
+  _globals['_GETSTATUSREQUEST']._serialized_start=1491
+  _globals['_GETSTATUSREQUEST']._serialized_end=1509
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1512
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1737
+  _globals['_SETPOLICYREQUEST']._serialized_start=1739
+  _globals['_SETPOLICYREQUEST']._serialized_end=1832
+  _globals['_SETPOLICYRESPONSE']._serialized_start=1834
+  _globals['_SETPOLICYRESPONSE']._serialized_end=1928
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=1930
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=1985
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1987
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=2062
+  _globals['_SCALERSERVICE']._serialized_start=2157
+  _globals['_SCALERSERVICE']._serialized_end=2388
 # @@protoc_insertion_point(module_scope)

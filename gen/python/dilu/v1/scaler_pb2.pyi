@@ -5,9 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from dilu.events.v1 import events_pb2 as _events_pb2
+from dilu.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,28 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PolicyMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_MODE_UNSPECIFIED: _PolicyMode.ValueType  # 0
+    POLICY_MODE_COSCALE: _PolicyMode.ValueType  # 1
+    """The co-scaling policy acts (vertical first, horizontal when vertical cannot cover it)."""
+    POLICY_MODE_STATIC: _PolicyMode.ValueType  # 2
+    """Co-scaling off: quotas and replicas stay as deployed; the scaler only observes."""
+
+class PolicyMode(_PolicyMode, metaclass=_PolicyModeEnumTypeWrapper):
+    """Which policy the scaler runs."""
+
+POLICY_MODE_UNSPECIFIED: PolicyMode.ValueType  # 0
+POLICY_MODE_COSCALE: PolicyMode.ValueType  # 1
+"""The co-scaling policy acts (vertical first, horizontal when vertical cannot cover it)."""
+POLICY_MODE_STATIC: PolicyMode.ValueType  # 2
+"""Co-scaling off: quotas and replicas stay as deployed; the scaler only observes."""
+Global___PolicyMode: _TypeAlias = PolicyMode  # noqa: Y015
 
 @_typing.final
 class ScalingPolicy(_message.Message):
@@ -237,6 +261,85 @@ class FunctionQos(_message.Message):
 Global___FunctionQos: _TypeAlias = FunctionQos  # noqa: Y015
 
 @_typing.final
+class InstanceQuota(_message.Message):
+    """One instance's live quota as the scaler last saw it (its agent's, or what the scaler
+    itself applied since).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SM_REQUEST_FIELD_NUMBER: _builtins.int
+    SM_LIMIT_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SHARE_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    node: _builtins.str
+    state: _types_pb2.InstanceState.ValueType
+    sm_request: _builtins.float
+    sm_limit: _builtins.float
+    effective_share: _builtins.float
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        node: _builtins.str = ...,
+        state: _types_pb2.InstanceState.ValueType = ...,
+        sm_request: _builtins.float = ...,
+        sm_limit: _builtins.float = ...,
+        effective_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_share", b"effective_share", "instance_id", b"instance_id", "node", b"node", "sm_limit", b"sm_limit", "sm_request", b"sm_request", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceQuota: _TypeAlias = InstanceQuota  # noqa: Y015
+
+@_typing.final
+class FunctionScaling(_message.Message):
+    """What the scaler sees of one function and what it last did to it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    REQUEST_HEADROOM_FIELD_NUMBER: _builtins.int
+    LIMIT_HEADROOM_FIELD_NUMBER: _builtins.int
+    LAST_DECISION_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    request_headroom: _builtins.float
+    """Room the policy sees on the GPUs the function's instances hold: the part of a GPU
+    still unrequested (max_requested − Σ requests), and under the limit bound
+    (max_limited − Σ limits), summed over those GPUs.
+    """
+    limit_headroom: _builtins.float
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceQuota]: ...
+    @_builtins.property
+    def last_decision(self) -> _events_pb2.ScalingDecision:
+        """The scaler's latest decision for this function (unset: none yet)."""
+
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        instances: _abc.Iterable[Global___InstanceQuota] | None = ...,
+        request_headroom: _builtins.float = ...,
+        limit_headroom: _builtins.float = ...,
+        last_decision: _events_pb2.ScalingDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_decision", b"last_decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "instances", b"instances", "last_decision", b"last_decision", "limit_headroom", b"limit_headroom", "request_headroom", b"request_headroom"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionScaling: _TypeAlias = FunctionScaling  # noqa: Y015
+
+@_typing.final
 class GetStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -258,22 +361,35 @@ class GetStatusResponse(_message.Message):
     CO_SCALING_ACTIVE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     FUNCTIONS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    LEASE_HELD_FIELD_NUMBER: _builtins.int
+    SCALING_FIELD_NUMBER: _builtins.int
     co_scaling_active: _builtins.bool
-    """False until the co-scaling policy is built; the scaler then only observes."""
+    """True while the co-scaling policy acts here: mode COSCALE and this scaler holds the
+    lease (a standby, or a scaler in STATIC mode, only observes).
+    """
+    mode: Global___PolicyMode.ValueType
+    lease_held: _builtins.bool
+    """Whether this scaler holds the high-availability lease (only the holder acts)."""
     @_builtins.property
     def policy(self) -> Global___ScalingPolicy: ...
     @_builtins.property
     def functions(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionQos]: ...
+    @_builtins.property
+    def scaling(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionScaling]: ...
     def __init__(
         self,
         *,
         co_scaling_active: _builtins.bool = ...,
         policy: Global___ScalingPolicy | None = ...,
         functions: _abc.Iterable[Global___FunctionQos] | None = ...,
+        mode: Global___PolicyMode.ValueType = ...,
+        lease_held: _builtins.bool = ...,
+        scaling: _abc.Iterable[Global___FunctionScaling] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["co_scaling_active", b"co_scaling_active", "functions", b"functions", "policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["co_scaling_active", b"co_scaling_active", "functions", b"functions", "lease_held", b"lease_held", "mode", b"mode", "policy", b"policy", "scaling", b"scaling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,16 +400,24 @@ class SetPolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    mode: Global___PolicyMode.ValueType
+    """COSCALE or STATIC; UNSPECIFIED keeps the current mode."""
     @_builtins.property
-    def policy(self) -> Global___ScalingPolicy: ...
+    def policy(self) -> Global___ScalingPolicy:
+        """Every field given is validated (INVALID_ARGUMENT naming `policy.<field>`); unset
+        fields keep their defaults. Applies from the next decision on.
+        """
+
     def __init__(
         self,
         *,
         policy: Global___ScalingPolicy | None = ...,
+        mode: Global___PolicyMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,16 +428,19 @@ class SetPolicyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    mode: Global___PolicyMode.ValueType
     @_builtins.property
     def policy(self) -> Global___ScalingPolicy: ...
     def __init__(
         self,
         *,
         policy: Global___ScalingPolicy | None = ...,
+        mode: Global___PolicyMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
