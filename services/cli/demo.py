@@ -8,6 +8,14 @@ The load is the serving simulator's `demo` scenario (services/simulator/scenario
 demo.yaml): the same traces, scales and seed, and the very same request times, drawn by
 the simulator's arrival generator, so that `bench/demo_agreement.py` compares the live
 stack and the simulator on identical requests.
+
+Co-scaling is on (the scaler runs the `coscale` policy; `StackOptions.scaler_policy`
+"static" turns it off): every scaling decision published on the bus while the trace plays
+is printed as it happens (vertical ↑/↓ with the old → new request/limit and the reason,
+scale out/in with replicas before → after), and the summary adds the scaler's actions,
+the GPU-seconds (each GPU counted while it holds an instance) and the reserved
+share-seconds (the requests of every instance, summed over its GPUs), both sampled from
+the scheduler's node records twice a second as the serving simulator counts them.
 """
 
 from __future__ import annotations
@@ -68,6 +76,8 @@ class BusWatch:
     gpus: dict[str, events_pb2.GpuTelemetry] = field(default_factory=dict)
     utilization: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     iterations: list[float] = field(default_factory=list)
+    decisions: list[events_pb2.ScalingDecision] = field(default_factory=list)
+    print_decisions: bool = True
 
     async def on_qos(self, msg: Msg) -> None:
         report = events_pb2.QosReport.FromString(msg.data)
@@ -75,10 +85,72 @@ class BusWatch:
         if report.iterations_per_s:
             self.iterations.append(report.iterations_per_s)
 
+    async def on_decision(self, msg: Msg) -> None:
+        decision = events_pb2.ScalingDecision.FromString(msg.data)
+        self.decisions.append(decision)
+        if self.print_decisions:
+            print(decision_line(decision), flush=True)
+
+    def actions(self, source: str = "scaler") -> tuple[int, int]:
+        """(vertical, horizontal) decisions `source` made while the trace played."""
+        mine = [d for d in self.decisions if d.source == source]
+        vertical = sum(1 for d in mine if d.kind in (events_pb2.SCALING_KIND_VERTICAL_UP,
+                                                     events_pb2.SCALING_KIND_VERTICAL_DOWN))
+        return vertical, len(mine) - vertical
+
     async def on_telemetry(self, msg: Msg) -> None:
         sample = events_pb2.GpuTelemetry.FromString(msg.data)
         self.gpus[sample.gpu_uuid] = sample
         self.utilization[sample.gpu_uuid].append(sample.utilization)
+
+
+def decision_line(d: events_pb2.ScalingDecision) -> str:
+    """One decision as the live output prints it."""
+    who = f"[{d.source or 'manual'}]"
+    if d.kind in (events_pb2.SCALING_KIND_VERTICAL_UP, events_pb2.SCALING_KIND_VERTICAL_DOWN):
+        arrow = "↑" if d.kind == events_pb2.SCALING_KIND_VERTICAL_UP else "↓"
+        before, after = d.quota_before, d.quota_after
+        return (f"  {who} {arrow} {d.instance_id}: {before.sm_request:.2f}/{before.sm_limit:.2f}"
+                f" → {after.sm_request:.2f}/{after.sm_limit:.2f}  {_short(d.reason)}")
+    verb = "scale out" if d.kind == events_pb2.SCALING_KIND_HORIZONTAL_OUT else "scale in"
+    return (f"  {who} {verb} {d.function}: {d.replicas_before} → {d.replicas_after}  "
+            f"{_short(d.reason)}")
+
+
+def _short(reason: str, width: int = 110) -> str:
+    return reason if len(reason) <= width else reason[:width - 1] + "…"
+
+
+@dataclass
+class UsageMeter:
+    """GPU-seconds and reserved share-seconds, integrated from the scheduler's node records
+    (each agent's last heartbeat: its instances, their GPUs and live requests)."""
+
+    gpu_s: float = 0.0
+    reserved_share_s: float = 0.0
+    _last: float | None = None
+
+    def sample(self, nodes: list[types_pb2.NodeView], now: float) -> None:
+        held: set[str] = set()
+        reserved = 0.0
+        for view in nodes:
+            for report in view.node.instances:
+                if report.state in (types_pb2.INSTANCE_STATE_STOPPED, types_pb2.INSTANCE_STATE_FAILED):
+                    continue
+                held.update(report.gpu_uuids)
+                reserved += report.quota.sm_request * len(report.gpu_uuids)
+        if self._last is not None:
+            self.gpu_s += len(held) * (now - self._last)
+            self.reserved_share_s += reserved * (now - self._last)
+        self._last = now
+
+
+async def _meter(stub: scheduler_pb2_grpc.SchedulerServiceStub, meter: UsageMeter,
+                 every_s: float = 0.5) -> None:
+    while True:
+        nodes = (await stub.ListNodes(scheduler_pb2.ListNodesRequest(), timeout=5)).nodes
+        meter.sample(list(nodes), time.monotonic())
+        await asyncio.sleep(every_s)
 
 
 def _step(title: str) -> None:
@@ -149,7 +221,8 @@ def _live_table(elapsed_s: float, functions: list[types_pb2.Function], gpu_names
     return "\n".join(lines)
 
 
-def _summary(outcomes: dict[str, Outcomes], watch: BusWatch, gpu_names: dict[str, str]) -> str:
+def _summary(outcomes: dict[str, Outcomes], watch: BusWatch, gpu_names: dict[str, str],
+             meter: UsageMeter | None = None) -> str:
     lines = [f"  {'FUNCTION':<12}{'SENT':>7}{'SERVED':>8}{'FAILED':>8}{'WITHIN SLO':>12}"
              f"{'P99 MS':>9}{'SLO MS':>8}"]
     total_sent = total_within = 0
@@ -178,6 +251,11 @@ def _summary(outcomes: dict[str, Outcomes], watch: BusWatch, gpu_names: dict[str
         cuts = statistics.quantiles(overheads, n=10)
         lines.append(f"  through the scheduler (client latency - worker latency): median "
                      f"{statistics.median(overheads):.1f} ms, p90 {cuts[8]:.1f} ms")
+    vertical, horizontal = watch.actions()
+    lines.append(f"  co-scaling actions: {vertical} vertical, {horizontal} horizontal")
+    if meter is not None:
+        lines.append(f"  GPU-seconds {meter.gpu_s:.0f}, reserved share-seconds "
+                     f"{meter.reserved_share_s:.0f}")
     return "\n".join(lines)
 
 
@@ -201,6 +279,7 @@ class DemoResult:
     outcomes: dict[str, Outcomes] = field(default_factory=dict)
     watch: BusWatch = field(default_factory=BusWatch)
     gpu_names: dict[str, str] = field(default_factory=dict)
+    meter: UsageMeter = field(default_factory=UsageMeter)
 
 
 async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s: float,
@@ -240,6 +319,9 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
         bus = await nats.connect(stack_endpoints["nats"])
         await bus.subscribe("dilu.qos.>", cb=watch.on_qos)
         await bus.subscribe("dilu.telemetry.gpu.>", cb=watch.on_telemetry)
+        await bus.subscribe("dilu.events.scaling.>", cb=watch.on_decision)
+        meter = UsageMeter()
+        metering = asyncio.create_task(_meter(stub, meter))
         load = demo_load(duration_s)
         arrivals = arrivals_by_function(load)
         outcomes = {f.name: Outcomes(specs[f.name].slo.latency_ms) for f in load.functions}
@@ -256,10 +338,11 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
             print(_live_table(time.monotonic() - started, list(functions), gpu_names, watch,
                               outcomes, load), flush=True)
         await drivers
+        metering.cancel()
         await bus.close()
 
         _step("summary")
-        print(_summary(outcomes, watch, gpu_names))
+        print(_summary(outcomes, watch, gpu_names, meter))
         if metrics.get("node-agent"):
             # The agent counts a request in the QoS window it finished in: wait for the
             # windows that hold the last ones to close before reading the counters.
@@ -269,7 +352,7 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
             _step(f"request rates averaged over the demo: offered vs {metrics['node-agent']}")
             print(table)
         code = 0 if all(o.served for o in outcomes.values()) else 1
-        return DemoResult(code, outcomes, watch, gpu_names)
+        return DemoResult(code, outcomes, watch, gpu_names, meter)
 
 
 def replay_demo(options: StackOptions, duration_s: float = 60.0,

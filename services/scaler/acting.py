@@ -30,7 +30,7 @@ from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import Unavailable
 from services.scaler.actuator import Actuator, Outcome
-from services.scaler.coscale import Context, CoscaleSettings, CoscaleState, decide
+from services.scaler.coscale import Action, Context, CoscaleSettings, CoscaleState, ScaleOut, decide
 from services.scaler.facts import FactsCache
 from services.scaler.live_context import Applied, BusView, build_context, live_quotas
 
@@ -68,6 +68,7 @@ class ActingScaler:
     last_context: Context | None = None
     last_nodes: list[types_pb2.NodeView] = field(default_factory=list)
     _quiet: bool = True
+    _batch_noted: set[str] = field(default_factory=set)
 
     @property
     def active(self) -> bool:
@@ -118,26 +119,27 @@ class ActingScaler:
                 return []
             return await self._carry_out(actions, nodes)
 
-    async def _carry_out(self, actions: Iterable[object],
+    async def _carry_out(self, actions: Iterable[Action],
                          nodes: list[types_pb2.NodeView]) -> list[Outcome]:
         actuator = Actuator(self.channels, self.scheduler_address,
-                            retry_for_s=max(0.2, self.settings.interval_s * 0.8))
+                            retry_for_s=max(0.2, self.settings.interval_s * 0.8),
+                            batch_noted=self._batch_noted)
         quotas = live_quotas(nodes, self.applied)
         addresses = {v.node.id: v.node.address for v in nodes}
         gpus = {r.instance_id: tuple(r.gpu_uuids) for v in nodes for r in v.node.instances}
         outcomes = []
         for action in actions:
             started = time.perf_counter()
-            outcome = await actuator.apply(action, quotas, addresses, gpus)  # type: ignore[arg-type]
+            outcome = await actuator.apply(action, quotas, addresses, gpus)
             outcomes.append(outcome)
-            log.info("%s %s: %s (%.1f ms) %s", type(action).__name__,
-                     getattr(action, "instance_id", getattr(action, "function", "")),
-                     outcome.result, (time.perf_counter() - started) * 1000, action.reason)  # type: ignore[attr-defined]
-            if outcome.applied is not None:
-                self.applied[action.instance_id] = outcome.applied  # type: ignore[attr-defined]
+            target = action.function if isinstance(action, ScaleOut) else action.instance_id
+            log.log(logging.DEBUG if outcome.result == "skipped" else logging.INFO,
+                    "%s %s: %s (%.1f ms) %s", type(action).__name__, target, outcome.result,
+                    (time.perf_counter() - started) * 1000, action.reason)
+            if outcome.result == "applied":
                 self.counters.applied += 1
-            elif outcome.result == "applied":
-                self.counters.applied += 1
+                if outcome.applied is not None and not isinstance(action, ScaleOut):
+                    self.applied[action.instance_id] = outcome.applied
             elif outcome.result == "refused":
                 self.counters.refused += 1
                 for gpu in outcome.gpus:

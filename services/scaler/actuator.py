@@ -62,12 +62,14 @@ def _unavailable(error: BaseException) -> bool:
 
 class Actuator:
     def __init__(self, channels: ChannelPool, scheduler_address: str, *,
-                 timeout_s: float = 2.0, retry_for_s: float = 1.0) -> None:
+                 timeout_s: float = 2.0, retry_for_s: float = 1.0,
+                 batch_noted: set[str] | None = None) -> None:
         self._channels = channels
         self._scheduler_address = scheduler_address
         self._timeout_s = timeout_s
         self._retry_for_s = retry_for_s
-        self._batch_noted: set[str] = set()
+        # instances whose unapplied max batch was logged (kept by the caller across decisions)
+        self._batch_noted = set() if batch_noted is None else batch_noted
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(
