@@ -117,6 +117,19 @@ def _validate_resources(spec: types_pb2.FunctionSpec, prefix: str, required: boo
             "(a model in pipeline stages over several GPUs) do not exist yet; use 1")
 
 
+# An unset `replicas.max` lets an inference function scale out: to twice its minimum, and
+# at least 4 (room for the co-scaling policy's horizontal waves on a small cluster, a
+# bound on what one burst can take from everyone else). Training does not scale out.
+DEFAULT_MAX_AT_LEAST = 4
+
+
+def default_replicas_max(kind: int, minimum: int) -> int:
+    """What an unset (0) `replicas.max` means for a function of `kind` with `minimum`."""
+    if kind == S.FUNCTION_KIND_TRAINING:
+        return max(minimum, 1)
+    return max(2 * minimum, DEFAULT_MAX_AT_LEAST)
+
+
 def _validate_replicas(spec: types_pb2.FunctionSpec, prefix: str) -> None:
     rep = spec.replicas
     if not rep.HasField("min"):
@@ -124,7 +137,7 @@ def _validate_replicas(spec: types_pb2.FunctionSpec, prefix: str) -> None:
     limits.check_int(f"{prefix}.replicas.min", rep.min, limits.REPLICAS)
     limits.check_int(f"{prefix}.replicas.max", rep.max, limits.MAX_REPLICAS)
     if rep.max == 0:
-        rep.max = max(rep.min, 1)
+        rep.max = default_replicas_max(spec.kind, rep.min)
     if rep.max < rep.min:
         raise InvalidArgument(f"{prefix}.replicas.max", f"must be at least min ({rep.max} < {rep.min})")
 

@@ -31,7 +31,7 @@ def test_a_good_spec_gets_its_defaults_filled_in():
     spec = validate_spec(good())
     assert spec.slo.percentile == 99
     assert spec.resources.gpus_per_instance == 1
-    assert (spec.replicas.min, spec.replicas.max) == (1, 1)
+    assert (spec.replicas.min, spec.replicas.max) == (1, 4)  # an unset max lets it scale out
 
 
 def test_limit_defaults_to_request_and_the_input_is_not_mutated():
@@ -110,7 +110,15 @@ def test_an_explicit_zero_minimum_allows_scale_to_zero():
     spec.replicas.min = 0
     validated = validate_spec(spec)
     assert validated.replicas.HasField("min") and validated.replicas.min == 0
-    assert validated.replicas.max == 1
+    assert validated.replicas.max == 4
+
+
+def test_an_unset_maximum_lets_inference_scale_out_but_not_training():
+    from services.scheduler.validation import default_replicas_max
+
+    assert default_replicas_max(types_pb2.FUNCTION_KIND_INFERENCE, 1) == 4
+    assert default_replicas_max(types_pb2.FUNCTION_KIND_INFERENCE, 3) == 6
+    assert default_replicas_max(types_pb2.FUNCTION_KIND_TRAINING, 2) == 2
 
 
 # ---- ranges: every field has a finite range; what is outside is refused by name ---------

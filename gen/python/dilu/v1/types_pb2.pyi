@@ -253,7 +253,9 @@ class Replicas(_message.Message):
     min: _builtins.int
     """Instances kept even when idle; unset means 1, and 0 lets the function scale to zero."""
     max: _builtins.int
-    """Ceiling for horizontal scaling; 0 means max(min, 1)."""
+    """Ceiling for horizontal scaling; 0 means max(2 × min, 4) for inference (so the
+    scaler may scale out) and max(min, 1) for training.
+    """
     def __init__(
         self,
         *,
