@@ -15,6 +15,7 @@ import grpc
 from dilu.v1 import scaler_pb2, scaler_pb2_grpc, types_pb2
 
 from services.common import limits
+from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import InvalidArgument
 from services.scaler.acting import COSCALE, STATIC, ActingScaler
@@ -42,10 +43,11 @@ def check_mode(mode: int, current: str) -> str:
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
-    def __init__(self, observer: QosObserver, scaler: ActingScaler,
+    def __init__(self, observer: QosObserver, scaler: ActingScaler | None = None,
                  clock: Clock = SYSTEM_CLOCK) -> None:
+        """`scaler` None: one with no scheduler to act through (it only observes)."""
         self._observer = observer
-        self._scaler = scaler
+        self._scaler = scaler or ActingScaler(ChannelPool(), "")
         self._clock = clock
 
     async def GetStatus(self, request: scaler_pb2.GetStatusRequest,

@@ -16,6 +16,7 @@ from services.common.grpc_server import GrpcServer, bind_or_exit, serve_until_st
 from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
 from services.common.tracing import setup_tracing
+from services.scheduler.activator import HoldSettings
 from services.scheduler.core import SchedulerSettings
 from services.scheduler.metrics import SchedulerCollector
 from services.scheduler.placement import (
@@ -31,7 +32,8 @@ from services.scheduler.store import Store
 log = logging.getLogger("services.scheduler")
 
 
-def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSettings, Placement]:
+def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSettings, Placement,
+                                                  HoldSettings]:
     parser = service_parser("scheduler", "Dilu scheduler: deploys, places and routes.")
     parser.add("--placement", default=DEFAULT_POLICY,
                help=f"placement policy: {', '.join(POLICIES)} (all but the default are baselines)")
@@ -53,7 +55,14 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
     parser.add("--backoff-max-s", default=30.0, type=float,
                help="the longest wait between starts of a failing function (and the wait "
                     "of a degraded one)")
+    parser.add("--hold-max-requests", default=100, type=int,
+               help="Invoke requests held per function while it has no ready instance "
+                    "(scale from zero); one more is RESOURCE_EXHAUSTED")
+    parser.add("--hold-max-wait-s", default=30.0, type=float,
+               help="how long a held request waits for an instance before UNAVAILABLE")
     args = parser.parse_args(argv)
+    if args.hold_max_requests < 1 or args.hold_max_wait_s <= 0:
+        parser.error("--hold-max-requests must be at least 1 and --hold-max-wait-s positive")
     if args.moved_bound is not None:
         parser.error("--max-requested and --max-limited are node agent settings now: each "
                      "agent admits against its own bounds and announces them, and the "
@@ -74,20 +83,22 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
     except ValueError as e:
         parser.error(str(e).replace("backoff_initial_s", "--backoff-initial-s")
                      .replace("backoff_max_s", "--backoff-max-s"))
-    return server_config("scheduler", args), settings, placement
+    hold = HoldSettings(max_held=args.hold_max_requests, max_wait_s=args.hold_max_wait_s)
+    return server_config("scheduler", args), settings, placement, hold
 
 
 def main() -> None:
-    config, settings, placement = parse()
+    config, settings, placement, hold = parse()
     die_with_parent()
     setup_service_logging(config)
     setup_tracing("dilu-scheduler")
     log.info("placement policy %s (its own rule: %s; each node's bounds apply too)",
              placement.name, placement.bounds)
-    asyncio.run(run(config, settings, placement))
+    asyncio.run(run(config, settings, placement, hold))
 
 
-async def run(config: ServerConfig, settings: SchedulerSettings, placement: Placement) -> None:
+async def run(config: ServerConfig, settings: SchedulerSettings, placement: Placement,
+              hold: HoldSettings | None = None) -> None:
     bus = await Bus.connect(config.nats_url, "dilu-scheduler")
     store = Store(await bus.kv(subjects.FUNCTIONS_BUCKET, types_pb2.Function),
                   await bus.kv(subjects.INSTANCES_BUCKET, types_pb2.Instance))
@@ -96,7 +107,7 @@ async def run(config: ServerConfig, settings: SchedulerSettings, placement: Plac
     # Created here too so decisions made before the scaler first starts are kept.
     await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
                             subjects.SCALING_STREAM_MAX_MSGS)
-    scheduler = Scheduler(bus, store, nodes_kv, placement, settings)
+    scheduler = Scheduler(bus, store, nodes_kv, placement, settings, hold=hold)
     server = GrpcServer(config.host, config.port)
     server.add(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                SchedulerServicer(scheduler), "dilu.v1.SchedulerService")

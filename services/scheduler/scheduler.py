@@ -27,12 +27,14 @@ from dilu.v1 import (
 )
 
 from services.common import subjects
+from services.common.attribution import SCHEDULER
 from services.common.bus import Bus, ProtoKV
 from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import DiluError, PeerError, Unavailable
 from services.common.loops import every
 from services.common.tracing import trace_metadata
+from services.scheduler.activator import HoldQueue, HoldSettings
 from services.scheduler.core import (
     AgentCall,
     CallFailed,
@@ -82,7 +84,7 @@ class Scheduler:
 
     def __init__(self, bus: Bus, store: Store, nodes_kv: ProtoKV[types_pb2.Node],
                  placement: Placement, settings: SchedulerSettings,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, hold: HoldSettings | None = None) -> None:
         self._bus = bus
         self._store = store
         self._nodes_kv = nodes_kv
@@ -93,6 +95,7 @@ class Scheduler:
         self._lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        self.holds = HoldQueue(hold or HoldSettings())
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class Scheduler:
             except Unavailable:
                 if failure is not None:
                     raise failure from None
-                raise
+                instance_id, endpoint = await self._hold(request.function, timeout_s)
             self.core.router.begin(instance_id)
             try:
                 stub = worker_pb2_grpc.WorkerServiceStub(self._channels.get(endpoint))
@@ -201,6 +204,16 @@ class Scheduler:
                 batch_size=answer.batch_size)
         assert failure is not None
         raise failure
+
+    async def _hold(self, name: str, timeout_s: float) -> tuple[str, str]:
+        """No ready instance: wait for one (activator.py), asking for one at zero."""
+        def wanted() -> int:
+            return self.core.function(name).status.desired_replicas
+
+        return await self.holds.hold(
+            name, timeout_s, lambda: self.core.route(name),
+            wanted, lambda: self.scale(name, 1, "a request arrived with no instance "
+                                       "(scale from zero)", source=SCHEDULER))
 
     def list_nodes(self) -> list[types_pb2.NodeView]:
         return self.core.node_views()

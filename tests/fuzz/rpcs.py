@@ -125,8 +125,13 @@ def _set_policy(_: FuzzContext) -> st.SearchStrategy[bytes]:
         for name, bounds in limits.POLICY.items()}
     fields |= {flag: (st.sampled_from([None, True]), st.booleans())
                for flag in ("vertical", "horizontal")}
+    # The mode: valid (unspecified keeps it; static stops acting, coscale acts again) or
+    # out of the enum (INVALID_ARGUMENT naming `mode`).
+    modes = fz.enums([scaler_pb2.POLICY_MODE_UNSPECIFIED, scaler_pb2.POLICY_MODE_COSCALE,
+                      scaler_pb2.POLICY_MODE_STATIC])
     return fz.requests(st.builds(scaler_pb2.SetPolicyRequest,
-                                 policy=fz.messages(scaler_pb2.ScalingPolicy, fields)))
+                                 policy=fz.messages(scaler_pb2.ScalingPolicy, fields),
+                                 mode=modes))
 
 
 def _list_decisions(_: FuzzContext) -> st.SearchStrategy[bytes]:

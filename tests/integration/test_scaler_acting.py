@@ -229,3 +229,47 @@ async def test_standby_takes_over_within_5s_and_is_quiet_in_its_first_window(
         assert at_s(first) - took >= 2.5, f"acted {at_s(first) - took:.2f} s after taking over"
     finally:
         await load.stop()
+
+
+async def test_scale_from_zero_serves_every_held_request_and_refuses_beyond_the_queue(
+        cluster: Cluster) -> None:
+    cluster.start_scheduler("--hold-max-requests", "6", "--hold-max-wait-s", "30")
+    cluster.start_agent("n1")
+    assert_eventually(lambda: cluster.nodes().get("n1"), message="n1 registered")
+    scaler = scaler_stub(cluster, start_scaler(cluster))
+    scaler.SetPolicy(scaler_pb2.SetPolicyRequest(policy=scaler_pb2.ScalingPolicy(
+        rate_window_s=2, trend_window_s=2, keep_alive_s=3, scale_in_after_s=3)), timeout=5)
+    spec = bert_spec("cold")
+    spec.replicas.min = 0
+    cluster.deploy(spec)
+    function = cluster.function("cold")
+    assert function.status.desired_replicas == 0 and not function.status.instances
+    assert cluster.scheduler is not None
+    async with grpc.aio.insecure_channel(cluster.scheduler.address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+
+        async def invoke() -> grpc.StatusCode:
+            try:
+                await stub.Invoke(scheduler_pb2.InvokeRequest(function="cold"), timeout=40)
+            except grpc.aio.AioRpcError as error:
+                details.append(error.details() or "")
+                return error.code()
+            return grpc.StatusCode.OK
+
+        details: list[str] = []
+        started = time.monotonic()
+        # A flood of 10 at zero: 6 are held and served, 4 refused at once, saying why.
+        codes = await asyncio.gather(*(invoke() for _ in range(10)))
+        cold_s = time.monotonic() - started
+    print(f"cold start through Invoke: {cold_s:.2f} s")
+    assert codes.count(grpc.StatusCode.OK) == 6, codes
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 4, codes
+    assert all("hold queue holds 6" in d for d in details), details
+    function = cluster.function("cold")
+    assert function.status.ready_replicas >= 1
+
+    # Idle past the keep-alive: the scaler takes it back to zero.
+    assert_eventually(lambda: cluster.function("cold").status.desired_replicas == 0, timeout=20,
+                      message="back to zero after the keep-alive")
+    ins = [d for d in mine(scaler, "cold") if d.kind == E.SCALING_KIND_HORIZONTAL_IN]
+    assert ins and ins[-1].replicas_after == 0

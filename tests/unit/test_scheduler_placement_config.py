@@ -11,7 +11,7 @@ from services.scheduler.__main__ import parse
 
 
 def test_the_default_policy_is_complementary_and_leaves_the_bounds_to_the_nodes():
-    _, _, placement = parse([])
+    _, _, placement, _ = parse([])
     assert placement.name == "complementary"
     # Only requests ≤ 1 of its own: every node's announced bounds do the rest.
     assert (placement.bounds.max_requested, placement.bounds.max_limited) == (1.0, math.inf)
