@@ -57,12 +57,13 @@ async def test_unexpected_errors_become_internal_without_leaking_details(server)
 async def test_domain_errors_keep_their_code_and_message(server):
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = scaler_pb2_grpc.ScalerServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
-            await stub.SetPolicy(scaler_pb2.SetPolicyRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as bad_policy:
+            await stub.SetPolicy(scaler_pb2.SetPolicyRequest(
+                policy=scaler_pb2.ScalingPolicy(interval_s=0)))
         with pytest.raises(grpc.aio.AioRpcError) as invalid:
             await stub.ListDecisions(scaler_pb2.ListDecisionsRequest(limit=-1))
-    assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "co-scaling" in unimplemented.value.details()
+    assert bad_policy.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_policy.value.details().startswith("policy.interval_s:")
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert invalid.value.details().startswith("limit:")
 
