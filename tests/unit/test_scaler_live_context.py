@@ -157,6 +157,6 @@ async def test_a_held_request_whose_wait_runs_out_is_unavailable():
     async def ask() -> None:
         return None
 
-    with pytest.raises(Unavailable, match="became ready within 0.1 s"):
+    with pytest.raises(Unavailable, match=r"became ready within 0\.1 s"):
         await queue.hold("f", 5, route, lambda: 0, ask)
     assert not queue.held
