@@ -118,10 +118,14 @@ def test_a_gpu_that_refused_a_raise_shows_no_room_and_the_policy_scales_out():
     full = build_context(100.2, functions, nodes, bus, FACTS, {}, refused={"g0": 110.0})
     assert headroom(open_context, "f") == pytest.approx((0.7, 1.0))
     assert headroom(full, "f") == pytest.approx((0.0, 0.0))
-    # 15 req/s: the open GPU takes a raise; the full one makes the policy scale out
+    # 15 req/s: the open GPU takes a raise; the full one makes the policy scale out (the
+    # policy wants the need above the capacity at two decisions in a row)
     raised, _ = decide(open_context, CoscaleState(), 100.2)
     assert not any(isinstance(a, ScaleOut) for a in raised), raised
-    actions, _ = decide(full, CoscaleState(), 100.2)
+    _, state = decide(full, CoscaleState(), 100.2)
+    bus.on_qos(_report("f-1", 101.0, 15, 0, 0), 101.0)
+    again = build_context(101.2, functions, nodes, bus, FACTS, {}, refused={"g0": 110.0})
+    actions, _ = decide(again, state, 101.2)
     assert any(isinstance(a, ScaleOut) for a in actions), actions
 
 
