@@ -20,6 +20,7 @@ from typing import Any
 
 from dilu.events.v1 import events_pb2
 from dilu.v1 import profiler_pb2, types_pb2
+from opentelemetry import trace
 
 from services.common import limits, subjects
 from services.common.attribution import MANUAL
@@ -47,6 +48,7 @@ from services.node_agent.worker.requirements import checked_batch, memory_need_b
 from services.scheduler.validation import validate_spec
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("dilu.node_agent")
 S = types_pb2
 # Exit statuses of a worker that was asked to stop: drained, or signalled by us.
 _REQUESTED_EXITS = (0, None, -signal.SIGTERM, -signal.SIGKILL)
@@ -412,7 +414,11 @@ class NodeAgent:
             held.report.quota.sm_limit = quota.sm_limit
             held.report.quota.memory_limit_mib = quota.memory_limit_mib
             held.report.quota_version += 1
-            await self._arbitrate()
+            # The control page carries the new request and limit before SetQuota answers:
+            # its own span, in the caller's trace (the scaler's decision → RPC → here).
+            with _tracer.start_as_current_span("node_agent.control_page_write") as span:
+                span.set_attribute("dilu.instance_id", instance_id)
+                await self._arbitrate()
             await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_QUOTA_CHANGED,
                                 f"quota changed by {source}" + (f": {reason}" if reason else ""))
             await self._publish_decision(held, before, reason, source)

@@ -58,6 +58,7 @@ async def run(config: ServerConfig, scheduler_address: str, mode: str) -> None:
         now = SYSTEM_CLOCK.time()
         observer.on_qos(report, now)
         scaler.bus.on_qos(report, now)
+        scaler.on_qos_trace(report.function)
         scaling.record_qos(report)
 
     async def on_telemetry(_subject: str, sample: events_pb2.GpuTelemetry) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from services.common.channels import ChannelPool
@@ -69,6 +70,14 @@ class ActingScaler:
     last_nodes: list[types_pb2.NodeView] = field(default_factory=list)
     _quiet: bool = True
     _batch_noted: set[str] = field(default_factory=set)
+    # function → the trace of the latest QoS report seen (a decision links to them all)
+    triggers: dict[str, trace.SpanContext] = field(default_factory=dict)
+
+    def on_qos_trace(self, function: str) -> None:
+        """Remember the trace the current QoS report arrived in (call from its handler)."""
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            self.triggers[function] = context
 
     @property
     def active(self) -> bool:
@@ -107,7 +116,11 @@ class ActingScaler:
         context = build_context(now, functions, nodes, self.bus, facts, self.applied, self.refused)
         self.last_context, self.last_nodes = context, nodes
         self._forget_gone(functions)
-        with tracer.start_as_current_span("scaler.decide") as span:
+        # One trace per decision: QoS reports → decide → each action's RPC → the agent →
+        # its control-page write (the reports are linked: many feed one decision).
+        links = [trace.Link(c) for c in self.triggers.values()]
+        with tracer.start_as_current_span("scaler.decide", context=otel_context.Context(),
+                                          links=links) as span:
             actions, self.state = decide(context, self.state, now, self.settings)
             self.counters.decisions += 1
             span.set_attribute("dilu.actions", len(actions))

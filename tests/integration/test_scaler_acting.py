@@ -273,3 +273,40 @@ async def test_scale_from_zero_serves_every_held_request_and_refuses_beyond_the_
                       message="back to zero after the keep-alive")
     ins = [d for d in mine(scaler, "cold") if d.kind == E.SCALING_KIND_HORIZONTAL_IN]
     assert ins and ins[-1].replicas_after == 0
+
+
+async def test_a_vertical_decision_is_one_trace_from_the_scaler_to_the_control_page(
+        cluster: Cluster) -> None:
+    from tests.integration.test_tracing import _spans
+
+    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-scheduler.jsonl")
+    cluster.start_scheduler()
+    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-node.jsonl")
+    cluster.start_agent("n1")
+    cluster.launcher.env["DILU_TRACE_FILE"] = str(cluster.tmp / "spans-scaler.jsonl")
+    start_scaler(cluster)
+    assert_eventually(lambda: cluster.nodes().get("n1"), message="n1 registered")
+    cluster.deploy(bert_spec())
+    assert_eventually(lambda: cluster.function("bert").status.ready_replicas == 1, timeout=30,
+                      message="bert ready")
+    assert cluster.scheduler is not None
+    load = Load(cluster.scheduler.address, "bert", rps=20)
+    load.start()
+
+    def traced() -> tuple[dict, dict, dict]:
+        decides = {s["context"]["trace_id"]: s for s in _spans(cluster.tmp / "spans-scaler.jsonl")
+                   if s["name"] == "scaler.decide"}
+        node = _spans(cluster.tmp / "spans-node.jsonl")
+        calls = [s for s in node if s["name"] == "/dilu.v1.NodeAgentService/SetQuota"
+                 and s["context"]["trace_id"] in decides]
+        writes = [s for s in node if s["name"] == "node_agent.control_page_write"
+                  and calls and s["context"]["trace_id"] == calls[0]["context"]["trace_id"]]
+        assert calls and writes, "no traced SetQuota with its page write yet"
+        return decides[calls[0]["context"]["trace_id"]], calls[0], writes[0]
+
+    try:
+        decide, call, write = await asyncio.to_thread(assert_eventually, traced, 20.0)
+    finally:
+        await load.stop()
+    assert write["parent_id"] == call["context"]["span_id"]
+    assert decide["links"], "the decision links the QoS reports it was made from"
