@@ -64,12 +64,12 @@ class HoldQueue:
             while True:
                 try:
                     chosen = route()
-                except Unavailable:
+                except Unavailable as why:
                     if time.monotonic() >= deadline:
                         raise Unavailable(
                             f"no instance of {name} became ready within "
-                            f"{min(self.settings.max_wait_s, timeout_s):g} s of waiting "
-                            f"(it is starting, or the cluster has no room for it)") from None
+                            f"{min(self.settings.max_wait_s, timeout_s):g} s of waiting: "
+                            f"{why}") from None
                     await asyncio.sleep(self.settings.poll_s)
                     continue
                 self._ready(name)

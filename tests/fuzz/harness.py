@@ -30,7 +30,10 @@ S = types_pb2
 CALL_DEADLINE_S = 15.0
 _FAILING_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 # Fast failure detection, as in the integration tests.
-_SCHEDULER_FLAGS = ("--node-timeout-s", "3", "--reconcile-interval-s", "0.2", "--agent-grace-s", "3")
+# Invoke holds a request for a function with no ready instance: at most 5 s here, well
+# within a call's deadline.
+_SCHEDULER_FLAGS = ("--node-timeout-s", "3", "--reconcile-interval-s", "0.2", "--agent-grace-s", "3",
+                    "--hold-max-wait-s", "5")
 
 
 def seed_specs() -> list[types_pb2.FunctionSpec]:
