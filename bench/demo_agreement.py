@@ -46,7 +46,9 @@ def live(seconds: float) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="dilu-agreement-") as state:
         options = StackOptions(state_dir=Path(state), nats_port=0, scheduler_port=0,
-                               node_agent_port=0, profiler_port=0, scaler_port=0, sim_gpus=2)
+                               node_agent_port=0, profiler_port=0, scaler_port=0, sim_gpus=2,
+                               # the simulator's `static` system: co-scaling off
+                               scaler_policy="static")
         result = replay_demo(options, duration_s=seconds, table_every_s=10.0)
     if result.code != 0:
         raise SystemExit("the live demo failed")
