@@ -96,6 +96,10 @@ def test_dilu_demo_runs_unattended_to_its_summary_and_exits_zero():
     served = re.search(r"requests served: (\d+) of (\d+); SLO attainment ([\d.]+)%", summary)
     assert served and int(served.group(1)) > 0 and int(served.group(2)) >= int(served.group(1))
     assert "mean GPU utilisation, all GPUs" in summary and "done" in out
+    # co-scaling is on: its actions and the GPU time it reserved are in the summary
+    assert re.search(r"co-scaling actions: \d+ vertical, \d+ horizontal", summary)
+    used = re.search(r"GPU-seconds (\d+), reserved share-seconds (\d+)", summary)
+    assert used and int(used.group(1)) > 0 and int(used.group(2)) > 0
 
 
 def test_dilu_up_serves_until_dilu_down_and_stops_every_child(tmp_path: Path):
