@@ -22,9 +22,11 @@ GPU-seconds and reserved share-seconds integrated from the scheduler's node reco
 (`UsageMeter`); actions are the scaler's own decisions (source `scaler`).
 
 Vertical reaction: a thread reads every instance's control page every 2 ms during the
-coscale runs; for each vertical decision of the scaler, the time from the decision's
-timestamp (`ScalingDecision.at`) until the page first carries the decided request and
-limit.
+coscale runs; for each vertical action of the scaler, the time from its decision (the
+scaler's clock when `decide` ran, which its log records beside the quota) until the page
+first carries the decided request and limit — the RPC to the agent and the agent's
+admission included. (`ScalingDecision.at` is stamped by the agent once the page is
+written, so measuring from it would leave the RPC out.)
 
 Targets (issue 16): live coscale ≥ 99 % overall and ≥ 97 % per function, training ≥ 90 %
 of static's; simulated vs live within 3 points per function (attainment and GPU
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -102,6 +105,20 @@ class PageWatch:
                     seen.append((now, control.request, control.limit))
             time.sleep(self._every_s)
 
+    def reactions_from_log(self, log_text: str) -> list[float]:
+        """From the scaler's own decision time (its log: `vertical ID R/L decided_at=T`)
+        until the page carries that request and limit: the RPC to the agent included."""
+        result = []
+        for match in re.finditer(r"vertical (\S+) ([\d.]+)/([\d.]+) decided_at=([\d.]+)", log_text):
+            iid, request, limit, at = (match.group(1), float(match.group(2)),
+                                       float(match.group(3)), float(match.group(4)))
+            for seen_at, seen_request, seen_limit in self.changes.get(iid, []):
+                if (seen_at >= at - 0.05 and abs(seen_request - request) < 1e-3
+                        and abs(seen_limit - limit) < 1e-3):
+                    result.append(max(0.0, seen_at - at) * 1000)
+                    break
+        return result
+
     def reactions_ms(self, decisions: list[events_pb2.ScalingDecision]) -> list[float]:
         result = []
         for d in decisions:
@@ -128,6 +145,8 @@ def live_run(mode: str, seconds: float) -> tuple[dict[str, Any], list[float]]:
                                scaler_policy=mode)
         with PageWatch(Path(state) / "run") as pages:
             result = replay_demo(options, duration_s=seconds, table_every_s=15.0)
+        log_path = Path(state) / "logs" / "scaler.log"
+        scaler_log = log_path.read_text(errors="replace") if log_path.exists() else ""
     if result.code != 0:
         raise SystemExit(f"the live demo ({mode}) failed")
     functions = {}
@@ -147,7 +166,9 @@ def live_run(mode: str, seconds: float) -> tuple[dict[str, Any], list[float]]:
            "gpu_seconds": result.meter.gpu_s,
            "reserved_share_seconds": result.meter.reserved_share_s,
            "vertical_actions": vertical, "horizontal_actions": horizontal}
-    return run, pages.reactions_ms(result.watch.decisions)
+    # From the scaler's decision time where its log has it, else from the recorded
+    # decision's timestamp (the agent's, taken once the page is written: a lower bound).
+    return run, (pages.reactions_from_log(scaler_log) or pages.reactions_ms(result.watch.decisions))
 
 
 def simulated_run(system: str) -> dict[str, Any]:

@@ -31,7 +31,16 @@ from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import Unavailable
 from services.scaler.actuator import Actuator, Outcome
-from services.scaler.coscale import Action, Context, CoscaleSettings, CoscaleState, ScaleOut, decide
+from services.scaler.coscale import (
+    Action,
+    Context,
+    CoscaleSettings,
+    CoscaleState,
+    ScaleOut,
+    SetInferenceQuota,
+    SetTrainingQuota,
+    decide,
+)
 from services.scaler.facts import FactsCache
 from services.scaler.live_context import Applied, BusView, build_context, live_quotas
 
@@ -130,10 +139,10 @@ class ActingScaler:
                 if actions:
                     log.info("first window after a start: %d actions not taken", len(actions))
                 return []
-            return await self._carry_out(actions, nodes)
+            return await self._carry_out(actions, nodes, now)
 
-    async def _carry_out(self, actions: Iterable[Action],
-                         nodes: list[types_pb2.NodeView]) -> list[Outcome]:
+    async def _carry_out(self, actions: Iterable[Action], nodes: list[types_pb2.NodeView],
+                         decided_at: float) -> list[Outcome]:
         actuator = Actuator(self.channels, self.scheduler_address,
                             retry_for_s=max(0.2, self.settings.interval_s * 0.8),
                             batch_noted=self._batch_noted)
@@ -149,6 +158,12 @@ class ActingScaler:
             log.log(logging.DEBUG if outcome.result == "skipped" else logging.INFO,
                     "%s %s: %s (%.1f ms) %s", type(action).__name__, target, outcome.result,
                     (time.perf_counter() - started) * 1000, action.reason)
+            if outcome.result == "applied" and isinstance(action, SetInferenceQuota
+                                                          | SetTrainingQuota):
+                # The decision's own time beside the quota it set: what the vertical
+                # reaction (decision → control page) is measured from.
+                log.info("vertical %s %.4f/%.4f decided_at=%.6f", action.instance_id,
+                         action.request, action.limit, decided_at)
             if outcome.result == "applied":
                 self.counters.applied += 1
                 if outcome.applied is not None and not isinstance(action, ScaleOut):
