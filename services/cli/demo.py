@@ -33,10 +33,18 @@ from dilu.events.v1 import events_pb2
 from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from nats.aio.msg import Msg
 
+from services.cli.credentials import (
+    ClientCredentials,
+    StackCredentials,
+    connect_operator,
+    operator_client,
+)
 from services.cli.scrape import rate_table, scrape, sum_by
 from services.cli.specs import load_spec
 from services.cli.tables import status_report
 from services.cli.up import StackOptions, running_stack
+from services.common.security.identity import service_identity
+from services.common.security.tls import TlsFiles
 from services.simulator.serving.arrivals import arrivals_by_function
 from services.simulator.serving.cli import scenario_path
 from services.simulator.serving.scenario import Scenario, load_scenario
@@ -263,12 +271,13 @@ def _summary(outcomes: dict[str, Outcomes], watch: BusWatch, gpu_names: dict[str
 REQUESTS_METRIC = "dilu_instance_requests_total"
 
 
-async def _requests_counted(metrics: dict[str, str]) -> dict[str, float]:
+async def _requests_counted(metrics: dict[str, str],
+                            tls: TlsFiles | None = None) -> dict[str, float]:
     """Requests served per function, as the node agent's /metrics counts them now."""
     url = metrics.get("node-agent")
     if not url:
         return {}
-    return sum_by(await asyncio.to_thread(scrape, url), REQUESTS_METRIC, "function")
+    return sum_by(await asyncio.to_thread(scrape, url, 5.0, tls), REQUESTS_METRIC, "function")
 
 
 @dataclass
@@ -283,9 +292,13 @@ class DemoResult:
 
 
 async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s: float,
-               metrics: dict[str, str] | None = None) -> DemoResult:
+               metrics: dict[str, str] | None = None,
+               credentials: StackCredentials | None = None) -> DemoResult:
     metrics = metrics or {}
-    async with grpc.aio.insecure_channel(stack_endpoints["scheduler"]) as channel:
+    # Secure mode: the operator's token over TLS, its certificate for NATS and /metrics.
+    client = operator_client(credentials) if credentials is not None else ClientCredentials()
+    async with client.aio_channel(stack_endpoints["scheduler"],
+                                  service_identity("scheduler")) as channel:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         await _wait_for_node(stub)
         specs = {}
@@ -316,7 +329,10 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
 
         _step(f"replaying the bursty trace for {duration_s:.0f} s (858 s of trace, compressed)")
         watch = BusWatch()
-        bus = await nats.connect(stack_endpoints["nats"])
+        if credentials is not None:
+            bus = await connect_operator(stack_endpoints["nats"], credentials.operator)
+        else:
+            bus = await nats.connect(stack_endpoints["nats"])
         await bus.subscribe("dilu.qos.>", cb=watch.on_qos)
         await bus.subscribe("dilu.telemetry.gpu.>", cb=watch.on_telemetry)
         await bus.subscribe("dilu.events.scaling.>", cb=watch.on_decision)
@@ -325,7 +341,8 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
         load = demo_load(duration_s)
         arrivals = arrivals_by_function(load)
         outcomes = {f.name: Outcomes(specs[f.name].slo.latency_ms) for f in load.functions}
-        counted_before = await _requests_counted(metrics)
+        tls = credentials.operator if credentials is not None else None
+        counted_before = await _requests_counted(metrics, tls)
         started = time.monotonic()
         drivers = asyncio.gather(*(_drive(stub, name, outcomes[name], arrivals[name].tolist())
                                    for name in outcomes))
@@ -348,7 +365,7 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
             # windows that hold the last ones to close before reading the counters.
             await asyncio.sleep(2.5)
             table, _ = rate_table({n: o.sent for n, o in outcomes.items()}, counted_before,
-                                  await _requests_counted(metrics), duration_s)
+                                  await _requests_counted(metrics, tls), duration_s)
             _step(f"request rates averaged over the demo: offered vs {metrics['node-agent']}")
             print(table)
         code = 0 if all(o.served for o in outcomes.values()) else 1
@@ -363,7 +380,11 @@ def replay_demo(options: StackOptions, duration_s: float = 60.0,
         for name, address in stack.endpoints().items():
             print(f"  {name:<11} {address:<22} {metrics.get(name, '')}".rstrip())
         print("  (curl any metrics URL while the demo runs to see its Prometheus figures)")
-        result = asyncio.run(_run(stack.endpoints(), duration_s, table_every_s, metrics))
+        if stack.credentials is not None:
+            print("  secure: TLS and authentication everywhere; the demo calls as the operator "
+                  f"(credentials in {stack.credentials.directory})")
+        result = asyncio.run(_run(stack.endpoints(), duration_s, table_every_s, metrics,
+                                  stack.credentials))
         _step("done: stopping the stack")
     return result
 

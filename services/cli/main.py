@@ -18,10 +18,12 @@ from dilu.v1 import (
     types_pb2,
 )
 
+from services.cli.credentials import ClientCredentials
 from services.cli.specs import SpecError, load_spec
 from services.cli.tables import status_json, status_report
 from services.common.attribution import CLI
-from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PEER_PORTS, DEFAULT_PORTS
+from services.common.security.identity import node_agent_identity, service_identity
 from services.common.tables import render
 from services.perf import SIM_MODELS
 
@@ -30,8 +32,33 @@ DEFAULT_STATE_DIR = Path(os.environ.get(
     "DILU_STATE_DIR", Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "dilu"))
 
 
+class CredentialError(ValueError):
+    """The credential flags do not make sense together, or a file cannot be read."""
+
+
+def client_credentials(args: argparse.Namespace) -> ClientCredentials:
+    """The credentials the flags (or DILU_CA, DILU_TOKEN, DILU_TOKEN_FILE, DILU_CERT,
+    DILU_KEY) give: none is insecure mode."""
+    token = args.token
+    if not token and args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as error:
+            raise CredentialError(f"cannot read --token-file {args.token_file}: "
+                                  f"{error.strerror or error}") from None
+    if bool(args.cert) != bool(args.key):
+        raise CredentialError("--cert and --key go together")
+    if (token or args.cert) and not args.ca:
+        raise CredentialError("a token or a client certificate needs --ca (DILU_CA): the CA "
+                              "the services' certificates chain to")
+    return ClientCredentials(ca=Path(args.ca) if args.ca else None, token=token,
+                             cert=Path(args.cert) if args.cert else None,
+                             key=Path(args.key) if args.key else None)
+
+
 def _scheduler(args: argparse.Namespace) -> scheduler_pb2_grpc.SchedulerServiceStub:
-    return scheduler_pb2_grpc.SchedulerServiceStub(grpc.insecure_channel(args.scheduler))
+    channel = client_credentials(args).channel(args.scheduler, service_identity("scheduler"))
+    return scheduler_pb2_grpc.SchedulerServiceStub(channel)
 
 
 def _function_summary(function: object) -> str:
@@ -51,7 +78,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     stub = _scheduler(args)
     functions = stub.ListFunctions(scheduler_pb2.ListFunctionsRequest(), timeout=10).functions
-    nodes = stub.ListNodes(scheduler_pb2.ListNodesRequest(), timeout=10).nodes
+    try:
+        nodes = stub.ListNodes(scheduler_pb2.ListNodesRequest(), timeout=10).nodes
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.PERMISSION_DENIED:  # type: ignore[attr-defined]
+            raise
+        nodes = []  # deployers and invokers see their functions, not the cluster's nodes
     if args.json:
         print(status_json(functions))
     else:
@@ -114,13 +146,16 @@ def cmd_quota(args: argparse.Namespace) -> int:
         print(f"error: no running instance {args.instance!r}", file=sys.stderr)
         return 1
     nodes = stub.ListNodes(scheduler_pb2.ListNodesRequest(), timeout=10).nodes
-    address = next(v.node.address for v in nodes if v.node.id == instance.node)
+    credentials = client_credentials(args)
+    node = next(v.node for v in nodes if v.node.id == instance.node)
+    # A client certificate is checked on the agent's peer port; a token on its public one.
+    address = node.peer_address if credentials.has_certificate and node.peer_address else node.address
     now = instance.quota
     request = args.request if args.request is not None else now.sm_request
     limit = args.limit if args.limit is not None else max(now.sm_limit, request)
     wanted = types_pb2.Quota(sm_request=request, sm_limit=limit,
                              memory_limit_mib=args.memory_mib or now.memory_limit_mib)
-    with grpc.insecure_channel(address) as channel:
+    with credentials.channel(address, node_agent_identity(instance.node)) as channel:
         reply = node_agent_pb2_grpc.NodeAgentServiceStub(channel).SetQuota(
             node_agent_pb2.SetQuotaRequest(instance_id=instance.id, quota=wanted,
                                            reason=args.reason, source=CLI), timeout=10)
@@ -172,7 +207,10 @@ def _stack_options(args: argparse.Namespace, state_dir: Path):  # type: ignore[n
                         profiler_port=args.profiler_port, scaler_port=args.scaler_port,
                         sim_gpus=args.sim_gpus,
                         metrics_ports={s: getattr(args, f"{s.replace('-', '_')}_metrics_port")
-                                       for s in DEFAULT_METRICS_PORTS})
+                                       for s in DEFAULT_METRICS_PORTS},
+                        secure=args.secure,
+                        peer_ports={s: getattr(args, f"{s.replace('-', '_')}_peer_port")
+                                    for s in DEFAULT_PEER_PORTS})
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -206,14 +244,36 @@ def _stack_flags(parser: argparse.ArgumentParser, ports_default: Callable[[str],
         parser.add_argument(f"--{service}-metrics-port", type=int,
                             default=DEFAULT_METRICS_PORTS[service] if ports_default(service) else 0,
                             help="its Prometheus /metrics port (0: a free one, -1: none)")
+    for service in DEFAULT_PEER_PORTS:
+        parser.add_argument(f"--{service}-peer-port", type=int,
+                            default=DEFAULT_PEER_PORTS[service] if ports_default(service) else 0,
+                            help="--secure: its mutual-TLS port (0: a free one)")
     parser.add_argument("--sim-gpus", type=int, default=2, help="simulated GPUs of the node agent")
+    parser.add_argument("--secure", action="store_true",
+                        help="TLS and authentication on every gRPC port, TLS and per-service "
+                             "permissions on NATS, certificates and the operator token in "
+                             "<state dir>/tls (made on first use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dilu", description="Dilu: serverless DL functions "
                                      "on shared GPUs with introspective elasticity.")
     parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
-                        help="scheduler address (env DILU_SCHEDULER; default %(default)s)")
+                        help="scheduler address (env DILU_SCHEDULER; default %(default)s); "
+                             "its peer port when authenticating with --cert")
+    secure = parser.add_argument_group(
+        "secure mode", "a stack started with --secure answers only authenticated calls: give "
+        "the CA and a bearer token (public ports) or a client certificate (peer ports)")
+    secure.add_argument("--ca", default=os.environ.get("DILU_CA", ""),
+                        help="CA certificate the services' certificates chain to (env DILU_CA)")
+    secure.add_argument("--token", default=os.environ.get("DILU_TOKEN", ""),
+                        help="bearer token (env DILU_TOKEN)")
+    secure.add_argument("--token-file", default=os.environ.get("DILU_TOKEN_FILE", ""),
+                        help="read the bearer token from this file (env DILU_TOKEN_FILE)")
+    secure.add_argument("--cert", default=os.environ.get("DILU_CERT", ""),
+                        help="client certificate (env DILU_CERT)")
+    secure.add_argument("--key", default=os.environ.get("DILU_KEY", ""),
+                        help="its private key (env DILU_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fixed_ports: Callable[[str], int] = lambda s: 4222 if s == "nats" else DEFAULT_PORTS[s]  # noqa: E731
@@ -285,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                          '"exhaustive": {"share", "batch"}, "probes"}; shares are fractions of a GPU')
     profile.set_defaults(run=cmd_profile)
 
+    from services.cli.access import add_access_commands
+
+    add_access_commands(sub, DEFAULT_STATE_DIR)
+
     from services.simulator.__main__ import add_arguments as simulator_arguments
     from services.simulator.__main__ import run as cmd_simulate
 
@@ -300,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except SpecError as error:
+    except (SpecError, CredentialError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:

@@ -3,16 +3,25 @@ that the node agent's request counters agree with the load it offered."""
 
 from __future__ import annotations
 
+import ssl
 import urllib.request
 from collections import defaultdict
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from services.common.security.tls import TlsFiles, client_context
 
-def scrape(url: str, timeout_s: float = 5.0) -> list[Sample]:
-    """Every sample a `/metrics` endpoint serves now."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+
+def scrape(url: str, timeout_s: float = 5.0, tls: TlsFiles | None = None) -> list[Sample]:
+    """Every sample a `/metrics` endpoint serves now (`tls`: over HTTPS, presenting that
+    client certificate, as secure mode asks)."""
+    context: ssl.SSLContext | None = None
+    if tls is not None:
+        url = url.replace("http://", "https://", 1)
+        context = client_context(tls)
+        context.check_hostname = False  # dialled by address; the CA is what is checked
+    with urllib.request.urlopen(url, timeout=timeout_s, context=context) as answer:
         text = answer.read().decode()
     return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 

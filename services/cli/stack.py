@@ -19,6 +19,8 @@ from pathlib import Path
 from services.cli.ownership import AlreadyOwned, Ownership, start_time
 from services.common.lifetime import PARENT_PID_ENV
 from services.common.logs import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
+from services.common.security.nats_access import NatsTls
+from services.common.security.tls import TlsFiles
 
 MODULES = {
     "scheduler": "services.scheduler",
@@ -82,6 +84,8 @@ class ManagedProcess:
     address: str = ""
     # Its Prometheus endpoint, host:port ("" when it serves none).
     metrics_address: str = ""
+    # Secure mode: its mutual-TLS listener, host:port.
+    peer_address: str = ""
     # With the pid, identifies the process later (pids are reused): see `ownership`.
     started: int | None = None
 
@@ -128,6 +132,7 @@ class NatsServer:
     proc: ManagedProcess | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_files: int = DEFAULT_LOG_BACKUPS + 1
+    secure: NatsTls | None = None
     _store: Ownership | None = field(default=None, init=False, repr=False)
 
     @property
@@ -149,7 +154,9 @@ class NatsServer:
         config = self.state_dir / "nats-server.conf"
         config.write_text(f"logfile: {json.dumps(str(log_path))}\n"
                           f"logfile_size_limit: {self.log_max_bytes}\n"
-                          f"logfile_max_num: {self.log_files}\n")
+                          f"logfile_max_num: {self.log_files}\n"
+                          + (self.secure.config() if self.secure is not None else ""))
+        config.chmod(0o600)
         with open(log_path, "ab") as log:  # what it prints before its log is open
             process = subprocess.Popen(
                 [sys.executable, "-m", "services.common.lifetime", "--", nats_server_binary(),
@@ -179,8 +186,10 @@ class ServiceLauncher:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self, service: str, *extra: str, name: str | None = None, port: int = 0,
-              timeout_s: float = 30.0, metrics_port: int | None = None) -> ManagedProcess:
-        """`metrics_port` None: a free one with a free gRPC port, else the service's default."""
+              timeout_s: float = 30.0, metrics_port: int | None = None,
+              tls: TlsFiles | None = None, peer_port: int = 0) -> ManagedProcess:
+        """`metrics_port` None: a free one with a free gRPC port, else the service's default.
+        `tls`: secure mode with these files, the mutual-TLS listener on `peer_port`."""
         name = name or service
         ready = self.state_dir / "run" / f"{name}.json"
         ready.unlink(missing_ok=True)
@@ -195,6 +204,8 @@ class ServiceLauncher:
         command = [sys.executable, "-m", MODULES[service], "--host", "127.0.0.1",
                    "--port", str(port), "--nats-url", self.nats_url, "--ready-file", str(ready),
                    *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
+                   *(["--tls-ca", str(tls.ca), "--tls-cert", str(tls.cert), "--tls-key",
+                      str(tls.key), "--peer-port", str(peer_port)] if tls is not None else []),
                    "--log-file", str(log_path), *extra]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -209,6 +220,7 @@ class ServiceLauncher:
                 announced = json.loads(ready.read_text())
                 managed.address = announced["address"]
                 managed.metrics_address = announced.get("metrics_address", "")
+                managed.peer_address = announced.get("peer_address", "")
                 return managed
             time.sleep(0.05)
         managed.kill()

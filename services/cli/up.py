@@ -7,6 +7,11 @@ dies with `dilu up` (parent-death signal), so a `kill -9` of it leaves nothing r
 something survives anyway, `dilu down` finds it from the stack file and stops it. A process
 that keeps dying (`MAX_RESTARTS` deaths within `RESTART_WINDOW_S`) is reported and left
 down; the rest of the stack, serving workers included, keeps running.
+
+`dilu up --secure` runs the same stack in secure mode (README, Security): certificates and
+the operator token in `<state dir>/tls` (made on first use, as `dilu certs init` would),
+nats-server with TLS and per-identity permissions, every service with TLS and
+authentication on its public port and mutual TLS on its peer port.
 """
 
 from __future__ import annotations
@@ -23,9 +28,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from services.cli.credentials import (
+    StackCredentials,
+    ensure_credentials,
+    register_operator_token_sync,
+)
 from services.cli.ownership import AlreadyOwned, Ownership, same_process, start_time
 from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher, StackError
-from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from services.common.config import DEFAULT_METRICS_PORTS, DEFAULT_PEER_PORTS, DEFAULT_PORTS
+from services.common.security.tls import TlsFiles
 
 # A process that keeps dying is given up on: this many deaths within the window.
 MAX_RESTARTS = 5
@@ -46,6 +57,14 @@ class StackOptions:
     scaler_policy: str = "coscale"
     # Prometheus /metrics port per service (0: a free one, -1: none).
     metrics_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+    # Secure mode: TLS and authentication everywhere, credentials in <state dir>/tls.
+    secure: bool = False
+    # Secure mode: each service's mutual-TLS port (0: a free one).
+    peer_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PEER_PORTS))
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.state_dir / "tls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +73,8 @@ class _ServiceSpec:
     port: int
     extra: tuple[str, ...] = ()
     metrics_port: int | None = None
+    tls: TlsFiles | None = None
+    peer_port: int = 0
 
 
 @dataclass
@@ -65,14 +86,22 @@ class RunningStack:
     deaths: dict[str, list[float]] = field(default_factory=dict)
     # Processes that kept dying and are left down, with why.
     given_up: dict[str, str] = field(default_factory=dict)
+    # Secure mode: the stack's certificates and operator token.
+    credentials: StackCredentials | None = None
 
     def endpoints(self) -> dict[str, str]:
         return {"nats": self.nats.url, **{n: p.address for n, p in self.services.items()}}
 
+    def peer_endpoints(self) -> dict[str, str]:
+        """Secure mode: each service's mutual-TLS listener."""
+        return {n: p.peer_address for n, p in self.services.items() if p.peer_address}
+
     def metrics_endpoints(self) -> dict[str, str]:
-        """Each service's Prometheus endpoint, as a URL."""
-        return {n: f"http://{p.metrics_address}/metrics" for n, p in self.services.items()
+        """Each service's Prometheus endpoint, as a URL (HTTPS in secure mode)."""
+        scheme = "https" if self.credentials is not None else "http"
+        return {n: f"{scheme}://{p.metrics_address}/metrics" for n, p in self.services.items()
                 if p.metrics_address}
+
     def processes(self) -> dict[str, ManagedProcess]:
         procs = {"nats": self.nats.proc} if self.nats.proc else {}
         return {**procs, **self.services}
@@ -83,7 +112,8 @@ class RunningStack:
     def start(self, name: str) -> ManagedProcess:
         spec = self.specs[name]
         process = self.launcher.start(spec.service, *spec.extra, port=spec.port,
-                                      metrics_port=spec.metrics_port)
+                                      metrics_port=spec.metrics_port, tls=spec.tls,
+                                      peer_port=spec.peer_port)
         self.services[name] = process
         return process
 
@@ -125,22 +155,34 @@ class RunningStack:
 def running_stack(options: StackOptions) -> Iterator[RunningStack]:
     """Start everything, yield, then stop in reverse order (services first, NATS last)."""
     options.state_dir.mkdir(parents=True, exist_ok=True)
-    nats = NatsServer(options.state_dir / "nats", port=options.nats_port)
+    credentials = None
+    if options.secure:
+        credentials, _ = ensure_credentials(options.credentials_dir, [options.node_id])
+    nats = NatsServer(options.state_dir / "nats", port=options.nats_port,
+                      secure=credentials.nats() if credentials is not None else None)
     metrics = options.metrics_ports
+
+    def spec(service: str, port: int, *extra: str) -> _ServiceSpec:
+        tls = credentials.service(service, options.node_id) if credentials is not None else None
+        return _ServiceSpec(service, port, extra, metrics.get(service), tls,
+                            options.peer_ports.get(service, 0))
+
     specs = {
-        "scheduler": _ServiceSpec("scheduler", options.scheduler_port,
-                                  metrics_port=metrics.get("scheduler")),
-        "node-agent": _ServiceSpec("node-agent", options.node_agent_port, (
-            "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus),
-            # Pages live under the state dir, so two stacks on one host never share them.
-            "--runtime-dir", str(options.state_dir / "run")), metrics_port=metrics.get("node-agent")),
-        "profiler": _ServiceSpec("profiler", options.profiler_port,
-                                 metrics_port=metrics.get("profiler")),
-        "scaler": _ServiceSpec("scaler", options.scaler_port, metrics_port=metrics.get("scaler")),
+        "scheduler": spec("scheduler", options.scheduler_port),
+        "node-agent": spec("node-agent", options.node_agent_port,
+                           "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus),
+                           # Pages live under the state dir, so two stacks on one host never
+                           # share them.
+                           "--runtime-dir", str(options.state_dir / "run")),
+        "profiler": spec("profiler", options.profiler_port),
+        "scaler": spec("scaler", options.scaler_port),
     }
-    stack = RunningStack(nats, ServiceLauncher(options.state_dir, ""), specs)
+    stack = RunningStack(nats, ServiceLauncher(options.state_dir, ""), specs,
+                         credentials=credentials)
     try:
         nats.start()
+        if credentials is not None:
+            register_operator_token_sync(credentials, nats.url)
         stack.launcher.nats_url = nats.url
         for name in specs:
             if name == "scaler":  # it acts through the scheduler, wherever that listens
@@ -165,7 +207,8 @@ def _write_stack_file(state_dir: Path, stack: RunningStack) -> None:
     processes = stack.processes()
     stack_file(state_dir).write_text(json.dumps({
         "pid": os.getpid(), "started": start_time(os.getpid()),
-        "endpoints": stack.endpoints(), "pids": stack.pids(),
+        "endpoints": stack.endpoints(), "peer_endpoints": stack.peer_endpoints(),
+        "pids": stack.pids(),
         "metrics": stack.metrics_endpoints(),
         "starts": {name: p.started for name, p in processes.items()},
         "down": stack.given_up}, indent=2))
@@ -197,6 +240,8 @@ def _run_owned(options: StackOptions) -> int:
             for name, address in stack.endpoints().items():
                 print(f"  {name:<11} {address:<24} pid {stack.pids()[name]:<8} "
                       f"{metrics.get(name, '')}".rstrip())
+            if stack.credentials is not None:
+                _print_secure(stack)
             print(f"logs in {options.state_dir / 'logs'}; Ctrl-C or `dilu down` stops everything",
                   flush=True)
             while not stop.wait(0.5):
@@ -217,6 +262,18 @@ def _run_owned(options: StackOptions) -> int:
         stack_file(options.state_dir).unlink(missing_ok=True)
     print("stopped")
     return code
+
+
+def _print_secure(stack: RunningStack) -> None:
+    credentials = stack.credentials
+    assert credentials is not None
+    peers = ", ".join(f"{name} {address}" for name, address in stack.peer_endpoints().items())
+    print(f"secure: TLS and authentication on every port; mutual TLS (client certificates) "
+          f"on {peers}")
+    print(f"  credentials in {credentials.directory}; to use the CLI as the operator:")
+    print(f"  export DILU_CA={credentials.ca} DILU_TOKEN_FILE={credentials.token_path}")
+    print(f"  (or DILU_CERT={credentials.operator.cert} DILU_KEY={credentials.operator.key} "
+          "with a peer address)")
 
 
 def run_down(state_dir: Path, timeout_s: float = 30.0) -> int:

@@ -1,5 +1,7 @@
 """NATS bus client: connect with backoff, reconnect forever, protobuf events with trace
-context in headers, JetStream key-value buckets of protobuf values."""
+context in headers, JetStream key-value buckets of protobuf values. In secure mode the
+connection is TLS with the process's certificate, which NATS maps to the identity's user
+and permissions (`services.common.security.nats_access`)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from opentelemetry.propagate import extract
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.common.errors import Unavailable
+from services.common.security.identity import NATS_IDENTITY
+from services.common.security.nats_access import inbox_prefix
+from services.common.security.tls import TlsFiles, client_context
 from services.common.tracing import trace_headers
 
 log = logging.getLogger(__name__)
@@ -41,11 +46,15 @@ class Bus:
         self._lost = lost if lost is not None else asyncio.Event()
 
     @classmethod
-    async def connect(cls, url: str, name: str, *, connect_timeout_s: float = 60.0) -> Bus:
+    async def connect(cls, url: str, name: str, *, connect_timeout_s: float = 60.0,
+                      tls: TlsFiles | None = None) -> Bus:
         """Connect, retrying with exponential backoff while the server is not up yet.
 
         Once connected, nats-py reconnects by itself forever (every ~0.5 s with jitter) and
-        re-creates subscriptions, so a restarted NATS is picked up without our help.
+        re-creates subscriptions, so a restarted NATS is picked up without our help. With
+        `tls`, the connection presents the certificate and verifies the server as
+        `dilu-nats`, and replies come to the identity's own inbox (the only one NATS lets
+        it read).
         """
 
         lost = asyncio.Event()
@@ -59,8 +68,17 @@ class Bus:
             log.info("bus reconnected")
 
         async def on_error(error: Exception) -> None:
-            log.debug("bus error: %s", error)
+            if "permissions violation" in str(error).lower():
+                # The server refused something this identity may not do: a bug worth seeing.
+                log.warning("bus refused: %s", error)
+            else:
+                log.debug("bus error: %s", error)
 
+        secure: dict[str, object] = {}
+        if tls is not None:
+            secure = {"tls": client_context(tls), "tls_hostname": NATS_IDENTITY,
+                      "inbox_prefix": inbox_prefix(tls.identity)}
+            quiet_ssl_close()
         servers = [s.strip() for s in url.split(",") if s.strip()]
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(Exception),
@@ -79,6 +97,7 @@ class Bus:
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
                     error_cb=on_error,
+                    **secure,  # type: ignore[arg-type]
                 )
         log.info("bus connected to %s", nc.connected_url.netloc if nc.connected_url else url)
         return cls(nc, name, lost)
@@ -141,10 +160,12 @@ class Bus:
         subject: str,
         message_type: type[M],
         handler: Callable[[str, M], Awaitable[None]],
+        stream: str | None = None,
     ) -> None:
         """Call `handler` for every event a stream holds on `subject`, then for new ones
-        (an ordered consumer: it resumes where it was after a NATS restart)."""
-        await self.js.subscribe(subject, cb=self._handler(message_type, handler),
+        (an ordered consumer: it resumes where it was after a NATS restart). Naming the
+        `stream` saves looking it up by subject."""
+        await self.js.subscribe(subject, cb=self._handler(message_type, handler), stream=stream,
                                 ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
 
     async def kv(self, bucket: str, message_type: type[M], *, ttl_s: float | None = None,
@@ -191,6 +212,21 @@ class Bus:
             log.warning("bus did not close cleanly: its transport's close was cancelled")
         except Exception as error:
             log.warning("bus did not close cleanly: %s", error)
+
+
+class _SslCloseNoise(logging.Filter):
+    """asyncio warns, for every TLS connection nats-py closes, that `eof_received` returned
+    true (which it does for plain TCP too): noise, not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+def quiet_ssl_close() -> None:
+    """Drop asyncio's warning about TLS connections' `eof_received` (see `_SslCloseNoise`)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _SslCloseNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_SslCloseNoise())
 
 
 def _quiet_at_shutdown(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from services.common.logs import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES, setup_logging
+from services.common.security.tls import TlsError, TlsFiles
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -19,6 +20,14 @@ DEFAULT_PORTS = {
     "node-agent": 50052,
     "profiler": 50053,
     "scaler": 50054,
+}
+# Secure mode only: the mutual-TLS listener of each service (services and callers with a
+# client certificate); the public port then takes bearer tokens (services/common/security).
+DEFAULT_PEER_PORTS = {
+    "scheduler": 50061,
+    "node-agent": 50062,
+    "profiler": 50063,
+    "scaler": 50064,
 }
 # Prometheus `/metrics` ports, one per service so a node running several needs no overrides.
 DEFAULT_METRICS_PORTS = {
@@ -75,6 +84,10 @@ class ServerConfig:
     log_file: str | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_backups: int = DEFAULT_LOG_BACKUPS
+    # Secure mode: this process's CA, certificate and key (None: insecure, plaintext), and
+    # the port of its mutual-TLS listener.
+    tls: TlsFiles | None = None
+    peer_port: int = DEFAULT_PEER_PORTS["scheduler"]
 
 
 def service_parser(service: str, description: str) -> Parser:
@@ -97,10 +110,26 @@ def service_parser(service: str, description: str) -> Parser:
                help="rotate the log file when it reaches this size")
     parser.add("--log-backups", default=DEFAULT_LOG_BACKUPS, type=int,
                help="rotated log files kept (name.log.1 is the newest)")
+    parser.add("--tls-ca", default="",
+               help="secure mode: the CA certificate every Dilu certificate chains to (PEM); "
+                    "with --tls-cert and --tls-key, gRPC, NATS and /metrics use TLS and every "
+                    "call is authenticated (README, Security)")
+    parser.add("--tls-cert", default="", help="secure mode: this service's certificate (PEM)")
+    parser.add("--tls-key", default="", help="secure mode: this service's private key (PEM)")
+    parser.add("--peer-port", default=DEFAULT_PEER_PORTS[service], type=int,
+               help="secure mode: the mutual-TLS port (client certificates; services call "
+                    "each other here); 0 picks a free one")
     return parser
 
 
-def server_config(service: str, args: argparse.Namespace) -> ServerConfig:
+def server_config(service: str, args: argparse.Namespace,
+                  parser: argparse.ArgumentParser | None = None) -> ServerConfig:
+    try:
+        tls = TlsFiles.from_paths(args.tls_ca, args.tls_cert, args.tls_key)
+    except TlsError as error:
+        if parser is None:
+            raise SystemExit(f"error: {error}") from None
+        parser.error(str(error))
     return ServerConfig(
         service=service,
         host=args.host,
@@ -113,6 +142,8 @@ def server_config(service: str, args: argparse.Namespace) -> ServerConfig:
         log_file=args.log_file,
         log_max_bytes=args.log_max_bytes,
         log_backups=args.log_backups,
+        tls=tls,
+        peer_port=args.peer_port,
     )
 
 

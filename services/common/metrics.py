@@ -8,7 +8,15 @@ and need no locks; the price is that a scrape waits while the loop is busy, whic
 what a hung service should look like from outside.
 
 Metric names start with `dilu_`; the default registry also carries the client library's
-`process_*` and `python_*` figures. The metrics of each service are defined next to it
+`process_*` and `python_*` figures.
+
+In secure mode (the service has TLS files) the endpoint speaks HTTPS with the service's
+certificate, and `/metrics` answers only a client that presents a certificate of the
+Dilu CA (`dilu-prometheus` from `dilu certs init`, or any other): the figures change
+nothing but name every function, instance and node, which tenants should not read of each
+other. `/healthz` answers everyone, 200 while the service serves and 503 otherwise, so
+that probes that cannot speak gRPC over TLS (Kubernetes') can use it; it exists in
+insecure mode too. The metrics of each service are defined next to it
 (`services/<service>/metrics.py`); the names are listed in the README.
 """
 
@@ -34,6 +42,8 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from services.common.security.tls import TlsFiles, server_context
+
 log = logging.getLogger(__name__)
 
 # --metrics-port value that turns the endpoint off.
@@ -49,12 +59,16 @@ _REQUEST_TIMEOUT_S = 5.0
 class MetricsServer:
     """A minimal HTTP/1.1 server answering `GET /metrics` from a registry, on the loop."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry = REGISTRY,
+                 tls: TlsFiles | None = None) -> None:
         self._host = host
         self._requested_port = port
         self._registry = registry
+        self._tls = tls
         self._server: asyncio.Server | None = None
         self.port = 0
+        # Whether the service serves (`/healthz`); set by the server bootstrap.
+        self.health: Callable[[], bool] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -69,9 +83,22 @@ class MetricsServer:
         """Bind and serve; returns the bound address ("" when disabled). Idempotent."""
         if not self.enabled or self._server is not None:
             return self.address
-        self._server = await asyncio.start_server(self._serve, self._host, self._requested_port)
+        ssl = server_context(self._tls) if self._tls is not None else None
+        tls_options: dict[str, Any] = {"ssl": ssl, "ssl_handshake_timeout": _REQUEST_TIMEOUT_S} if ssl else {}
+        self._server = await asyncio.start_server(self._serve, self._host, self._requested_port,
+                                                  **tls_options)
         self.port = int(self._server.sockets[0].getsockname()[1])
-        log.info("metrics on http://%s/metrics", self.address)
+        if ssl is not None:
+            log.info("metrics on https://%s/metrics (client certificates of the Dilu CA)",
+                     self.address)
+        else:
+            log.info("metrics on http://%s/metrics", self.address)
+            from services.common.grpc_server import is_loopback  # the server imports this module
+
+            if not is_loopback(self._host):
+                log.warning("serving metrics WITHOUT TLS on %s: anyone who can reach it reads "
+                            "every function's figures (secure mode: --tls-ca/--tls-cert/--tls-key)",
+                            self.address)
         return self.address
 
     async def stop(self) -> None:
@@ -86,7 +113,8 @@ class MetricsServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT_S)
             if len(head) > _MAX_REQUEST_BYTES:
                 raise ValueError("request head too large")
-            status, content_type, body = self._answer(head.decode("latin-1"))
+            certified = self._tls is None or bool(writer.get_extra_info("peercert"))
+            status, content_type, body = self._answer(head.decode("latin-1"), certified)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
@@ -102,14 +130,21 @@ class MetricsServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _answer(self, head: str) -> tuple[str, str, bytes]:
+    def _answer(self, head: str, certified: bool = True) -> tuple[str, str, bytes]:
         lines = head.split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"only GET /metrics\n"
         path = parts[1].split("?", 1)[0]
+        if path == "/healthz":
+            serving = self.health is None or self.health()
+            return ("200 OK" if serving else "503 Service Unavailable", "text/plain",
+                    b"SERVING\n" if serving else b"NOT_SERVING\n")
         if path not in ("/metrics", "/"):
             return "404 Not Found", "text/plain", b"see /metrics\n"
+        if not certified:
+            return ("403 Forbidden", "text/plain",
+                    b"/metrics needs a client certificate of the Dilu CA\n")
         headers = {k.strip().lower(): v.strip() for k, _, v in
                    (line.partition(":") for line in lines[1:] if line)}
         encoder, content_type = choose_encoder(headers.get("accept", ""))
@@ -129,12 +164,14 @@ def init_process_metrics(service: str, registry: CollectorRegistry = REGISTRY) -
           ["service", "version"], registry=registry).labels(service, version).set(1)
 
 
-def metrics_server(service: str, host: str, port: int, *collectors: Collector) -> MetricsServer:
-    """A service's endpoint on the default registry, with its own collectors registered."""
+def metrics_server(service: str, host: str, port: int, *collectors: Collector,
+                   tls: TlsFiles | None = None) -> MetricsServer:
+    """A service's endpoint on the default registry, with its own collectors registered
+    (HTTPS with client certificates when `tls` is given)."""
     init_process_metrics(service)
     for collector in collectors:
         REGISTRY.register(collector)
-    return MetricsServer(host, port)
+    return MetricsServer(host, port, tls=tls)
 
 
 class RpcMetrics:

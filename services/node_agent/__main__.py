@@ -21,6 +21,9 @@ from services.common.config import ServerConfig, server_config, service_parser, 
 from services.common.grpc_server import GrpcServer, serve_until_stopped, start_or_exit
 from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
+from services.common.security.identity import worker_identity
+from services.common.security.serving import server_security
+from services.common.security.tls import TlsError, TlsFiles
 from services.common.tracing import setup_tracing
 from services.node_agent.agent import AgentSettings, NodeAgent
 from services.node_agent.gpus import BACKENDS, SIM_GPU_TYPES, GpuBackendUnavailable, open_backend
@@ -52,6 +55,14 @@ def main() -> None:
     parser.add("--advertise-address", default="",
                help="full host:port the scheduler dials for the agent, overriding "
                     "--advertise-host (e.g. behind port forwarding)")
+    parser.add("--advertise-peer-address", default="",
+               help="secure mode: full host:port services dial for the agent's mutual-TLS "
+                    "listener (default: the advertised host and --peer-port)")
+    parser.add("--worker-tls-cert", default="",
+               help="secure mode: the certificate its workers serve with, identity "
+                    "dilu-worker.<node> (default: dilu-worker.<node>.crt beside --tls-cert)")
+    parser.add("--worker-tls-key", default="",
+               help="secure mode: its key (default: dilu-worker.<node>.key beside --tls-cert)")
     parser.add("--worker-host", default="",
                help="address workers listen on (default: --host)")
     parser.add("--worker-advertise-host", default="",
@@ -111,11 +122,29 @@ def main() -> None:
         if getattr(args, flag) in WILDCARD_HOSTS - {""}:
             parser.error(f"--{flag.replace('_', '-')}: {getattr(args, flag)!r} is not an address "
                          "anyone can dial; give this node's name or IP")
-    config = server_config("node-agent", args)
+    config = server_config("node-agent", args, parser)
+    args.worker_tls = None
+    if config.tls is not None:
+        args.worker_tls = worker_tls(config.tls, args.node_id, args.worker_tls_cert,
+                                     args.worker_tls_key, parser)
     die_with_parent()
     setup_service_logging(config)
     setup_tracing("dilu-node-agent", **{"dilu.node.id": args.node_id})
     asyncio.run(run(config, args))
+
+
+def worker_tls(agent: TlsFiles, node_id: str, cert: str, key: str,
+               parser: argparse.ArgumentParser) -> TlsFiles:
+    """The files the node's workers serve with: given, or the scheme's names beside the
+    agent's own certificate."""
+    default = agent.cert.parent / worker_identity(node_id)
+    try:
+        files = TlsFiles.from_paths(str(agent.ca), cert or f"{default}.crt", key or f"{default}.key")
+    except TlsError as error:
+        parser.error(f"--worker-tls-cert/--worker-tls-key: {error} (issue it with "
+                     f"`dilu certs issue {worker_identity(node_id)}`)")
+    assert files is not None
+    return files
 
 
 CUDA_SHIM_MODES = ("auto", "on", "off")
@@ -148,12 +177,9 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         log.error("--gpu-backend %s: %s", args.gpu_backend, error)
         raise SystemExit(2) from error
     shim = cuda_shim(args.cuda_shim, gpus.name)  # before connecting: `on` may refuse to start
-    bus = await Bus.connect(config.nats_url, f"dilu-node-agent-{args.node_id}")
+    bus = await Bus.connect(config.nats_url, f"dilu-node-agent-{args.node_id}", tls=config.tls)
     nodes_kv = await bus.kv(subjects.NODES_BUCKET, types_pb2.Node, ttl_s=3600)
     profiles_kv = await bus.kv(subjects.PROFILES_BUCKET, profiler_pb2.Profile)
-    # Applied quota changes are scaling decisions: kept even before a scheduler made the stream.
-    await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
-                            subjects.SCALING_STREAM_MAX_MSGS)
     advertise_host = advertised_host(config.host, args.advertise_host, nats_host(config.nats_url))
     worker_host = args.worker_host or config.host
     # Workers are announced as configured, else as the node is, else (listening on one
@@ -169,26 +195,32 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         worker_host=worker_host,
         worker_advertise_host=worker_advertise_host,
         worker_log_max_bytes=args.worker_log_max_bytes,
-        worker_log_backups=args.worker_log_backups)
+        worker_log_backups=args.worker_log_backups,
+        worker_tls=args.worker_tls)
     log.info("advertising %s for the agent and %s for its workers (listening on %s)",
              args.advertise_address or advertise_host, settings.worker_advertise_host,
              settings.worker_host)
     agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv,
                       on_qos=lambda report: collector.record_qos(report))
     collector = NodeAgentCollector(agent.status, agent.stats_readings)
-    server = GrpcServer(config.host, config.port)
+    security, close_access = await server_security(config, bus)
+    server = GrpcServer(config.host, config.port, security)
     server.add(node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server,
                NodeAgentServicer(agent), "dilu.v1.NodeAgentService")
     await start_or_exit(server)
     # Heartbeats announce the address, so the agent starts once the port is bound.
     agent.address = args.advertise_address or join_host_port(advertise_host, server.port)
+    if server.peer_port:
+        agent.peer_address = args.advertise_peer_address or join_host_port(advertise_host,
+                                                                           server.peer_port)
     await agent.start()
     log.info("node %s up with %d %s GPUs (bounds per GPU: requests ≤ %g, limits ≤ %g)",
              args.node_id, len(gpus.devices()), gpus.name, args.bounds.max_requested,
              args.bounds.max_limited)
-    metrics = metrics_server("node-agent", config.host, config.metrics_port, collector)
-    await serve_until_stopped(server, config.ready_file, config.grace_s, agent.close, bus.close,
-                              metrics=metrics)
+    metrics = metrics_server("node-agent", config.host, config.metrics_port, collector,
+                             tls=config.tls)
+    await serve_until_stopped(server, config.ready_file, config.grace_s, agent.close,
+                              close_access, bus.close, metrics=metrics)
 
 
 if __name__ == "__main__":

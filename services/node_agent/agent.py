@@ -4,8 +4,10 @@ arbiter writing control pages), heartbeats, lifecycle events, telemetry and QoS.
 The agent owns its GPUs' budget (`NodeBudget`): `start_instance` and `set_quota` admit
 against the node's placement bounds before their first `await`, so that on the event
 loop each admission and its record are one step. Every applied quota change is published
-(an instance event of kind QUOTA_CHANGED, the next heartbeat, a vertical scaling
-decision) with a version that orders it."""
+(an instance event of kind QUOTA_CHANGED carrying the quota before and after, the caller's
+reason and source, and the next heartbeat) with a version that orders it. The agent
+publishes no scaling decision itself: only the scheduler and the scaler may, and the
+scheduler records each QUOTA_CHANGED event as a vertical decision (events.proto)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.loops import every
+from services.common.security.tls import TlsFiles
 from services.common.timestamps import now_timestamp
 from services.common.tracing import trace_headers
 from services.node_agent.arbitration import Member, NodeArbitration
@@ -76,6 +79,8 @@ class AgentSettings:
     # Each worker's log (in the runtime dir, often RAM) rotates at this size.
     worker_log_max_bytes: int = 1024 * 1024
     worker_log_backups: int = 2
+    # Secure mode: what workers serve with (mutual TLS, identity dilu-worker.<node>).
+    worker_tls: TlsFiles | None = None
 
 
 @dataclass
@@ -132,6 +137,7 @@ class NodeAgent:
                  on_qos: Callable[[events_pb2.QosReport], None] | None = None) -> None:
         self.node_id = node_id
         self.address = ""  # set once the gRPC port is bound, before start()
+        self.peer_address = ""  # secure mode: the mutual-TLS listener's, likewise
         self._gpus = gpus
         self._devices = {d.uuid: d for d in gpus.devices()}
         self._bus = bus
@@ -183,7 +189,8 @@ class NodeAgent:
 
     def status(self) -> types_pb2.Node:
         node = types_pb2.Node(id=self.node_id, address=self.address, gpu_backend=self._gpus.name,
-                              heartbeat_at=now_timestamp(self._clock.time()))
+                              heartbeat_at=now_timestamp(self._clock.time()),
+                              peer_address=self.peer_address)
         for device in self._devices.values():
             utilization, memory = self._gpu_use.get(device.uuid, (0.0, 0))
             node.gpus.add(uuid=device.uuid, index=device.index, model=device.model,
@@ -314,7 +321,10 @@ class NodeAgent:
                "DILU_WORKER_HOST": self._settings.worker_host,
                "DILU_WORKER_ADVERTISE_HOST": self._settings.worker_advertise_host,
                "DILU_LOG_MAX_BYTES": str(self._settings.worker_log_max_bytes),
-               "DILU_LOG_BACKUPS": str(self._settings.worker_log_backups)}
+               "DILU_LOG_BACKUPS": str(self._settings.worker_log_backups),
+               "DILU_NODE_ID": self.node_id}
+        if self._settings.worker_tls is not None:
+            env.update(self._settings.worker_tls.as_environment())
         if self._settings.cuda_shim is not None and spec.runtime == types_pb2.RUNTIME_TORCH:
             env.update(preload_env(self._settings.cuda_shim))
         return env
@@ -420,8 +430,8 @@ class NodeAgent:
                 span.set_attribute("dilu.instance_id", instance_id)
                 await self._arbitrate()
             await self._publish(held.report, events_pb2.INSTANCE_EVENT_KIND_QUOTA_CHANGED,
-                                f"quota changed by {source}" + (f": {reason}" if reason else ""))
-            await self._publish_decision(held, before, reason, source)
+                                f"quota changed by {source}" + (f": {reason}" if reason else ""),
+                                change=(before, reason, source))
             await self._heartbeat_soon()
         applied = types_pb2.Quota()
         applied.CopyFrom(held.report.quota)
@@ -508,7 +518,7 @@ class NodeAgent:
                 report = qos_report(one.info, self.node_id, before, after, now_s - started, now)
                 if self._on_qos is not None:
                     self._on_qos(report)
-                await self._bus.publish(subjects.qos(one.info.function), report)
+                await self._bus.publish(subjects.qos(self.node_id, one.info.function), report)
 
     # ---- events ----------------------------------------------------------------------
 
@@ -517,30 +527,20 @@ class NodeAgent:
         with contextlib.suppress(Unavailable):
             await self.heartbeat()
 
-    async def _publish(self, report: types_pb2.InstanceReport, kind: int, message: str = "") -> None:
+    async def _publish(self, report: types_pb2.InstanceReport, kind: int, message: str = "",
+                       change: tuple[types_pb2.Quota, str, str] | None = None) -> None:
+        """An instance event; `change` (the quota before, reason, source) for QUOTA_CHANGED."""
         event = events_pb2.InstanceEvent(
             function=report.function, instance_id=report.instance_id, node=self.node_id,
             kind=kind, endpoint=report.endpoint, message=message or report.message,  # type: ignore[arg-type]
             at=now_timestamp(self._clock.time()), quota=report.quota,
             quota_version=report.quota_version)
+        if change is not None:
+            before, reason, source = change
+            event.quota_before.CopyFrom(before)
+            event.reason, event.source = reason, source
         try:
-            await self._bus.publish(subjects.instance_events(report.function), event)
+            await self._bus.publish(subjects.instance_events(self.node_id, report.function), event)
         except Unavailable as error:
             # The scheduler also learns it from the next heartbeat that reaches it.
             log.warning("instance event not delivered: %s", error)
-
-    async def _publish_decision(self, held: _Held, before: types_pb2.Quota, reason: str,
-                                source: str) -> None:
-        """Record an applied quota change in DILU_SCALING as a vertical decision."""
-        after = held.report.quota
-        up = ((after.sm_request, after.sm_limit, after.memory_limit_mib)
-              > (before.sm_request, before.sm_limit, before.memory_limit_mib))
-        decision = events_pb2.ScalingDecision(
-            function=held.report.function, at=now_timestamp(self._clock.time()),
-            kind=events_pb2.SCALING_KIND_VERTICAL_UP if up else events_pb2.SCALING_KIND_VERTICAL_DOWN,
-            instance_id=held.report.instance_id, quota_before=before, quota_after=after,
-            reason=reason, source=source, node=self.node_id)
-        try:
-            await self._bus.publish(subjects.scaling_events(held.report.function), decision)
-        except Unavailable as error:
-            log.warning("scaling decision not delivered: %s", error)

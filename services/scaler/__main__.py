@@ -21,6 +21,7 @@ from services.common.errors import Unavailable
 from services.common.grpc_server import GrpcServer, serve_until_stopped
 from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
+from services.common.security.serving import server_security
 from services.common.tracing import setup_tracing
 from services.scaler.acting import COSCALE, STATIC, ActingScaler
 from services.scaler.lease import LeaseKeeper
@@ -40,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.policy not in (COSCALE, STATIC):
         parser.error(f"--policy must be {COSCALE} or {STATIC}, got {args.policy!r}")
-    config = server_config("scaler", args)
+    config = server_config("scaler", args, parser)
     die_with_parent()
     setup_service_logging(config)
     setup_tracing("dilu-scaler")
@@ -48,7 +49,7 @@ def main() -> None:
 
 
 async def run(config: ServerConfig, scheduler_address: str, mode: str) -> None:
-    bus = await Bus.connect(config.nats_url, "dilu-scaler")
+    bus = await Bus.connect(config.nats_url, "dilu-scaler", tls=config.tls)
     observer = QosObserver()
     scaling = ScalingMetrics()
     channels = ChannelPool()
@@ -74,14 +75,16 @@ async def run(config: ServerConfig, scheduler_address: str, mode: str) -> None:
         observer.on_decision(decision)
         scaling.record(decision, replayed=history.next_is_replayed())
 
-    await bus.replay(subjects.SCALING_EVENTS_ALL, events_pb2.ScalingDecision, on_decision)
+    await bus.replay(subjects.SCALING_EVENTS_ALL, events_pb2.ScalingDecision, on_decision,
+                     stream=subjects.SCALING_STREAM)
+    security, close_access = await server_security(config, bus)
     lease = LeaseKeeper(bus, f"{socket.gethostname()}:{os.getpid()}", scaler.set_holder)
     tasks = [asyncio.create_task(lease.run(), name="scaler-lease"),
              asyncio.create_task(_decide_forever(scaler), name="scaler-decisions")]
-    server = GrpcServer(config.host, config.port)
+    server = GrpcServer(config.host, config.port, security)
     server.add(scaler_pb2_grpc.add_ScalerServiceServicer_to_server,
                ScalerServicer(observer, scaler), "dilu.v1.ScalerService")
-    metrics = metrics_server("scaler", config.host, config.metrics_port)
+    metrics = metrics_server("scaler", config.host, config.metrics_port, tls=config.tls)
 
     async def stop_acting() -> None:
         for task in tasks:
@@ -92,8 +95,8 @@ async def run(config: ServerConfig, scheduler_address: str, mode: str) -> None:
         await lease.release()
         await channels.close()
 
-    await serve_until_stopped(server, config.ready_file, config.grace_s, stop_acting, bus.close,
-                              metrics=metrics)
+    await serve_until_stopped(server, config.ready_file, config.grace_s, stop_acting, close_access,
+                              bus.close, metrics=metrics)
 
 
 async def _decide_forever(scaler: ActingScaler) -> None:

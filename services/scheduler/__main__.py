@@ -15,6 +15,7 @@ from services.common.config import ServerConfig, server_config, service_parser, 
 from services.common.grpc_server import GrpcServer, bind_or_exit, serve_until_stopped
 from services.common.lifetime import die_with_parent
 from services.common.metrics import metrics_server
+from services.common.security.serving import server_security
 from services.common.tracing import setup_tracing
 from services.scheduler.activator import HoldSettings
 from services.scheduler.core import SchedulerSettings
@@ -84,7 +85,7 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, SchedulerSetting
         parser.error(str(e).replace("backoff_initial_s", "--backoff-initial-s")
                      .replace("backoff_max_s", "--backoff-max-s"))
     hold = HoldSettings(max_held=args.hold_max_requests, max_wait_s=args.hold_max_wait_s)
-    return server_config("scheduler", args), settings, placement, hold
+    return server_config("scheduler", args, parser), settings, placement, hold
 
 
 def main() -> None:
@@ -99,7 +100,7 @@ def main() -> None:
 
 async def run(config: ServerConfig, settings: SchedulerSettings, placement: Placement,
               hold: HoldSettings | None = None) -> None:
-    bus = await Bus.connect(config.nats_url, "dilu-scheduler")
+    bus = await Bus.connect(config.nats_url, "dilu-scheduler", tls=config.tls)
     store = Store(await bus.kv(subjects.FUNCTIONS_BUCKET, types_pb2.Function),
                   await bus.kv(subjects.INSTANCES_BUCKET, types_pb2.Instance))
     # The TTL garbage-collects nodes gone for good; liveness itself is judged by node_timeout_s.
@@ -107,18 +108,25 @@ async def run(config: ServerConfig, settings: SchedulerSettings, placement: Plac
     # Created here too so decisions made before the scaler first starts are kept.
     await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
                             subjects.SCALING_STREAM_MAX_MSGS)
-    scheduler = Scheduler(bus, store, nodes_kv, placement, settings, hold=hold)
-    server = GrpcServer(config.host, config.port)
+    scheduler = Scheduler(bus, store, nodes_kv, placement, settings, hold=hold, tls=config.tls)
+
+    async def namespace_of(name: str) -> str | None:
+        function = scheduler.core.state.functions.get(name)
+        return function.spec.namespace if function is not None else None
+
+    security, close_access = await server_security(config, bus, namespace_of=namespace_of)
+    server = GrpcServer(config.host, config.port, security)
     server.add(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                SchedulerServicer(scheduler), "dilu.v1.SchedulerService")
     metrics = metrics_server("scheduler", config.host, config.metrics_port,
-                             SchedulerCollector(scheduler.functions, scheduler.list_nodes))
+                             SchedulerCollector(scheduler.functions, scheduler.list_nodes),
+                             tls=config.tls)
     # Own the port before acting on the cluster: a second scheduler started by mistake
     # exits here instead of placing instances beside the first.
     bind_or_exit(server)
     await scheduler.start()
     await serve_until_stopped(server, config.ready_file, config.grace_s,
-                              scheduler.close, bus.close, metrics=metrics)
+                              scheduler.close, close_access, bus.close, metrics=metrics)
 
 
 if __name__ == "__main__":

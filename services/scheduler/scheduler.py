@@ -33,6 +33,8 @@ from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import DiluError, PeerError, Unavailable
 from services.common.loops import every
+from services.common.security.identity import node_agent_identity, worker_identity
+from services.common.security.tls import TlsFiles
 from services.common.tracing import trace_metadata
 from services.scheduler.activator import HoldQueue, HoldSettings
 from services.scheduler.core import (
@@ -49,6 +51,7 @@ from services.scheduler.core import (
     StartInstance,
     shape_of,
 )
+from services.scheduler.decisions import vertical_decision
 from services.scheduler.placement import Placement
 from services.scheduler.replicas import LIVE_STATES
 from services.scheduler.store import Store
@@ -84,14 +87,17 @@ class Scheduler:
 
     def __init__(self, bus: Bus, store: Store, nodes_kv: ProtoKV[types_pb2.Node],
                  placement: Placement, settings: SchedulerSettings,
-                 clock: Clock = SYSTEM_CLOCK, hold: HoldSettings | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, hold: HoldSettings | None = None,
+                 tls: TlsFiles | None = None) -> None:
         self._bus = bus
         self._store = store
         self._nodes_kv = nodes_kv
         self._settings = settings
         self._clock = clock
         self.core = SchedulerCore(placement, settings)
-        self._channels = ChannelPool()
+        # Secure mode: agents and workers are called over mutual TLS, each proving its
+        # identity (the node's agent, the node's workers).
+        self._channels = ChannelPool(tls)
         self._lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
@@ -185,7 +191,8 @@ class Scheduler:
                 instance_id, endpoint = await self._hold(request.function, timeout_s)
             self.core.router.begin(instance_id)
             try:
-                stub = worker_pb2_grpc.WorkerServiceStub(self._channels.get(endpoint))
+                worker = worker_identity(self.core.node_of(instance_id) or "unplaced")
+                stub = worker_pb2_grpc.WorkerServiceStub(self._channels.get(endpoint, worker))
                 answer = await stub.Infer(
                     worker_pb2.InferRequest(payload=request.payload,
                                             content_type=request.content_type),
@@ -238,9 +245,15 @@ class Scheduler:
             await self._store.flush(self.core.state)
         await self._run_agent_calls(calls)
 
-    async def _on_instance_event(self, _subject: str, event: events_pb2.InstanceEvent) -> None:
+    async def _on_instance_event(self, subject: str, event: events_pb2.InstanceEvent) -> None:
         state = _EVENT_STATES.get(event.kind)
         if state is None:
+            return
+        # The subject names the publishing node (NATS permissions vouch for it in secure
+        # mode); an event about another node's instance is not this agent's to report.
+        if subjects.node_of(subject) != event.node:
+            log.warning("dropping an instance event on %s that names node %r", subject,
+                        event.node[:80])
             return
         report = types_pb2.InstanceReport(instance_id=event.instance_id, function=event.function,
                                           state=state, endpoint=event.endpoint,
@@ -249,8 +262,12 @@ class Scheduler:
         if event.HasField("quota"):
             report.quota.CopyFrom(event.quota)
         async with self._lock:
+            on_node = self.core.placed_on(event.instance_id, event.node)
             self._done(self.core.instance_reported(event.node, report, self._clock.time()))
             await self._store.flush(self.core.state)
+        if event.kind == events_pb2.INSTANCE_EVENT_KIND_QUOTA_CHANGED and on_node:
+            decision = vertical_decision(event)
+            await self._bus.publish(subjects.scaling_events(decision.function), decision)
 
     def _done(self, outcome: Outcome) -> Outcome:
         """Mark what the core changed for the next flush."""
@@ -276,10 +293,11 @@ class Scheduler:
 
     async def _call_agent(self, call: AgentCall) -> CallResult | None:
         """Make one call; None when its node is unknown (nothing to report)."""
-        address = self.core.node_address(call.node)
+        address = self.core.node_address(call.node, peer=self._channels.secure)
         if address is None:
             return None
-        stub = node_agent_pb2_grpc.NodeAgentServiceStub(self._channels.get(address))
+        stub = node_agent_pb2_grpc.NodeAgentServiceStub(
+            self._channels.get(address, node_agent_identity(call.node)))
         try:
             if isinstance(call, StartInstance):
                 answer = await stub.StartInstance(

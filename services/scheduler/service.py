@@ -1,16 +1,21 @@
 """gRPC servicer of dilu.v1.SchedulerService: every field checked against its range
-(`services.common.limits`), then a Scheduler call, proto out."""
+(`services.common.limits`), then a Scheduler call, proto out. In secure mode the
+authorization interceptor has admitted the call already; here a deploy lands in the
+deployer's namespace when its spec names none, and listings show only what the caller may
+see (`services.common.security.policy`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import grpc
-from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc
+from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 
 from services.common import limits
 from services.common.attribution import checked_source
 from services.common.errors import InvalidArgument
+from services.common.security.interceptor import current_caller
+from services.common.security.policy import effective_namespace, visible
 from services.scheduler.scheduler import Scheduler
 
 
@@ -37,7 +42,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                      context: grpc.aio.ServicerContext) -> scheduler_pb2.DeployResponse:
         if not request.HasField("function"):
             raise InvalidArgument("function", "is required")
-        return scheduler_pb2.DeployResponse(function=await self._scheduler.deploy(request.function))
+        spec = types_pb2.FunctionSpec()
+        spec.CopyFrom(request.function)
+        spec.namespace = effective_namespace(spec.namespace, current_caller())
+        return scheduler_pb2.DeployResponse(function=await self._scheduler.deploy(spec))
 
     async def DeleteFunction(self, request: scheduler_pb2.DeleteFunctionRequest,
                              context: grpc.aio.ServicerContext) -> scheduler_pb2.DeleteFunctionResponse:
@@ -51,7 +59,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def ListFunctions(self, request: scheduler_pb2.ListFunctionsRequest,
                             context: grpc.aio.ServicerContext) -> scheduler_pb2.ListFunctionsResponse:
-        return scheduler_pb2.ListFunctionsResponse(functions=self._scheduler.functions())
+        caller = current_caller()
+        return scheduler_pb2.ListFunctionsResponse(functions=[
+            f for f in self._scheduler.functions()
+            if visible(caller, f.spec.name, f.spec.namespace)])
 
     async def ScaleOut(self, request: scheduler_pb2.ScaleOutRequest,
                        context: grpc.aio.ServicerContext) -> scheduler_pb2.ScaleOutResponse:

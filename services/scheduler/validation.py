@@ -37,9 +37,11 @@ _PROFILING_NOT_BUILT = ("is required: a Deploy that leaves it to the profile nee
 def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function", *,
                   resources_required: bool = True) -> types_pb2.FunctionSpec:
     """Check every field and fill defaults (percentile 99, sm_limit = sm_request, 1 GPU,
-    min 1 replica, max = min); the input is not changed. `resources_required=False` is for
+    min 1 replica, max = min; the namespace is the caller's to fill, see
+    `SchedulerServicer.Deploy`); the input is not changed. `resources_required=False` is for
     the profiler, whose job is to find the shares and memory left unset."""
     limits.check_name(f"{prefix}.name", spec.name)
+    limits.check_optional_name(f"{prefix}.namespace", spec.namespace)
     limits.check_enum(f"{prefix}.kind", spec.kind, KINDS)
     limits.check_enum(f"{prefix}.runtime", spec.runtime, RUNTIMES)
     _validate_model(spec, prefix)

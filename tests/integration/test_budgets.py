@@ -107,7 +107,7 @@ async def test_a_raise_is_admitted_by_the_agent_and_flows_through_the_whole_syst
         events.append(events_pb2.InstanceEvent.FromString(msg.data))
 
     await nc.subscribe(subjects.scaling_events("a"), cb=on_decision)
-    await nc.subscribe(subjects.instance_events("a"), cb=on_event)
+    await nc.subscribe(subjects.instance_events_of_function("a"), cb=on_event)
     await nc.flush()
     records = await nc.jetstream().key_value(subjects.INSTANCES_BUCKET)
     try:
@@ -151,7 +151,7 @@ async def test_a_raise_is_admitted_by_the_agent_and_flows_through_the_whole_syst
         print(f"the raise showed everywhere {time.monotonic() - changed_at:.3f} s after "
               "SetQuota answered")
         while not decisions and time.monotonic() < deadline + 5:
-            await asyncio.sleep(0.05)  # published before SetQuota answered; let it be read
+            await asyncio.sleep(0.05)  # recorded by the scheduler from the agent's event
     finally:
         await nc.close()
     (decision,) = decisions

@@ -264,7 +264,7 @@ def test_a_deploy_is_one_trace_from_the_scheduler_through_the_agent_into_the_wor
         spans = observed.receiver.trace(observed.deploy_trace)
         assert {s.name for s in spans} >= {
             "/dilu.v1.SchedulerService/Deploy", "/dilu.v1.NodeAgentService/StartInstance",
-            "worker.startup", f"receive dilu.events.instance.{FUNCTION}"}
+            "worker.startup", f"receive dilu.events.instance.n1.{FUNCTION}"}
         return spans
 
     spans = assert_eventually(whole, message="the Deploy trace is complete")
@@ -273,7 +273,7 @@ def test_a_deploy_is_one_trace_from_the_scheduler_through_the_agent_into_the_wor
     start = _child(spans, deploy, "/dilu.v1.NodeAgentService/StartInstance")
     startup = _child(spans, start, "worker.startup")
     # The agent's instance events (starting, ready) reach the scheduler within the trace.
-    events = [s for s in spans if s.name == f"receive dilu.events.instance.{FUNCTION}"]
+    events = [s for s in spans if s.name == f"receive dilu.events.instance.n1.{FUNCTION}"]
     assert events and all(e.parent_span_id == start.span_id for e in events)
 
     assert {s.service for s in spans} == {"dilu-scheduler", "dilu-node-agent", "dilu-worker"}

@@ -78,7 +78,7 @@ async def test_instance_lifecycle_events_reach_a_bus_subscriber(cluster: Cluster
         event = events_pb2.InstanceEvent()
         event.ParseFromString(msg.data)
         seen.append(event)
-        assert msg.subject == f"dilu.events.instance.{event.function}"
+        assert msg.subject == f"dilu.events.instance.{event.node}.{event.function}"
 
     await nc.subscribe("dilu.events.instance.>", cb=collect)
     await nc.flush()

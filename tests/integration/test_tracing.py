@@ -48,7 +48,7 @@ async def test_a_deploy_is_one_trace_across_scheduler_agent_and_bus(cluster: Clu
     async def keep(msg) -> None:  # type: ignore[no-untyped-def]
         headers.append(dict(msg.headers or {}))
 
-    await nc.subscribe("dilu.events.instance.traced", cb=keep)
+    await nc.subscribe("dilu.events.instance.n1.traced", cb=keep)
     await nc.flush()
     try:
         await asyncio.to_thread(assert_eventually, lambda: cluster.nodes().get("n1"))

@@ -92,7 +92,7 @@ async def test_a_killed_worker_is_reported_failed_and_the_function_is_brought_ba
     async def collect(msg) -> None:  # type: ignore[no-untyped-def]
         events.append(events_pb2.InstanceEvent.FromString(msg.data))
 
-    await nc.subscribe("dilu.events.instance.victim", cb=collect)
+    await nc.subscribe("dilu.events.instance.n1.victim", cb=collect)
     await nc.flush()
     try:
         await asyncio.to_thread(one_node.deploy, inference_spec("victim"))
@@ -272,7 +272,7 @@ async def test_a_stop_racing_a_start_leaves_no_worker_and_keeps_event_order(clus
     async def collect(msg) -> None:  # type: ignore[no-untyped-def]
         kinds.append(events_pb2.InstanceEvent.FromString(msg.data).kind)
 
-    await nc.subscribe("dilu.events.instance.sat", cb=collect)
+    await nc.subscribe("dilu.events.instance.n1.sat", cb=collect)
     await nc.flush()
     try:
         async with grpc.aio.insecure_channel(agent.address) as channel:

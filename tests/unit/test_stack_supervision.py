@@ -48,7 +48,8 @@ class FakeLauncher:
     pids: int = 100
 
     def start(self, service: str, *extra: str, port: int = 0,
-              metrics_port: int | None = None) -> FakeProcess:
+              metrics_port: int | None = None, tls: object = None,
+              peer_port: int = 0) -> FakeProcess:
         self.pids += 1
         return FakeProcess(service, self.pids)
 

@@ -2,7 +2,10 @@
 
 The node agent starts it with the instance's files in the environment:
 DILU_INSTANCE_ID, DILU_SPEC (a serialized FunctionSpec), DILU_CONTROL (control page),
-DILU_STATS (stats page), and DILU_TRACEPARENT (the W3C trace its start-up span joins).
+DILU_STATS (stats page), and DILU_TRACEPARENT (the W3C trace its start-up span joins); in
+secure mode DILU_TLS_CA, DILU_TLS_CERT and DILU_TLS_KEY (its node's worker identity,
+`dilu-worker.<node>`) and DILU_NODE_ID: it then serves mutual TLS only, to the scheduler,
+the profiler and its own node's agent (services/common/security/policy.py).
 When it serves, it prints one line `READY <endpoint>` on stdout
 (training workers print `READY` alone); logs go to stderr. SIGTERM drains: no new
 requests, queued and running ones finish, then it exits 0. Exit code 2 means the
@@ -23,7 +26,7 @@ from dilu.v1 import types_pb2, worker_pb2_grpc
 
 from services.common.addresses import advertised_host, join_host_port
 from services.common.errors import DiluError
-from services.common.grpc_server import GrpcServer, wait_for_stop_signal
+from services.common.grpc_server import GrpcServer, ServerSecurity, wait_for_stop_signal
 from services.common.lifetime import die_with_parent
 from services.common.logs import (
     DEFAULT_LOG_BACKUPS,
@@ -31,6 +34,8 @@ from services.common.logs import (
     RotatingProcessLog,
     setup_logging,
 )
+from services.common.security.interceptor import Authorizer
+from services.common.security.tls import TlsError, TlsFiles
 from services.common.tracing import setup_tracing
 from services.node_agent.pages import ControlPageReader, StatsWriter
 from services.node_agent.shim import shim_enforcing_here
@@ -103,7 +108,7 @@ async def run_inference(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: St
     worker = InferenceWorker(engine, gate, stats, spec.slo.latency_ms, spec.max_batch)
     # The agent passes its settings: where to listen, and the address others dial.
     bind_host = os.environ.get("DILU_WORKER_HOST", "127.0.0.1")
-    server = GrpcServer(bind_host, 0)
+    server = GrpcServer(bind_host, 0, _security())
     server.add(worker_pb2_grpc.add_WorkerServiceServicer_to_server, worker,
                "dilu.v1.WorkerService")
     port = await server.start()
@@ -118,6 +123,19 @@ async def run_inference(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: St
     await server.stop(MAX_DRAIN_S)  # refuses new calls; returns when in-flight ones finished
     batcher.cancel()
     await asyncio.gather(batcher, return_exceptions=True)
+
+
+def _security() -> ServerSecurity | None:
+    """Mutual TLS, its callers' identities checked, when the agent gave it TLS files.
+    No access store: only services (certificates) may call a worker, never a token."""
+    try:
+        tls = TlsFiles.from_environment()
+    except TlsError as error:
+        raise CannotRun(f"secure mode: {error}") from None
+    if tls is None:
+        return None
+    return ServerSecurity(tls, Authorizer(None, local_node=os.environ.get("DILU_NODE_ID", "")),
+                          peer_port=None)
 
 
 async def run_training(spec: types_pb2.FunctionSpec, gate: QuotaGate, stats: StatsWriter) -> None:

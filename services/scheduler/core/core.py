@@ -35,7 +35,7 @@ from services.scheduler.core.calls import (
     StartInstance,
     StopInstance,
 )
-from services.scheduler.core.heartbeats import Heartbeats, NodeSnapshot
+from services.scheduler.core.heartbeats import Heartbeats, NodeSnapshot, genuine
 from services.scheduler.core.lifecycle import Lifecycle
 from services.scheduler.core.records import (
     HOLDING,
@@ -92,6 +92,7 @@ class SchedulerCore:
         lost."""
         self.state.load(functions, instances)
         now = self._advance(now)
+        nodes = genuine(nodes)
         self._heartbeats.declare(nodes, now, trusted=False)
         for instance in sorted(self.state.instances.values(), key=lambda i: i.id):
             if instance.state not in HOLDING:
@@ -170,7 +171,7 @@ class SchedulerCore:
     def observe_nodes(self, snapshot: NodeSnapshot, now: float) -> Outcome:
         """A fresh read of the node registry (every agent's latest heartbeat)."""
         now = self._advance(now)
-        return self._outcome(self._heartbeats.observe(snapshot, now))
+        return self._outcome(self._heartbeats.observe(genuine(snapshot), now))
 
     def nodes_unreadable(self) -> None:
         """The registry could not be read: node liveness is not judged until it can."""
@@ -192,6 +193,12 @@ class SchedulerCore:
         elif instance.state in PLACED:
             self._lifecycle.adopt(instance, report.state, report.endpoint, report.message, now)
         return self._outcome([])
+
+    def placed_on(self, instance_id: str, node: str) -> bool:
+        """Whether the instance is known and placed on `node` (what an agent may report
+        about)."""
+        instance = self.state.instances.get(instance_id)
+        return instance is not None and bool(node) and instance.node == node
 
     def call_done(self, call: AgentCall, result: CallResult, now: float) -> Outcome:
         """The result of an agent call the core asked for."""
@@ -324,9 +331,18 @@ class SchedulerCore:
     def node_views(self) -> list[types_pb2.NodeView]:
         return views.node_views(self._heartbeats.nodes, self.ledger)
 
-    def node_address(self, node_id: str) -> str | None:
+    def node_address(self, node_id: str, *, peer: bool = False) -> str | None:
+        """Where to call a node's agent: the address it announces, or (`peer`, secure
+        mode) its mutual-TLS listener when it announces one."""
         node = self._heartbeats.nodes.node(node_id)
-        return node.address if node is not None else None
+        if node is None:
+            return None
+        return (node.peer_address or node.address) if peer else node.address
+
+    def node_of(self, instance_id: str) -> str:
+        """The node an instance is placed on ("" when none)."""
+        instance = self.state.instances.get(instance_id)
+        return instance.node if instance is not None else ""
 
     # ---- helpers -----------------------------------------------------------------------
 

@@ -33,6 +33,17 @@ MISSING_HEARTBEATS = 2
 NodeSnapshot = Mapping[str, tuple[int, types_pb2.Node]]
 
 
+def genuine(snapshot: NodeSnapshot) -> NodeSnapshot:
+    """The entries whose node is the one their key names. In secure mode each agent may
+    write only its own key (NATS permissions), so a node under another key would be one
+    agent speaking for another: ignored, not believed."""
+    kept = {key: entry for key, entry in snapshot.items() if entry[1].id == key}
+    for key in snapshot.keys() - kept.keys():
+        log.warning("ignoring the registry entry %r: it announces node %r", key[:80],
+                    snapshot[key][1].id[:80])
+    return kept
+
+
 class Heartbeats:
     def __init__(self, state: ClusterState, ledger: Ledger, lifecycle: Lifecycle,
                  settings: SchedulerSettings) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64ilu/v1/types.proto\x12\x07\x64ilu.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x03Slo\x12\x12\n\nlatency_ms\x18\x01 \x01(\x01\x12\x12\n\npercentile\x18\x02 \x01(\x01\"\x9a\x01\n\tResources\x12\x17\n\nsm_request\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08sm_limit\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmemory_mib\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x19\n\x11gpus_per_instance\x18\x04 \x01(\x05\x42\r\n\x0b_sm_requestB\x0b\n\t_sm_limitB\r\n\x0b_memory_mib\"1\n\x08Replicas\x12\x10\n\x03min\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x0b\n\x03max\x18\x02 \x01(\x05\x42\x06\n\x04_min\"\xf2\x03\n\x0c\x46unctionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.dilu.v1.FunctionKind\x12!\n\x07runtime\x18\x03 \x01(\x0e\x32\x10.dilu.v1.Runtime\x12\r\n\x05model\x18\x04 \x01(\t\x12\x19\n\x03slo\x18\x05 \x01(\x0b\x32\x0c.dilu.v1.Slo\x12%\n\tresources\x18\x06 \x01(\x0b\x32\x12.dilu.v1.Resources\x12#\n\x08replicas\x18\x07 \x01(\x0b\x32\x11.dilu.v1.Replicas\x12\x16\n\tmax_batch\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x06labels\x18\t \x03(\x0b\x32!.dilu.v1.FunctionSpec.LabelsEntry\x12\x13\n\x0bweights_uri\x18\n \x01(\t\x12\x42\n\x0fruntime_options\x18\x0b \x03(\x0b\x32).dilu.v1.FunctionSpec.RuntimeOptionsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13RuntimeOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_max_batch\"`\n\x05Quota\x12\x12\n\nsm_request\x18\x01 \x01(\x01\x12\x10\n\x08sm_limit\x18\x02 \x01(\x01\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_share\x18\x03 \x01(\x01\x12\x18\n\x10memory_limit_mib\x18\x04 \x01(\x03\"\x92\x02\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.dilu.v1.InstanceState\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x11\n\tgpu_uuids\x18\x05 \x03(\t\x12\x1d\n\x05quota\x18\x06 \x01(\x0b\x32\x0e.dilu.v1.Quota\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x02\n\x0e\x46unctionStatus\x12\x18\n\x10\x64\x65sired_replicas\x18\x01 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x02 \x01(\x05\x12$\n\tinstances\x18\x03 \x03(\x0b\x32\x11.dilu.v1.Instance\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.dilu.v1.FunctionState\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x31\n\rnext_retry_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05\"X\n\x08\x46unction\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dilu.v1.FunctionStatus\"y\n\x03Gpu\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10memory_total_mib\x18\x04 \x01(\x03\x12\x17\n\x0fmemory_used_mib\x18\x05 \x01(\x03\x12\x13\n\x0butilization\x18\x06 \x01(\x01\"\x7f\n\rGpuAllocation\x12\x10\n\x08gpu_uuid\x18\x01 \x01(\t\x12\x14\n\x0csm_requested\x18\x02 \x01(\x01\x12\x12\n\nsm_limited\x18\x03 \x01(\x01\x12\x1c\n\x14memory_allocated_mib\x18\x04 \x01(\x03\x12\x14\n\x0cinstance_ids\x18\x05 \x03(\t\"\xca\x01\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.dilu.v1.InstanceState\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x1d\n\x05quota\x18\x05 \x01(\x0b\x32\x0e.dilu.v1.Quota\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tgpu_uuids\x18\x07 \x03(\t\x12\x15\n\rquota_version\x18\x08 \x01(\x04\"=\n\x0fPlacementBounds\x12\x15\n\rmax_requested\x18\x01 \x01(\x01\x12\x13\n\x0bmax_limited\x18\x02 \x01(\x01\"\xdc\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1a\n\x04gpus\x18\x03 \x03(\x0b\x32\x0c.dilu.v1.Gpu\x12\x13\n\x0bgpu_backend\x18\x04 \x01(\t\x12\x30\n\x0cheartbeat_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\tinstances\x18\x06 \x03(\x0b\x32\x17.dilu.v1.InstanceReport\x12(\n\x06\x62ounds\x18\x07 \x01(\x0b\x32\x18.dilu.v1.PlacementBounds\"w\n\x08NodeView\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.dilu.v1.Node\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.dilu.v1.NodeState\x12+\n\x0b\x61llocations\x18\x03 \x03(\x0b\x32\x16.dilu.v1.GpuAllocation*\x87\x01\n\x0c\x46unctionKind\x12\x1d\n\x19\x46UNCTION_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46UNCTION_KIND_INFERENCE\x10\x01\x12\x1f\n\x1b\x46UNCTION_KIND_LLM_INFERENCE\x10\x02\x12\x1a\n\x16\x46UNCTION_KIND_TRAINING\x10\x03*F\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRUNTIME_SIM\x10\x01\x12\x11\n\rRUNTIME_TORCH\x10\x02*\xef\x01\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16INSTANCE_STATE_PENDING\x10\x01\x12\x1b\n\x17INSTANCE_STATE_STARTING\x10\x02\x12\x18\n\x14INSTANCE_STATE_READY\x10\x03\x12\x1b\n\x17INSTANCE_STATE_DRAINING\x10\x04\x12\x1a\n\x16INSTANCE_STATE_STOPPED\x10\x05\x12\x19\n\x15INSTANCE_STATE_FAILED\x10\x06\x12\x17\n\x13INSTANCE_STATE_LOST\x10\x07*\x83\x01\n\rFunctionState\x12\x1e\n\x1a\x46UNCTION_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46UNCTION_STATE_OK\x10\x01\x12\x1e\n\x1a\x46UNCTION_STATE_BACKING_OFF\x10\x02\x12\x1b\n\x17\x46UNCTION_STATE_DEGRADED\x10\x03*n\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x13\n\x0fNODE_STATE_LOST\x10\x02\x12\x1a\n\x16NODE_STATE_UNCONFIRMED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64ilu/v1/types.proto\x12\x07\x64ilu.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x03Slo\x12\x12\n\nlatency_ms\x18\x01 \x01(\x01\x12\x12\n\npercentile\x18\x02 \x01(\x01\"\x9a\x01\n\tResources\x12\x17\n\nsm_request\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08sm_limit\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmemory_mib\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x19\n\x11gpus_per_instance\x18\x04 \x01(\x05\x42\r\n\x0b_sm_requestB\x0b\n\t_sm_limitB\r\n\x0b_memory_mib\"1\n\x08Replicas\x12\x10\n\x03min\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x0b\n\x03max\x18\x02 \x01(\x05\x42\x06\n\x04_min\"\x85\x04\n\x0c\x46unctionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.dilu.v1.FunctionKind\x12!\n\x07runtime\x18\x03 \x01(\x0e\x32\x10.dilu.v1.Runtime\x12\r\n\x05model\x18\x04 \x01(\t\x12\x19\n\x03slo\x18\x05 \x01(\x0b\x32\x0c.dilu.v1.Slo\x12%\n\tresources\x18\x06 \x01(\x0b\x32\x12.dilu.v1.Resources\x12#\n\x08replicas\x18\x07 \x01(\x0b\x32\x11.dilu.v1.Replicas\x12\x16\n\tmax_batch\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x06labels\x18\t \x03(\x0b\x32!.dilu.v1.FunctionSpec.LabelsEntry\x12\x13\n\x0bweights_uri\x18\n \x01(\t\x12\x42\n\x0fruntime_options\x18\x0b \x03(\x0b\x32).dilu.v1.FunctionSpec.RuntimeOptionsEntry\x12\x11\n\tnamespace\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13RuntimeOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_max_batch\"`\n\x05Quota\x12\x12\n\nsm_request\x18\x01 \x01(\x01\x12\x10\n\x08sm_limit\x18\x02 \x01(\x01\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_share\x18\x03 \x01(\x01\x12\x18\n\x10memory_limit_mib\x18\x04 \x01(\x03\"\x92\x02\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.dilu.v1.InstanceState\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x11\n\tgpu_uuids\x18\x05 \x03(\t\x12\x1d\n\x05quota\x18\x06 \x01(\x0b\x32\x0e.dilu.v1.Quota\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x02\n\x0e\x46unctionStatus\x12\x18\n\x10\x64\x65sired_replicas\x18\x01 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x02 \x01(\x05\x12$\n\tinstances\x18\x03 \x03(\x0b\x32\x11.dilu.v1.Instance\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.dilu.v1.FunctionState\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x31\n\rnext_retry_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05\"X\n\x08\x46unction\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dilu.v1.FunctionStatus\"y\n\x03Gpu\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10memory_total_mib\x18\x04 \x01(\x03\x12\x17\n\x0fmemory_used_mib\x18\x05 \x01(\x03\x12\x13\n\x0butilization\x18\x06 \x01(\x01\"\x7f\n\rGpuAllocation\x12\x10\n\x08gpu_uuid\x18\x01 \x01(\t\x12\x14\n\x0csm_requested\x18\x02 \x01(\x01\x12\x12\n\nsm_limited\x18\x03 \x01(\x01\x12\x1c\n\x14memory_allocated_mib\x18\x04 \x01(\x03\x12\x14\n\x0cinstance_ids\x18\x05 \x03(\t\"\xca\x01\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.dilu.v1.InstanceState\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x1d\n\x05quota\x18\x05 \x01(\x0b\x32\x0e.dilu.v1.Quota\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tgpu_uuids\x18\x07 \x03(\t\x12\x15\n\rquota_version\x18\x08 \x01(\x04\"=\n\x0fPlacementBounds\x12\x15\n\rmax_requested\x18\x01 \x01(\x01\x12\x13\n\x0bmax_limited\x18\x02 \x01(\x01\"\xf2\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1a\n\x04gpus\x18\x03 \x03(\x0b\x32\x0c.dilu.v1.Gpu\x12\x13\n\x0bgpu_backend\x18\x04 \x01(\t\x12\x30\n\x0cheartbeat_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\tinstances\x18\x06 \x03(\x0b\x32\x17.dilu.v1.InstanceReport\x12(\n\x06\x62ounds\x18\x07 \x01(\x0b\x32\x18.dilu.v1.PlacementBounds\x12\x14\n\x0cpeer_address\x18\x08 \x01(\t\"w\n\x08NodeView\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.dilu.v1.Node\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.dilu.v1.NodeState\x12+\n\x0b\x61llocations\x18\x03 \x03(\x0b\x32\x16.dilu.v1.GpuAllocation*\x87\x01\n\x0c\x46unctionKind\x12\x1d\n\x19\x46UNCTION_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46UNCTION_KIND_INFERENCE\x10\x01\x12\x1f\n\x1b\x46UNCTION_KIND_LLM_INFERENCE\x10\x02\x12\x1a\n\x16\x46UNCTION_KIND_TRAINING\x10\x03*F\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRUNTIME_SIM\x10\x01\x12\x11\n\rRUNTIME_TORCH\x10\x02*\xef\x01\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16INSTANCE_STATE_PENDING\x10\x01\x12\x1b\n\x17INSTANCE_STATE_STARTING\x10\x02\x12\x18\n\x14INSTANCE_STATE_READY\x10\x03\x12\x1b\n\x17INSTANCE_STATE_DRAINING\x10\x04\x12\x1a\n\x16INSTANCE_STATE_STOPPED\x10\x05\x12\x19\n\x15INSTANCE_STATE_FAILED\x10\x06\x12\x17\n\x13INSTANCE_STATE_LOST\x10\x07*\x83\x01\n\rFunctionState\x12\x1e\n\x1a\x46UNCTION_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46UNCTION_STATE_OK\x10\x01\x12\x1e\n\x1a\x46UNCTION_STATE_BACKING_OFF\x10\x02\x12\x1b\n\x17\x46UNCTION_STATE_DEGRADED\x10\x03*n\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x13\n\x0fNODE_STATE_LOST\x10\x02\x12\x1a\n\x16NODE_STATE_UNCONFIRMED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FUNCTIONSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_FUNCTIONSPEC_RUNTIMEOPTIONSENTRY']._loaded_options = None
   _globals['_FUNCTIONSPEC_RUNTIMEOPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_FUNCTIONKIND']._serialized_start=2446
-  _globals['_FUNCTIONKIND']._serialized_end=2581
-  _globals['_RUNTIME']._serialized_start=2583
-  _globals['_RUNTIME']._serialized_end=2653
-  _globals['_INSTANCESTATE']._serialized_start=2656
-  _globals['_INSTANCESTATE']._serialized_end=2895
-  _globals['_FUNCTIONSTATE']._serialized_start=2898
-  _globals['_FUNCTIONSTATE']._serialized_end=3029
-  _globals['_NODESTATE']._serialized_start=3031
-  _globals['_NODESTATE']._serialized_end=3141
+  _globals['_FUNCTIONKIND']._serialized_start=2487
+  _globals['_FUNCTIONKIND']._serialized_end=2622
+  _globals['_RUNTIME']._serialized_start=2624
+  _globals['_RUNTIME']._serialized_end=2694
+  _globals['_INSTANCESTATE']._serialized_start=2697
+  _globals['_INSTANCESTATE']._serialized_end=2936
+  _globals['_FUNCTIONSTATE']._serialized_start=2939
+  _globals['_FUNCTIONSTATE']._serialized_end=3070
+  _globals['_NODESTATE']._serialized_start=3072
+  _globals['_NODESTATE']._serialized_end=3182
   _globals['_SLO']._serialized_start=65
   _globals['_SLO']._serialized_end=110
   _globals['_RESOURCES']._serialized_start=113
@@ -53,29 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICAS']._serialized_start=269
   _globals['_REPLICAS']._serialized_end=318
   _globals['_FUNCTIONSPEC']._serialized_start=321
-  _globals['_FUNCTIONSPEC']._serialized_end=819
-  _globals['_FUNCTIONSPEC_LABELSENTRY']._serialized_start=705
-  _globals['_FUNCTIONSPEC_LABELSENTRY']._serialized_end=750
-  _globals['_FUNCTIONSPEC_RUNTIMEOPTIONSENTRY']._serialized_start=752
-  _globals['_FUNCTIONSPEC_RUNTIMEOPTIONSENTRY']._serialized_end=805
-  _globals['_QUOTA']._serialized_start=821
-  _globals['_QUOTA']._serialized_end=917
-  _globals['_INSTANCE']._serialized_start=920
-  _globals['_INSTANCE']._serialized_end=1194
-  _globals['_FUNCTIONSTATUS']._serialized_start=1197
-  _globals['_FUNCTIONSTATUS']._serialized_end=1489
-  _globals['_FUNCTION']._serialized_start=1491
-  _globals['_FUNCTION']._serialized_end=1579
-  _globals['_GPU']._serialized_start=1581
-  _globals['_GPU']._serialized_end=1702
-  _globals['_GPUALLOCATION']._serialized_start=1704
-  _globals['_GPUALLOCATION']._serialized_end=1831
-  _globals['_INSTANCEREPORT']._serialized_start=1834
-  _globals['_INSTANCEREPORT']._serialized_end=2036
-  _globals['_PLACEMENTBOUNDS']._serialized_start=2038
-  _globals['_PLACEMENTBOUNDS']._serialized_end=2099
-  _globals['_NODE']._serialized_start=2102
-  _globals['_NODE']._serialized_end=2322
-  _globals['_NODEVIEW']._serialized_start=2324
-  _globals['_NODEVIEW']._serialized_end=2443
+  _globals['_FUNCTIONSPEC']._serialized_end=838
+  _globals['_FUNCTIONSPEC_LABELSENTRY']._serialized_start=724
+  _globals['_FUNCTIONSPEC_LABELSENTRY']._serialized_end=769
+  _globals['_FUNCTIONSPEC_RUNTIMEOPTIONSENTRY']._serialized_start=771
+  _globals['_FUNCTIONSPEC_RUNTIMEOPTIONSENTRY']._serialized_end=824
+  _globals['_QUOTA']._serialized_start=840
+  _globals['_QUOTA']._serialized_end=936
+  _globals['_INSTANCE']._serialized_start=939
+  _globals['_INSTANCE']._serialized_end=1213
+  _globals['_FUNCTIONSTATUS']._serialized_start=1216
+  _globals['_FUNCTIONSTATUS']._serialized_end=1508
+  _globals['_FUNCTION']._serialized_start=1510
+  _globals['_FUNCTION']._serialized_end=1598
+  _globals['_GPU']._serialized_start=1600
+  _globals['_GPU']._serialized_end=1721
+  _globals['_GPUALLOCATION']._serialized_start=1723
+  _globals['_GPUALLOCATION']._serialized_end=1850
+  _globals['_INSTANCEREPORT']._serialized_start=1853
+  _globals['_INSTANCEREPORT']._serialized_end=2055
+  _globals['_PLACEMENTBOUNDS']._serialized_start=2057
+  _globals['_PLACEMENTBOUNDS']._serialized_end=2118
+  _globals['_NODE']._serialized_start=2121
+  _globals['_NODE']._serialized_end=2363
+  _globals['_NODEVIEW']._serialized_start=2365
+  _globals['_NODEVIEW']._serialized_end=2484
 # @@protoc_insertion_point(module_scope)

@@ -329,6 +329,7 @@ class FunctionSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     WEIGHTS_URI_FIELD_NUMBER: _builtins.int
     RUNTIME_OPTIONS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: lowercase letters, digits and '-', 1 to 63 characters, starting with a letter."""
     kind: Global___FunctionKind.ValueType
@@ -342,6 +343,12 @@ class FunctionSpec(_message.Message):
     weights_uri: _builtins.str
     """Model weights to load instead of random ones: a path or file:// URI readable on the
     node. Nothing is downloaded.
+    """
+    namespace: _builtins.str
+    """The namespace (team) the function belongs to, which decides who may manage and invoke
+    it (a deployer manages the functions of its own namespace only): a name like `name`,
+    or empty. Deploy fills an empty namespace with the deployer's own, or "default" for
+    callers without one (operators, insecure mode). Names stay unique across namespaces.
     """
     @_builtins.property
     def slo(self) -> Global___Slo: ...
@@ -371,10 +378,11 @@ class FunctionSpec(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         weights_uri: _builtins.str = ...,
         runtime_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "max_batch", b"max_batch", "replicas", b"replicas", "resources", b"resources", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "kind", b"kind", "labels", b"labels", "max_batch", b"max_batch", "model", b"model", "name", b"name", "replicas", b"replicas", "resources", b"resources", "runtime", b"runtime", "runtime_options", b"runtime_options", "slo", b"slo", "weights_uri", b"weights_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "kind", b"kind", "labels", b"labels", "max_batch", b"max_batch", "model", b"model", "name", b"name", "namespace", b"namespace", "replicas", b"replicas", "resources", b"resources", "runtime", b"runtime", "runtime_options", b"runtime_options", "slo", b"slo", "weights_uri", b"weights_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_batch: _TypeAlias = _typing.Literal["max_batch"]  # noqa: Y015
     _WhichOneofArgType__max_batch: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch"]  # noqa: Y015
@@ -729,11 +737,19 @@ class Node(_message.Message):
     HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     BOUNDS_FIELD_NUMBER: _builtins.int
+    PEER_ADDRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     address: _builtins.str
-    """gRPC address of its NodeAgentService."""
+    """gRPC address of its NodeAgentService (in secure mode: TLS, callers authenticate with
+    a bearer token).
+    """
     gpu_backend: _builtins.str
     """"sim" or "nvml"."""
+    peer_address: _builtins.str
+    """Secure mode only: the address of its mutual-TLS listener, where services (the
+    scheduler, scaler, profiler) and callers with a client certificate reach it. Empty in
+    insecure mode.
+    """
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
@@ -757,10 +773,11 @@ class Node(_message.Message):
         heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
         instances: _abc.Iterable[Global___InstanceReport] | None = ...,
         bounds: Global___PlacementBounds | None = ...,
+        peer_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "heartbeat_at", b"heartbeat_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bounds", b"bounds", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "heartbeat_at", b"heartbeat_at", "id", b"id", "instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bounds", b"bounds", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "heartbeat_at", b"heartbeat_at", "id", b"id", "instances", b"instances", "peer_address", b"peer_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
