@@ -27,6 +27,7 @@ from services.common.security.tls import TlsError, TlsFiles
 from services.common.tracing import setup_tracing
 from services.node_agent.agent import AgentSettings, NodeAgent
 from services.node_agent.gpus import BACKENDS, SIM_GPU_TYPES, GpuBackendUnavailable, open_backend
+from services.node_agent.isolation import IsolationError, WorkerIds, missing_privileges
 from services.node_agent.metrics import NodeAgentCollector
 from services.node_agent.service import NodeAgentServicer
 from services.node_agent.shim import ShimBuildError, build_shim
@@ -63,6 +64,11 @@ def main() -> None:
                     "dilu-worker.<node> (default: dilu-worker.<node>.crt beside --tls-cert)")
     parser.add("--worker-tls-key", default="",
                help="secure mode: its key (default: dilu-worker.<node>.key beside --tls-cert)")
+    parser.add("--worker-uids", default="",
+               help="run each worker as its own unprivileged uid from FIRST-LAST (FIRST is "
+                    "the workers' shared group), so that no worker can open another "
+                    "instance's pages; needs root or CAP_SETUID, CAP_SETGID, CAP_CHOWN, "
+                    "CAP_KILL and CAP_DAC_READ_SEARCH (empty: workers run as the agent)")
     parser.add("--worker-host", default="",
                help="address workers listen on (default: --host)")
     parser.add("--worker-advertise-host", default="",
@@ -114,6 +120,13 @@ def main() -> None:
     if not limits.SAFE_ID_PATTERN.match(args.node_id):
         parser.error(f"--node-id: {args.node_id!r} must be 1-{limits.ID_MAX} letters, digits, "
                      "'_' or '-', starting with a letter or digit")
+    try:
+        args.worker_ids = WorkerIds.parse(args.worker_uids)
+    except ValueError as error:
+        parser.error(f"--worker-uids: {error}")
+    if args.worker_ids is not None and missing_privileges():
+        parser.error(f"--worker-uids needs root or the capabilities "
+                     f"{', '.join(missing_privileges())} to run workers as other users")
     if not 1 <= args.sim_gpus <= MAX_SIM_GPUS:
         parser.error(f"--sim-gpus: must be in [1, {MAX_SIM_GPUS}], got {args.sim_gpus}")
     if len(args.advertise_address) > limits.ADDRESS_MAX:
@@ -196,12 +209,16 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         worker_advertise_host=worker_advertise_host,
         worker_log_max_bytes=args.worker_log_max_bytes,
         worker_log_backups=args.worker_log_backups,
-        worker_tls=args.worker_tls)
+        worker_tls=args.worker_tls, worker_ids=args.worker_ids)
     log.info("advertising %s for the agent and %s for its workers (listening on %s)",
              args.advertise_address or advertise_host, settings.worker_advertise_host,
              settings.worker_host)
-    agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv,
-                      on_qos=lambda report: collector.record_qos(report))
+    try:
+        agent = NodeAgent(args.node_id, gpus, bus, nodes_kv, settings, profiles_kv,
+                          on_qos=lambda report: collector.record_qos(report))
+    except IsolationError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
     collector = NodeAgentCollector(agent.status, agent.stats_readings)
     security, close_access = await server_security(config, bus)
     server = GrpcServer(config.host, config.port, security)

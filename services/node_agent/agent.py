@@ -43,6 +43,7 @@ from services.common.tracing import trace_headers
 from services.node_agent.arbitration import Member, NodeArbitration
 from services.node_agent.budget import Hold, NodeBudget
 from services.node_agent.gpus import GpuBackend
+from services.node_agent.isolation import Isolation, WorkerIds
 from services.node_agent.pages import MIB, Control, Stats, control_for
 from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
 from services.node_agent.shim import preload_env
@@ -81,6 +82,8 @@ class AgentSettings:
     worker_log_backups: int = 2
     # Secure mode: what workers serve with (mutual TLS, identity dilu-worker.<node>).
     worker_tls: TlsFiles | None = None
+    # One unprivileged uid per worker from this range (None: workers run as the agent).
+    worker_ids: WorkerIds | None = None
 
 
 @dataclass
@@ -154,12 +157,17 @@ class NodeAgent:
         self._gpu_use: dict[str, tuple[float, int]] = {}  # uuid -> (utilization, memory MiB)
         self._loops: list[asyncio.Task[None]] = []
         self._telemetry_at = 0.0
+        # Who may open the pages (raises IsolationError when per-worker uids cannot be had).
+        self._isolation = Isolation(settings.worker_ids)
+        self._worker_tls = settings.worker_tls
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         runtime_dir = self._settings.runtime_dir
-        runtime_dir.mkdir(parents=True, exist_ok=True)
+        self._isolation.prepare(runtime_dir.parent, runtime_dir)
+        if self._worker_tls is not None:
+            self._worker_tls = self._isolation.worker_tls(self._worker_tls, runtime_dir)
         # Workers of an earlier run died with it (they exit with their agent); their pages
         # would only mislead.
         for stale in runtime_dir.glob("*.*"):
@@ -262,9 +270,12 @@ class NodeAgent:
                               quota.memory_limit_mib * MIB)
         try:
             worker = WorkerProcess(instance_id, spec, self._settings.runtime_dir, control,
-                                   self._worker_env(gpu_uuids, spec))
+                                   self._worker_env(gpu_uuids, spec),
+                                   user=self._isolation.user_for(instance_id),
+                                   isolation=self._isolation)
         except BaseException:
             self._budget.release(instance_id)
+            self._isolation.release(instance_id)
             raise
         held = _Held(report, spec, tuple(gpu_uuids), worker, InstanceInfo(
             instance_id, spec.name, spec.slo.latency_ms, spec.kind == S.FUNCTION_KIND_TRAINING),
@@ -306,6 +317,7 @@ class NodeAgent:
         except OSError as error:
             self._held.pop(held.report.instance_id, None)
             self._budget.release(held.report.instance_id)
+            self._isolation.release(held.report.instance_id)
             held.worker.remove_files(keep_log=True)
             raise Unavailable(f"cannot start a worker process: {error}") from error
         held.tasks.append(asyncio.create_task(self._watch(held),
@@ -323,8 +335,8 @@ class NodeAgent:
                "DILU_LOG_MAX_BYTES": str(self._settings.worker_log_max_bytes),
                "DILU_LOG_BACKUPS": str(self._settings.worker_log_backups),
                "DILU_NODE_ID": self.node_id}
-        if self._settings.worker_tls is not None:
-            env.update(self._settings.worker_tls.as_environment())
+        if self._worker_tls is not None:
+            env.update(self._worker_tls.as_environment())
         if self._settings.cuda_shim is not None and spec.runtime == types_pb2.RUNTIME_TORCH:
             env.update(preload_env(self._settings.cuda_shim))
         return env
@@ -361,6 +373,7 @@ class NodeAgent:
                     held.worker.log_path)
         self._held.pop(held.report.instance_id)
         self._budget.release(held.report.instance_id)
+        self._isolation.release(held.report.instance_id)
         held.worker.remove_files(keep_log=True)
         _prune_logs(self._settings.runtime_dir)
         held.report.state = S.INSTANCE_STATE_FAILED
@@ -393,6 +406,7 @@ class NodeAgent:
             task.cancel()
         self._held.pop(held.report.instance_id, None)
         self._budget.release(held.report.instance_id)
+        self._isolation.release(held.report.instance_id)
         # Exits we caused are clean; anything else during the drain deserves its log.
         held.worker.remove_files(keep_log=code not in _REQUESTED_EXITS)
         held.report.state = S.INSTANCE_STATE_STOPPED

@@ -11,11 +11,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from dilu.v1 import types_pb2
 
 from services.common import limits
 from services.common.lifetime import PARENT_PID_ENV
+from services.node_agent.isolation import Isolation, WorkerUser
 from services.node_agent.pages import Control, ControlPageWriter, StatsReader, create_stats_page
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,16 @@ class WorkerFailed(Exception):
 
 
 class WorkerProcess:
+    """`user`: the uid it runs as (None: the agent's own); `isolation` gives its files
+    their owners and modes (`services.node_agent.isolation`)."""
+
     def __init__(self, instance_id: str, spec: types_pb2.FunctionSpec, runtime_dir: Path,
-                 control: Control, env: dict[str, str]) -> None:
+                 control: Control, env: dict[str, str], *, user: WorkerUser | None = None,
+                 isolation: Isolation | None = None) -> None:
         self.instance_id = instance_id
         self._env = env
+        self.user = user
+        self._isolation = isolation or Isolation(None)
         base = runtime_dir / instance_id
         self.control_path = base.with_suffix(".ctl")
         self.stats_path = base.with_suffix(".stats")
@@ -39,11 +47,21 @@ class WorkerProcess:
         self.control = ControlPageWriter(self.control_path, control)
         create_stats_page(self.stats_path)
         self.stats = StatsReader(self.stats_path)
+        self._isolation.hand_over(user, read_only=(self.control_path, self.spec_path),
+                                  shared=(self.stats_path,))
         self._process: asyncio.subprocess.Process | None = None
+        self._log: BinaryIO | None = None  # the agent's own descriptor of the worker's log
 
     def write_spec(self, spec: types_pb2.FunctionSpec) -> None:
-        """The spec the worker will read when it starts."""
-        self.spec_path.write_bytes(spec.SerializeToString())
+        """The spec the worker will read when it starts (the file is the agent's, read-only
+        to the worker: replaced, not rewritten)."""
+        tmp = self.spec_path.with_suffix(".spec.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.write_bytes(spec.SerializeToString())
+        if self.spec_path.exists():
+            os.chown(tmp, self.spec_path.stat().st_uid, self.spec_path.stat().st_gid)
+            tmp.chmod(self.spec_path.stat().st_mode & 0o777)
+        tmp.replace(self.spec_path)
 
     @property
     def pid(self) -> int | None:
@@ -55,11 +73,18 @@ class WorkerProcess:
                "DILU_CONTROL": str(self.control_path), "DILU_STATS": str(self.stats_path),
                "DILU_AGENT_PID": str(os.getpid()), "DILU_LOG_FILE": str(self.log_path)}
         env.pop(PARENT_PID_ENV, None)  # the worker's parent is this agent, not ours
-        with self.log_path.open("ab") as log_file:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.node_agent.worker",
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=log_file, env=env)
+        # Opened (and kept) before it is handed to the worker's uid: the agent writes to it
+        # through this descriptor only.
+        self._log = self.log_path.open("ab")
+        Isolation.hand_over_log(self.user, self._log.fileno())
+        switch = {}
+        if self.user is not None:
+            switch = {"user": self.user.uid, "group": self.user.gid,
+                      "extra_groups": list(self.user.groups)}
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.node_agent.worker",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=self._log, env=env, **switch)  # type: ignore[arg-type]
 
     async def ready(self, timeout_s: float) -> str:
         """Wait for the worker's READY line; returns its endpoint ('' for training). Other
@@ -87,8 +112,9 @@ class WorkerProcess:
                     raise WorkerFailed(f"worker announced an endpoint of {len(endpoint)} "
                                        f"characters, more than {limits.ADDRESS_MAX}")
                 return endpoint
-            with self.log_path.open("a") as log_file:
-                log_file.write(f"[stdout] {text}\n")
+            if self._log is not None:
+                self._log.write(f"[stdout] {text}\n".encode())
+                self._log.flush()
 
     async def wait(self) -> int:
         assert self._process is not None
@@ -139,6 +165,9 @@ class WorkerProcess:
         """Remove the instance's files; a failed worker's log is kept for the operator."""
         self.control.close()
         self.stats.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         paths = [self.control_path, self.stats_path, self.spec_path]
         if not keep_log:  # the log and the files it rotated into
             paths += [self.log_path, *self.log_path.parent.glob(f"{self.log_path.name}.*")]
