@@ -36,6 +36,8 @@ from services.common.security.identity import (
     OPERATOR_IDENTITY,
     PROMETHEUS_IDENTITY,
     SERVICES,
+    Role,
+    builtin_caller,
     is_person_name,
     node_agent_identity,
     service_identity,
@@ -63,11 +65,14 @@ class Issued:
 
 def usages_of(identity: str) -> tuple[x509.ObjectIdentifier, ...]:
     """What a certificate of this identity may be used for (see the module docstring)."""
-    if identity.startswith("dilu-worker.") or identity == NATS_IDENTITY:
-        return SERVER
-    if identity.startswith("dilu-node-agent.") or identity in {service_identity(s) for s in SERVICES}:
-        return BOTH
-    if identity in (OPERATOR_IDENTITY, PROMETHEUS_IDENTITY) or is_person_name(identity):
+    builtin = builtin_caller(identity)
+    if builtin is not None:
+        if builtin.role == Role.WORKER or identity == NATS_IDENTITY:
+            return SERVER
+        if builtin.role in (Role.NODE_AGENT, *(Role(s) for s in SERVICES)):
+            return BOTH
+        return CLIENT  # the operator, the metrics scraper
+    if is_person_name(identity):
         return CLIENT
     raise CertError(f"{identity!r} is not an identity of the scheme (see `dilu certs --help`)")
 
