@@ -61,6 +61,9 @@ class StackOptions:
     secure: bool = False
     # Secure mode: each service's mutual-TLS port (0: a free one).
     peer_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PEER_PORTS))
+    # More flags for the node agent (e.g. --worker-uids), and environment for every child.
+    agent_flags: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def credentials_dir(self) -> Path:
@@ -173,11 +176,11 @@ def running_stack(options: StackOptions) -> Iterator[RunningStack]:
                            "--node-id", options.node_id, "--sim-gpus", str(options.sim_gpus),
                            # Pages live under the state dir, so two stacks on one host never
                            # share them.
-                           "--runtime-dir", str(options.state_dir / "run")),
+                           "--runtime-dir", str(options.state_dir / "run"), *options.agent_flags),
         "profiler": spec("profiler", options.profiler_port),
         "scaler": spec("scaler", options.scaler_port),
     }
-    stack = RunningStack(nats, ServiceLauncher(options.state_dir, ""), specs,
+    stack = RunningStack(nats, ServiceLauncher(options.state_dir, "", dict(options.env)), specs,
                          credentials=credentials)
     try:
         nats.start()

@@ -69,6 +69,9 @@ def main() -> None:
                     "the workers' shared group), so that no worker can open another "
                     "instance's pages; needs root or CAP_SETUID, CAP_SETGID, CAP_CHOWN, "
                     "CAP_KILL and CAP_DAC_READ_SEARCH (empty: workers run as the agent)")
+    parser.add("--worker-python", default="",
+               help="the Python interpreter workers run with (default: the agent's own); with "
+                    "--worker-uids, one the workers' uids may execute")
     parser.add("--worker-host", default="",
                help="address workers listen on (default: --host)")
     parser.add("--worker-advertise-host", default="",
@@ -209,7 +212,8 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         worker_advertise_host=worker_advertise_host,
         worker_log_max_bytes=args.worker_log_max_bytes,
         worker_log_backups=args.worker_log_backups,
-        worker_tls=args.worker_tls, worker_ids=args.worker_ids)
+        worker_tls=args.worker_tls, worker_ids=args.worker_ids,
+        worker_python=args.worker_python)
     log.info("advertising %s for the agent and %s for its workers (listening on %s)",
              args.advertise_address or advertise_host, settings.worker_advertise_host,
              settings.worker_host)

@@ -84,6 +84,9 @@ class AgentSettings:
     worker_tls: TlsFiles | None = None
     # One unprivileged uid per worker from this range (None: workers run as the agent).
     worker_ids: WorkerIds | None = None
+    # The interpreter workers run with ("": the agent's own); with per-worker uids it must
+    # be one those uids may execute.
+    worker_python: str = ""
 
 
 @dataclass
@@ -272,7 +275,8 @@ class NodeAgent:
             worker = WorkerProcess(instance_id, spec, self._settings.runtime_dir, control,
                                    self._worker_env(gpu_uuids, spec),
                                    user=self._isolation.user_for(instance_id),
-                                   isolation=self._isolation)
+                                   isolation=self._isolation,
+                                   python=self._settings.worker_python)
         except BaseException:
             self._budget.release(instance_id)
             self._isolation.release(instance_id)

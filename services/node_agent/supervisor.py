@@ -29,13 +29,15 @@ class WorkerFailed(Exception):
 
 class WorkerProcess:
     """`user`: the uid it runs as (None: the agent's own); `isolation` gives its files
-    their owners and modes (`services.node_agent.isolation`)."""
+    their owners and modes (`services.node_agent.isolation`); `python`: the interpreter
+    (default: the agent's own)."""
 
     def __init__(self, instance_id: str, spec: types_pb2.FunctionSpec, runtime_dir: Path,
                  control: Control, env: dict[str, str], *, user: WorkerUser | None = None,
-                 isolation: Isolation | None = None) -> None:
+                 isolation: Isolation | None = None, python: str = "") -> None:
         self.instance_id = instance_id
         self._env = env
+        self._python = python or sys.executable
         self.user = user
         self._isolation = isolation or Isolation(None)
         base = runtime_dir / instance_id
@@ -82,7 +84,7 @@ class WorkerProcess:
             switch = {"user": self.user.uid, "group": self.user.gid,
                       "extra_groups": list(self.user.groups)}
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.node_agent.worker",
+            self._python, "-m", "services.node_agent.worker",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=self._log, env=env, **switch)  # type: ignore[arg-type]
 
