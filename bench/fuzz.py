@@ -7,6 +7,8 @@ traceback in any service's or worker's log, or a seeded function or instance tha
 The target is 0 failures.
 
     .venv/bin/python bench/fuzz.py --minutes 10 [--json FILE] [--seed N] [--logs DIR]
+    .venv/bin/python bench/fuzz.py --secure valid   # a stack in secure mode, the operator's token
+    .venv/bin/python bench/fuzz.py --secure none    # ... and no credentials: every call refused
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to fuzz")
     parser.add_argument("--json", help="write the figures here as JSON too")
     parser.add_argument("--logs", help="copy the stack's logs here when something failed")
+    parser.add_argument("--secure", choices=("valid", "none"), default=None,
+                        help="fuzz a stack in secure mode, with valid credentials or none "
+                             "(then every answer must be UNAUTHENTICATED, or UNAVAILABLE from a "
+                             "worker's handshake)")
     parser.add_argument("--seed", type=int, default=None,
                         help="first round's seed (default: random); rounds use seed, seed+1, ...")
     args = parser.parse_args()
@@ -43,7 +49,8 @@ def main() -> int:
     invariants: list[str] = []
     round_index = 0
     with tempfile.TemporaryDirectory(prefix="dilu-fuzz-") as tmp:
-        stack = FuzzStack(Path(tmp))
+        stack = FuzzStack(Path(tmp), secure=args.secure is not None,
+                          authenticated=args.secure != "none")
         try:
             stack.start()
             print(f"fuzzing {len(RPCS)} RPCs for {args.minutes:g} min (first seed {first_seed})",
@@ -77,6 +84,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "minutes": round(elapsed_s / 60, 2), "first_seed": first_seed, "rounds": round_index,
+            "secure": args.secure or "off",
             "cases": total, "failures": len(failures),
             "per_rpc": {name: {"cases": r.calls, "failures": len(r.failures), "answers": dict(r.codes)}
                         for name, r in results.items()},

@@ -6,6 +6,12 @@ A request fails the suite when its answer is INTERNAL or UNKNOWN, when it hangs 
 within the per-call deadline), or when any process of the stack died. After fuzzing, no log
 of any service or worker may hold a traceback, and the seeded functions and instances must
 be as they were.
+
+`FuzzStack(root, secure=True)` runs the same stack in secure mode (`dilu up --secure`'s
+certificates and NATS permissions), and fuzzes it either with valid credentials
+(`authenticated=True`: the operator's token on the services' public ports, the scheduler's
+certificate on the workers') or with none: then every answer must be UNAUTHENTICATED (a
+worker refuses the TLS handshake, UNAVAILABLE), whatever the request.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
+from services.cli.credentials import StackCredentials, ensure_credentials, register_operator_token_sync
 from services.cli.stack import ManagedProcess, NatsServer, ServiceLauncher
+from services.common.security.identity import (
+    SCHEDULER_IDENTITY,
+    node_agent_identity,
+    service_identity,
+    worker_identity,
+)
+from services.common.security.tls import TlsFiles, channel_credentials
 from tests.fuzz.rpcs import FuzzContext, Rpc
 from tests.fuzz.strategies import SEEDED_PREFIX
 
@@ -84,27 +98,49 @@ class RpcResult:
         return ", ".join(f"{code} {count}" for code, count in self.codes.most_common())
 
 
+NODE = "n1"
+# The identity each target must prove in secure mode.
+_IDENTITIES = {"scheduler": service_identity("scheduler"), "node-agent": node_agent_identity(NODE),
+               "profiler": service_identity("profiler"), "scaler": service_identity("scaler"),
+               "worker-sim": worker_identity(NODE), "worker-torch": worker_identity(NODE)}
+
+
 @dataclass
 class FuzzStack:
     root: Path
+    secure: bool = False
+    authenticated: bool = True
+    credentials: StackCredentials | None = None
     nats: NatsServer | None = None
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     targets: dict[str, str] = field(default_factory=dict)
     seeded: dict[str, tuple[object, ...]] = field(default_factory=dict)
     context: FuzzContext = field(default_factory=lambda: FuzzContext(()))
-    _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    _channels: dict[tuple[str, str], grpc.Channel] = field(default_factory=dict)
 
     # ---- life cycle --------------------------------------------------------------------
 
     def start(self) -> FuzzStack:
-        self.nats = NatsServer(self.root / "nats").start()
+        if self.secure:
+            self.credentials, _ = ensure_credentials(self.root / "tls", [NODE])
+        credentials = self.credentials
+        self.nats = NatsServer(self.root / "nats",
+                               secure=credentials.nats() if credentials else None).start()
+        if credentials is not None:
+            register_operator_token_sync(credentials, self.nats.url)
         launcher = ServiceLauncher(self.root, self.nats.url)
-        self.processes["scheduler"] = launcher.start("scheduler", *_SCHEDULER_FLAGS)
+
+        def tls(service: str) -> TlsFiles | None:
+            return credentials.service(service, NODE) if credentials is not None else None
+
+        self.processes["scheduler"] = launcher.start("scheduler", *_SCHEDULER_FLAGS,
+                                                     tls=tls("scheduler"))
         self.processes["node-agent"] = launcher.start(
-            "node-agent", "--node-id", "n1", "--sim-gpus", "2", "--gpu-backend", "sim",
-            "--runtime-dir", str(self.root / "run"), "--heartbeat-interval-s", "0.5")
-        self.processes["profiler"] = launcher.start("profiler")
-        self.processes["scaler"] = launcher.start("scaler")
+            "node-agent", "--node-id", NODE, "--sim-gpus", "2", "--gpu-backend", "sim",
+            "--runtime-dir", str(self.root / "run"), "--heartbeat-interval-s", "0.5",
+            tls=tls("node-agent"))
+        self.processes["profiler"] = launcher.start("profiler", tls=tls("profiler"))
+        self.processes["scaler"] = launcher.start("scaler", tls=tls("scaler"))
         self.targets = {name: p.address for name, p in self.processes.items()}
         nodes = self._wait(lambda: self.scheduler.ListNodes(
             scheduler_pb2.ListNodesRequest(), timeout=5).nodes, "the node registers")
@@ -132,14 +168,36 @@ class FuzzStack:
 
     # ---- calls -------------------------------------------------------------------------
 
-    def channel(self, address: str) -> grpc.Channel:
-        if address not in self._channels:
-            self._channels[address] = grpc.insecure_channel(address)
-        return self._channels[address]
+    def channel(self, target: str, *, operator: bool = True) -> grpc.Channel:
+        """A channel to a target of the stack; in secure mode with the operator's token (a
+        worker: the scheduler's certificate), or, `operator=False` on an unauthenticated
+        stack, with no credentials at all."""
+        address = self.targets[target]
+        with_credentials = operator or self.authenticated
+        key = (address, "operator" if with_credentials else "none")
+        if key not in self._channels:
+            self._channels[key] = self._open(target, address, with_credentials)
+        return self._channels[key]
+
+    def _open(self, target: str, address: str, with_credentials: bool) -> grpc.Channel:
+        credentials = self.credentials
+        if credentials is None:
+            return grpc.insecure_channel(address)
+        ca = credentials.ca.read_bytes()
+        if not with_credentials:
+            tls = channel_credentials(ca)
+        elif target.startswith("worker"):  # only services may call workers
+            scheduler = credentials.files(SCHEDULER_IDENTITY)
+            tls = channel_credentials(ca, scheduler.cert.read_bytes(), scheduler.key.read_bytes())
+        else:
+            tls = grpc.composite_channel_credentials(
+                channel_credentials(ca), grpc.access_token_call_credentials(credentials.operator_token()))
+        return grpc.secure_channel(address, tls, options=[("grpc.ssl_target_name_override",
+                                                           _IDENTITIES[target])])
 
     @property
     def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
-        return scheduler_pb2_grpc.SchedulerServiceStub(self.channel(self.targets["scheduler"]))
+        return scheduler_pb2_grpc.SchedulerServiceStub(self.channel("scheduler"))
 
     def function(self, name: str) -> types_pb2.Function:
         return self.scheduler.GetFunction(scheduler_pb2.GetFunctionRequest(name=name),
@@ -160,7 +218,7 @@ class FuzzStack:
 
     def call(self, rpc: Rpc, request: bytes) -> Outcome:
         """Send raw request bytes; the answer's status, whatever it is."""
-        method = self.channel(self.targets[rpc.target]).unary_unary(
+        method = self.channel(rpc.target, operator=False).unary_unary(
             rpc.path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
         started = time.monotonic()
         try:
@@ -172,6 +230,12 @@ class FuzzStack:
     def judge(self, rpc: Rpc, request: bytes, outcome: Outcome) -> str | None:
         """Why this call failed the suite, or None."""
         problem = None
+        if self.secure and not self.authenticated:
+            # A worker refuses the handshake of a caller without a certificate.
+            expected = (grpc.StatusCode.UNAVAILABLE if rpc.target.startswith("worker")
+                        else grpc.StatusCode.UNAUTHENTICATED)
+            if outcome.code != expected:
+                problem = f"answered {outcome.code.name} without credentials: {outcome.details[:200]}"
         if outcome.code in _FAILING_CODES:
             problem = f"{outcome.code.name}: {outcome.details[:300]}"
         elif (outcome.code == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -383,3 +384,19 @@ def test_workers_run_as_their_own_uids_and_cannot_open_each_others_pages(secure:
 def test_no_refusal_left_a_traceback(secure: SecureStack):
     for log in secure.logs():
         assert "Traceback" not in log.read_text(errors="replace"), log
+
+
+def test_the_demo_runs_to_its_summary_in_secure_mode():
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'gen' / 'python'}"}
+    result = subprocess.run([sys.executable, "-m", "services.cli.main", "demo", "--secure",
+                             "--seconds", "8", "--table-every", "4"], capture_output=True,
+                            text=True, env=env, timeout=150, cwd=root, check=False)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "secure: TLS and authentication everywhere" in out
+    assert "https://127.0.0.1:" in out  # metrics over TLS
+    summary = out[out.index("=== summary ==="):]
+    served = re.search(r"requests served: (\d+) of (\d+)", summary)
+    assert served and int(served.group(1)) > 0
+    assert "METRICS REQ/S" in out  # the node agent's /metrics was read with a certificate

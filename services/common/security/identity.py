@@ -32,6 +32,7 @@ from services.common import limits
 IDENTITY_PREFIX = "dilu-"
 SERVICES = ("scheduler", "scaler", "profiler")
 OPERATOR_IDENTITY = "dilu-operator"
+SCHEDULER_IDENTITY = "dilu-scheduler"
 PROMETHEUS_IDENTITY = "dilu-prometheus"
 NATS_IDENTITY = "dilu-nats"
 _NODE_IDENTITY = re.compile(r"^dilu-(node-agent|worker)\.([A-Za-z0-9][A-Za-z0-9_-]{0,79})$")
