@@ -13,6 +13,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import grpc
 import nats
@@ -136,23 +137,29 @@ class ClientCredentials:
         assert self.ca is not None
         cert = self.cert.read_bytes() if self.cert is not None else None
         key = self.key.read_bytes() if self.key is not None else None
-        tls = channel_credentials(self.ca.read_bytes(), cert, key)
-        if self.token:
-            return grpc.composite_channel_credentials(
-                tls, grpc.access_token_call_credentials(self.token))
-        return tls
+        return channel_credentials(self.ca.read_bytes(), cert, key)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The token as call metadata (what grpcurl's -H sends). Added by a client
+        interceptor rather than gRPC's call credentials, whose Python plugin runs each call
+        through a thread: at saturation that costs the client a fifth of its throughput."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def channel(self, address: str, identity: str) -> grpc.Channel:
         """A blocking channel to `address`, whose server must prove `identity`."""
         if not self.secure:
             return grpc.insecure_channel(address)
-        return grpc.secure_channel(address, self._credentials(),
-                                   options=[("grpc.ssl_target_name_override", identity)])
+        channel = grpc.secure_channel(address, self._credentials(),
+                                      options=[("grpc.ssl_target_name_override", identity)])
+        if self.token:
+            return grpc.intercept_channel(channel, _WithMetadata(self.metadata()))
+        return channel
 
     def aio_channel(self, address: str, identity: str) -> grpc.aio.Channel:
         if not self.secure:
             return grpc.aio.insecure_channel(address)
-        return grpc.aio.secure_channel(address, self._credentials(),
+        interceptors = [_AioWithMetadata(self.metadata())] if self.token else None
+        return grpc.aio.secure_channel(address, self._credentials(), interceptors=interceptors,
                                        options=[("grpc.ssl_target_name_override", identity)])
 
     def tls_files(self) -> TlsFiles | None:
@@ -160,6 +167,39 @@ class ClientCredentials:
         if self.ca is None or self.cert is None or self.key is None:
             return None
         return TlsFiles(self.ca, self.cert, self.key)
+
+
+def _with(details: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+    """Call details with `metadata` added to what the call already carries."""
+    return details._replace(metadata=(*(details.metadata or ()), *metadata))
+
+
+class _Details(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _WithMetadata(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        details = _Details(client_call_details.method, client_call_details.timeout,
+                           client_call_details.metadata, client_call_details.credentials,
+                           client_call_details.wait_for_ready, client_call_details.compression)
+        return continuation(_with(details, self._metadata), request)
+
+
+class _AioWithMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_with(client_call_details, self._metadata), request)
 
 
 def operator_client(credentials: StackCredentials) -> ClientCredentials:
