@@ -15,12 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## run: the main job: a throw-away local stack on simulated GPUs with the demo
+## (SECURE=1: in secure mode, TLS and authentication everywhere: dilu demo --secure)
 run: $(STAMP)
-	$(VENV)/bin/dilu demo
+	$(VENV)/bin/dilu demo $(if $(filter 1,$(SECURE)),--secure)
 
-## up: the local stack on the fixed default ports until Ctrl-C
+## up: the local stack on the fixed default ports until Ctrl-C (SECURE=1: dilu up --secure)
 up: $(STAMP)
-	$(VENV)/bin/dilu up
+	$(VENV)/bin/dilu up $(if $(filter 1,$(SECURE)),--secure)
 
 ## test: unit tests, then integration tests with real nats-server and service processes
 test: $(STAMP)

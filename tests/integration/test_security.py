@@ -381,6 +381,23 @@ def test_workers_run_as_their_own_uids_and_cannot_open_each_others_pages(secure:
         _sched(secure).DeleteFunction(scheduler_pb2.DeleteFunctionRequest(name=name), timeout=30)
 
 
+def test_the_cli_calls_with_a_token_or_a_certificate(secure: SecureStack,
+                                                     capsys: pytest.CaptureFixture[str]):
+    ca = ["--ca", str(secure.credentials.ca)]
+    token = ["--token-file", str(secure.credentials.token_path)]
+    operator = secure.files("dilu-operator")
+    capsys.readouterr()
+    assert dilu_main([*ca, *token, "--scheduler", secure.address("scheduler"), "status"]) == 0
+    assert "local/gpu0" in capsys.readouterr().out
+    assert dilu_main([*ca, "--cert", str(operator.cert), "--key", str(operator.key), "--scheduler",
+                      secure.peer_address("scheduler"), "status"]) == 0
+    assert "local/gpu0" in capsys.readouterr().out
+    assert dilu_main([*ca, "--scheduler", secure.address("scheduler"), "status"]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert dilu_main(["--token", "dilu_x", "status"]) == 2  # a token needs the CA
+    assert "--ca" in capsys.readouterr().err
+
+
 def test_no_refusal_left_a_traceback(secure: SecureStack):
     for log in secure.logs():
         assert "Traceback" not in log.read_text(errors="replace"), log
@@ -400,20 +417,3 @@ def test_the_demo_runs_to_its_summary_in_secure_mode():
     served = re.search(r"requests served: (\d+) of (\d+)", summary)
     assert served and int(served.group(1)) > 0
     assert "METRICS REQ/S" in out  # the node agent's /metrics was read with a certificate
-
-
-def test_the_cli_calls_with_a_token_or_a_certificate(secure: SecureStack,
-                                                     capsys: pytest.CaptureFixture[str]):
-    ca = ["--ca", str(secure.credentials.ca)]
-    token = ["--token-file", str(secure.credentials.token_path)]
-    operator = secure.files("dilu-operator")
-    capsys.readouterr()
-    assert dilu_main([*ca, *token, "--scheduler", secure.address("scheduler"), "status"]) == 0
-    assert "local/gpu0" in capsys.readouterr().out
-    assert dilu_main([*ca, "--cert", str(operator.cert), "--key", str(operator.key), "--scheduler",
-                      secure.peer_address("scheduler"), "status"]) == 0
-    assert "local/gpu0" in capsys.readouterr().out
-    assert dilu_main([*ca, "--scheduler", secure.address("scheduler"), "status"]) == 1
-    assert "UNAUTHENTICATED" in capsys.readouterr().err
-    assert dilu_main(["--token", "dilu_x", "status"]) == 2  # a token needs the CA
-    assert "--ca" in capsys.readouterr().err
