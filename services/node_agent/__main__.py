@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+# Set before gRPC loads: the agent forks its workers (with per-worker uids subprocess cannot
+# use vfork) and each child execs at once, so gRPC's fork handlers have nothing to do; with
+# another thread inside gRPC at that moment they abort the child (SIGABRT, "Check failure").
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import asyncio
 import logging
-import os
 import re
 import socket
 import tempfile
