@@ -189,8 +189,11 @@ def running_stack(options: StackOptions) -> Iterator[RunningStack]:
         stack.launcher.nats_url = nats.url
         for name in specs:
             if name == "scaler":  # it acts through the scheduler, wherever that listens
+                # (secure mode: the scheduler's peer port, where the scaler's certificate
+                # is what the scheduler authorizes).
+                scheduler = stack.services["scheduler"]
                 specs[name] = replace(specs[name], extra=(
-                    "--scheduler", stack.services["scheduler"].address,
+                    "--scheduler", scheduler.peer_address or scheduler.address,
                     "--policy", options.scaler_policy))
             stack.start(name)
         yield stack

@@ -20,8 +20,8 @@ NODES_BUCKET = "dilu-nodes"
 PROFILES_BUCKET = "dilu-profiles"
 # Who may do what (tokens and role bindings; `services.common.security.access`).
 ACCESS_BUCKET = "dilu-access"
-# The scaler's own state (its leader lease); written by the scaler only.
-SCALER_BUCKET = "dilu-scaler"
+# The scalers' HA lease (`services.scaler.lease`); written by the scaler only.
+SCALER_LEASE_BUCKET = "dilu-scaler-lease"
 
 # Scaling decisions are kept in a stream so the scaler recovers its history on restart.
 SCALING_STREAM = "DILU_SCALING"

@@ -36,7 +36,8 @@ def main() -> None:
     parser = service_parser("scaler", "Dilu scaler: adaptive 2D co-scaling.")
     parser.add("--scheduler", default="",
                help="the scheduler's gRPC address the scaler acts through (ScaleOut/ScaleIn, "
-                    "and its records); empty: observe only")
+                    "and its records); in secure mode its peer (mutual-TLS) address; empty: "
+                    "observe only")
     parser.add("--policy", default=COSCALE, help="coscale or static (SetPolicy changes it)")
     args = parser.parse_args()
     if args.policy not in (COSCALE, STATIC):
@@ -52,7 +53,9 @@ async def run(config: ServerConfig, scheduler_address: str, mode: str) -> None:
     bus = await Bus.connect(config.nats_url, "dilu-scaler", tls=config.tls)
     observer = QosObserver()
     scaling = ScalingMetrics()
-    channels = ChannelPool()
+    # Secure mode: mutual TLS with the scaler's certificate to the scheduler's and the
+    # agents' peer ports (--scheduler names the scheduler's peer address then).
+    channels = ChannelPool(config.tls)
     scaler = ActingScaler(channels, scheduler_address, mode=mode, holder=False)
 
     async def on_qos(_subject: str, report: events_pb2.QosReport) -> None:

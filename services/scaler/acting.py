@@ -27,9 +27,10 @@ from dilu.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from services.common.channels import ChannelPool
+from services.common.channels import ChannelPool, peer_address
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import Unavailable
+from services.common.security.identity import SCHEDULER_IDENTITY
 from services.scaler.actuator import Actuator, Outcome
 from services.scaler.coscale import (
     Action,
@@ -111,7 +112,8 @@ class ActingScaler:
         """One decision (nothing unless active)."""
         if not self.active:
             return []
-        sched = scheduler_pb2_grpc.SchedulerServiceStub(self.channels.get(self.scheduler_address))
+        sched = scheduler_pb2_grpc.SchedulerServiceStub(
+            self.channels.get(self.scheduler_address, SCHEDULER_IDENTITY))
         try:
             functions = (await sched.ListFunctions(scheduler_pb2.ListFunctionsRequest(),
                                                    timeout=2.0)).functions
@@ -147,7 +149,10 @@ class ActingScaler:
                             retry_for_s=max(0.2, self.settings.interval_s * 0.8),
                             batch_noted=self._batch_noted)
         quotas = live_quotas(nodes, self.applied)
-        addresses = {v.node.id: v.node.address for v in nodes}
+        # Secure mode: each agent's mutual-TLS listener, where the scaler's certificate is
+        # what the agent authorizes (its public port wants a token).
+        addresses = {v.node.id: peer_address(v.node) if self.channels.secure else v.node.address
+                     for v in nodes}
         gpus = {r.instance_id: tuple(r.gpu_uuids) for v in nodes for r in v.node.instances}
         outcomes = []
         for action in actions:

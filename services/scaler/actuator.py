@@ -1,9 +1,14 @@
 """Carrying out the co-scaling policy's actions (the live scaler's async edge).
 
 Vertical (`SetInferenceQuota`, `SetTrainingQuota`) goes to the instance's node agent as
-`SetQuota` with `source: "scaler"` and the policy's reason (the agent records the vertical
+`SetQuota` with `source: "scaler"` and the policy's reason (the agent publishes the change
+as a QUOTA_CHANGED instance event, which the scheduler records as the vertical
 `ScalingDecision`); horizontal (`ScaleOut`, `ScaleIn`) goes to the scheduler with the same
-source and reason (the scheduler records it). Only `UNAVAILABLE` is retried (tenacity,
+source and reason (the scheduler records it). In secure mode the channels are mutual TLS
+with the scaler's certificate (`dilu-scaler`), to the agents' and the scheduler's peer
+ports, and each server must prove the identity expected of it (`dilu-node-agent.<node>`,
+`dilu-scheduler`); the permission table allows that certificate these calls and no others
+(`services.common.security.policy`). Only `UNAVAILABLE` is retried (tenacity,
 exponential backoff, within one decision interval): any other refusal is final for this
 decision and the policy sees the outcome at the next one. A refused vertical raise
 (`RESOURCE_EXHAUSTED`: no room on the GPU) is reported back as `Refused`, so the next
@@ -26,6 +31,7 @@ from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from services.common.channels import ChannelPool
+from services.common.security.identity import SCHEDULER_IDENTITY, node_agent_identity
 from services.common.tracing import trace_metadata
 from services.scaler.coscale import (
     Action,
@@ -83,7 +89,8 @@ class Actuator:
     async def apply(self, action: Action, quotas: Mapping[str, LiveQuota],
                     addresses: Mapping[str, str], gpus: Mapping[str, tuple[str, ...]]) -> Outcome:
         """Carry out one action. `quotas`: each instance's live quota (for its node and
-        memory limit); `addresses`: node → agent address; `gpus`: instance → its GPUs."""
+        memory limit); `addresses`: node → agent address (its peer port in secure mode);
+        `gpus`: instance → its GPUs."""
         with tracer.start_as_current_span(f"scaler.apply {type(action).__name__}") as span:
             span.set_attribute("dilu.reason", action.reason)
             try:
@@ -107,7 +114,8 @@ class Actuator:
             address = addresses.get(live.node) if live else None
             if live is None or address is None:
                 return Outcome(action, "skipped", "instance not on a known node")
-            stub = node_agent_pb2_grpc.NodeAgentServiceStub(self._channels.get(address))
+            stub = node_agent_pb2_grpc.NodeAgentServiceStub(
+                self._channels.get(address, node_agent_identity(live.node)))
             request = node_agent_pb2.SetQuotaRequest(
                 instance_id=action.instance_id,
                 quota=types_pb2.Quota(sm_request=action.request, sm_limit=action.limit,
@@ -123,7 +131,8 @@ class Actuator:
                 log.info("max batch %d for %s not applied: a worker's batch is fixed at start",
                          action.max_batch, action.instance_id)
             return Outcome(action, "skipped", "no live max-batch change")
-        sched = scheduler_pb2_grpc.SchedulerServiceStub(self._channels.get(self._scheduler_address))
+        sched = scheduler_pb2_grpc.SchedulerServiceStub(
+            self._channels.get(self._scheduler_address, SCHEDULER_IDENTITY))
         if isinstance(action, ScaleOut):
             out = scheduler_pb2.ScaleOutRequest(function=action.function, count=action.count,
                                                 reason=action.reason, source=SOURCE)

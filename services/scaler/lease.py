@@ -19,10 +19,11 @@ from nats.js import api as js_api
 from nats.js import errors as js_errors
 from nats.js.kv import KeyValue
 
+from services.common import subjects
 from services.common.bus import Bus
 
 log = logging.getLogger(__name__)
-LEASE_BUCKET = "dilu-scaler-lease"
+LEASE_BUCKET = subjects.SCALER_LEASE_BUCKET
 LEASE_KEY = "holder"
 
 

@@ -92,3 +92,21 @@ def test_only_the_scheduler_and_the_scaler_publish_scaling_decisions():
     deciders = {name for name, access in users.items()
                 if access.everything or "dilu.events.scaling.>" in access.publish}
     assert deciders == {"dilu-scheduler", "dilu-scaler", "dilu-operator"}
+
+
+def test_the_scaler_writes_only_its_lease_and_reads_only_what_it_uses():
+    users = bus_users(["n1"])
+    publish = users["dilu-scaler"].permissions("dilu-scaler")["publish"]["allow"]
+    assert [s for s in publish if s.startswith("$KV.")] == ["$KV.dilu-scaler-lease.>"]
+    # Its lease (create, read back a deleted key) and the access store, no other bucket.
+    read = {s.split(".")[4] for s in publish if s.startswith("$JS.API.DIRECT.GET.KV_")}
+    assert read == {"KV_dilu-scaler-lease", "KV_dilu-access"}
+    assert "$JS.API.STREAM.CREATE.KV_dilu-scaler-lease" in publish
+    subscribe = users["dilu-scaler"].permissions("dilu-scaler")["subscribe"]["allow"]
+    assert set(subscribe) == {"dilu.qos.>", "dilu.telemetry.gpu.>", "dilu.events.scaling.>",
+                              "_INBOX_dilu-scaler.>"}
+    # Nobody else writes the lease.
+    for name, access in users.items():
+        if name not in ("dilu-scaler", "dilu-operator"):
+            assert not [s for s in access.permissions(name)["publish"]["allow"]
+                        if "dilu-scaler-lease" in s], name

@@ -148,3 +148,11 @@ def test_an_rpc_without_a_row_is_the_operators_alone():
     assert may_call(OPERATOR, "/dilu.v1.SchedulerService/Future").allowed
     for caller in (SCHEDULER, SCALER, PROFILER, ALICE):
         assert not may_call(caller, "/dilu.v1.SchedulerService/Future").allowed
+
+
+def test_the_scaler_may_call_exactly_what_it_acts_through():
+    """The acting scaler's records (ListFunctions, ListNodes) and actions (ScaleOut, ScaleIn,
+    SetQuota): nothing more, so its certificate cannot deploy, delete, invoke, start or stop."""
+    allowed = {m for m in DECLARED if may_call(SCALER, m).allowed}
+    assert allowed == {S + "ListFunctions", S + "ListNodes", S + "ScaleOut", S + "ScaleIn",
+                       N + "SetQuota"}

@@ -12,9 +12,11 @@ an asynchronous permissions error, and a refused JetStream publish (a KV put) ti
 - `dilu-scheduler`: publishes scaling decisions; subscribes to instance events; writes
   `dilu-functions` and `dilu-instances`; reads `dilu-nodes`, `dilu-profiles`,
   `dilu-access`; keeps the `DILU_SCALING` stream.
-- `dilu-scaler`: publishes scaling decisions; subscribes to QoS, telemetry, instance events
-  and scaling decisions; writes `dilu-scaler` (its lease); reads every other bucket;
-  replays `DILU_SCALING`.
+- `dilu-scaler`: may publish scaling decisions (today the scheduler records those it acts
+  on: its ScaleOut/ScaleIn, and the agents' QUOTA_CHANGED events); subscribes to QoS,
+  telemetry and scaling decisions; writes and reads `dilu-scaler-lease` (its HA lease)
+  and reads `dilu-access`, no other bucket (functions, instances and nodes come from the
+  scheduler's `ListFunctions`/`ListNodes`); keeps and replays `DILU_SCALING`.
 - `dilu-profiler`: publishes nothing; subscribes to QoS, telemetry and instance events;
   writes `dilu-profiles`; reads `dilu-functions`, `dilu-instances`, `dilu-nodes`,
   `dilu-access`.
@@ -93,10 +95,6 @@ def _read_api(stream: str) -> list[str]:
             f"$JS.FC.{stream}.>"]
 
 
-_READS_ALL = (subjects.FUNCTIONS_BUCKET, subjects.INSTANCES_BUCKET, subjects.NODES_BUCKET,
-              subjects.PROFILES_BUCKET, subjects.ACCESS_BUCKET)
-
-
 def node_agent_access(node: str) -> Access:
     return Access(
         publish=(f"dilu.telemetry.gpu.{node}.>", f"dilu.qos.{node}.>",
@@ -114,9 +112,9 @@ SERVICE_ACCESS = {
         streams=(subjects.SCALING_STREAM,)),
     "scaler": Access(
         publish=(subjects.SCALING_EVENTS_ALL,),
-        subscribe=(subjects.QOS_ALL, subjects.TELEMETRY_ALL, subjects.INSTANCE_EVENTS_ALL,
-                   subjects.SCALING_EVENTS_ALL),
-        writes=(subjects.SCALER_BUCKET,), reads=(*_READS_ALL, subjects.SCALER_BUCKET),
+        subscribe=(subjects.QOS_ALL, subjects.TELEMETRY_ALL, subjects.SCALING_EVENTS_ALL),
+        writes=(subjects.SCALER_LEASE_BUCKET,),
+        reads=(subjects.SCALER_LEASE_BUCKET, subjects.ACCESS_BUCKET),
         streams=(subjects.SCALING_STREAM,)),
     "profiler": Access(
         subscribe=(subjects.QOS_ALL, subjects.TELEMETRY_ALL, subjects.INSTANCE_EVENTS_ALL),

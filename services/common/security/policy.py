@@ -4,20 +4,26 @@
 |---|---|---|---|---|
 | SchedulerService.Deploy | yes | into its namespace | - | profiler |
 | .DeleteFunction | yes | its namespace's | - | profiler |
-| .GetFunction | yes | its namespace's | granted | scaler, profiler |
+| .GetFunction | yes | its namespace's | granted | profiler |
 | .ListFunctions | yes | its namespace's (filtered) | granted (filtered) | scaler, profiler |
 | .ScaleOut, .ScaleIn | yes | its namespace's | - | scaler |
 | .Invoke | yes | its namespace's | granted | profiler |
 | .ListNodes | yes | - | - | scaler, profiler |
 | NodeAgentService.StartInstance, .StopInstance | yes | - | - | scheduler |
-| .SetQuota, .GetNodeStatus | yes | - | - | scheduler, scaler, profiler |
+| .SetQuota | yes | - | - | scheduler, scaler, profiler |
+| .GetNodeStatus | yes | - | - | scheduler, profiler |
 | ProfilerService.ProfileFunction | yes | its namespace's | - | scheduler |
-| .GetProfile | yes | its namespace's | - | scheduler, scaler |
+| .GetProfile | yes | its namespace's | - | scheduler |
 | ScalerService.* | yes | - | - | - |
 | WorkerService.Infer | - | - | - | scheduler, profiler, the node agent of the worker's node |
 | WorkerService.* (others) | - | - | - | the node agent of the worker's node |
 | grpc.health.v1.Health.* | anyone, unauthenticated too (probes) |
 | server reflection | any authenticated caller |
+
+The scaler's rows are exactly what the acting scaler calls (`services.scaler.acting`):
+the scheduler's `ListFunctions`, `ListNodes`, `ScaleOut` and `ScaleIn`, and the agents'
+`SetQuota`; nothing else, so a stolen scaler certificate can resize and scale but not
+deploy, delete, invoke, start or stop instances.
 
 A node agent may call no node agent (its own included); workers and the metrics scraper
 may call nothing. An RPC missing from the table is the operator's alone (and a test fails
@@ -65,7 +71,7 @@ def _spec_namespace(request: Any) -> str:
 RULES: dict[str, Rule] = {
     "/dilu.v1.SchedulerService/Deploy": _rule(O, D, PROF, spec_namespace=_spec_namespace),
     "/dilu.v1.SchedulerService/DeleteFunction": _rule(O, D, PROF, function=lambda r: r.name),
-    "/dilu.v1.SchedulerService/GetFunction": _rule(O, D, I, SCALE, PROF, function=lambda r: r.name),
+    "/dilu.v1.SchedulerService/GetFunction": _rule(O, D, I, PROF, function=lambda r: r.name),
     "/dilu.v1.SchedulerService/ListFunctions": _rule(O, D, I, SCALE, PROF, listing=True),
     "/dilu.v1.SchedulerService/ScaleOut": _rule(O, D, SCALE, function=lambda r: r.function),
     "/dilu.v1.SchedulerService/ScaleIn": _rule(O, D, SCALE, function=lambda r: r.function),
@@ -74,9 +80,9 @@ RULES: dict[str, Rule] = {
     "/dilu.v1.NodeAgentService/StartInstance": _rule(O, SCHED),
     "/dilu.v1.NodeAgentService/StopInstance": _rule(O, SCHED),
     "/dilu.v1.NodeAgentService/SetQuota": _rule(O, SCHED, SCALE, PROF),
-    "/dilu.v1.NodeAgentService/GetNodeStatus": _rule(O, SCHED, SCALE, PROF),
+    "/dilu.v1.NodeAgentService/GetNodeStatus": _rule(O, SCHED, PROF),
     "/dilu.v1.ProfilerService/ProfileFunction": _rule(O, D, SCHED, spec_namespace=_spec_namespace),
-    "/dilu.v1.ProfilerService/GetProfile": _rule(O, D, SCHED, SCALE, function=lambda r: r.function),
+    "/dilu.v1.ProfilerService/GetProfile": _rule(O, D, SCHED, function=lambda r: r.function),
     "/dilu.v1.ScalerService/GetStatus": _rule(O),
     "/dilu.v1.ScalerService/SetPolicy": _rule(O),
     "/dilu.v1.ScalerService/ListDecisions": _rule(O),
