@@ -28,6 +28,8 @@ from dilu.events.v1 import events_pb2
 from dilu.v1 import (
     node_agent_pb2,
     node_agent_pb2_grpc,
+    scaler_pb2,
+    scaler_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
     types_pb2,
@@ -40,6 +42,7 @@ from services.common import subjects
 from services.common.security.certs import DevCa
 from services.common.security.tls import channel_credentials, client_context
 from services.node_agent.pages import StatsReader
+from services.scaler.lease import LEASE_BUCKET, LEASE_KEY
 from tests.helpers import assert_eventually
 from tests.integration.conftest import inference_spec
 from tests.integration.secure_stack import SecureStack, secure_stack
@@ -199,7 +202,7 @@ def test_a_node_agents_certificate_cannot_call_another_node_agent(secure: Secure
             grpc.StatusCode.PERMISSION_DENIED, identity
         assert _code(lambda a=agent: a.GetNodeStatus(node_agent_pb2.GetNodeStatusRequest(),
                                                      timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
-    for identity in (SCHEDULER, "dilu-scaler", "dilu-profiler", "dilu-operator"):
+    for identity in (SCHEDULER, "dilu-profiler", "dilu-operator"):
         agent = node_agent_pb2_grpc.NodeAgentServiceStub(secure.channel(address, AGENT, identity=identity))
         assert agent.GetNodeStatus(node_agent_pb2.GetNodeStatusRequest(), timeout=10).node.id == "local"
     audit = (secure.state_dir / "logs" / "node-agent.log").read_text()
@@ -398,6 +401,166 @@ def test_the_cli_calls_with_a_token_or_a_certificate(secure: SecureStack,
     assert "--ca" in capsys.readouterr().err
 
 
+def _bert(name: str, namespace: str) -> types_pb2.FunctionSpec:
+    """bert-base at a 50 ms SLO: 20 req/s needs more than its 0.3 of a GPU, so the scaler
+    raises it (tests/integration/test_scaler_acting.py has the figures)."""
+    return types_pb2.FunctionSpec(
+        name=name, namespace=namespace, kind=S.FUNCTION_KIND_INFERENCE, runtime=S.RUNTIME_SIM,
+        model="bert-base", slo=types_pb2.Slo(latency_ms=50), max_batch=8,
+        resources=types_pb2.Resources(sm_request=0.3, sm_limit=0.5, memory_mib=3072),
+        replicas=types_pb2.Replicas(min=1, max=2))
+
+
+async def _load(stack: SecureStack, function: str, rps: float, stop: asyncio.Event) -> list[str]:
+    """Invoke `function` at `rps` as the operator until `stop`; the codes of the answers."""
+    tls = grpc.composite_channel_credentials(
+        channel_credentials(stack.credentials.ca.read_bytes()),
+        grpc.access_token_call_credentials(stack.credentials.operator_token()))
+    codes: list[str] = []
+    async with grpc.aio.secure_channel(stack.address("scheduler"), tls, options=[
+            ("grpc.ssl_target_name_override", SCHEDULER)]) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+
+        async def call() -> None:
+            try:
+                await stub.Invoke(scheduler_pb2.InvokeRequest(function=function), timeout=20)
+                codes.append("OK")
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code().name)
+
+        calls, start = [], time.monotonic()
+        while not stop.is_set():
+            calls.append(asyncio.create_task(call()))
+            await asyncio.sleep(max(0.0, start + len(calls) / rps - time.monotonic()))
+        await asyncio.gather(*calls)
+    return codes
+
+
+def test_the_scaler_acts_over_the_peer_ports_and_only_it_may(
+        secure: SecureStack, capsys: pytest.CaptureFixture[str]):
+    """The acting scaler in a secure stack: its ListFunctions/ListNodes and ScaleOut/ScaleIn
+    on the scheduler's peer port and SetQuota on the agent's, with its own certificate; an
+    Invoke refused by authorization is never held (the function stays at zero); tokens
+    other than the operator's cannot take the scaler's paths, and the scaler's certificate
+    nothing beyond them."""
+    operator = _sched(secure)
+    scaler = scaler_pb2_grpc.ScalerServiceStub(secure.channel(
+        secure.address("scaler"), "dilu-scaler", token=secure.credentials.operator_token()))
+    status = scaler.GetStatus(scaler_pb2.GetStatusRequest(), timeout=10)
+    assert status.co_scaling_active and status.lease_held  # its NATS user keeps its lease
+    cold = _bert("cold-s", "team-s")
+    cold.replicas.min = 0
+    operator.Deploy(scheduler_pb2.DeployRequest(function=cold), timeout=30)
+    alice = _token(secure, capsys, "--role", "deployer", "--namespace", "team-a", "--name", "alice-s")
+    web = _token(secure, capsys, "--role", "invoker", "--function", "co-scaled", "--name", "web-s")
+    anonymous = scheduler_pb2_grpc.SchedulerServiceStub(
+        secure.channel(secure.address("scheduler"), SCHEDULER))
+    invoke = scheduler_pb2.InvokeRequest(function="cold-s")
+    assert _code(lambda: anonymous.Invoke(invoke, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    for token in (alice, web):
+        assert _code(lambda t=token: _sched(secure, t).Invoke(invoke, timeout=10)) == \
+            grpc.StatusCode.PERMISSION_DENIED
+    time.sleep(0.5)
+    function = operator.GetFunction(scheduler_pb2.GetFunctionRequest(name="cold-s"),
+                                    timeout=10).function
+    assert function.status.desired_replicas == 0 and not function.status.instances, \
+        "a refused Invoke was held (it asked for an instance at zero)"
+    # An authorized one is held and served (the scaler kept still meanwhile: a fresh
+    # instance of a function at zero has no QoS window yet, which it takes for idle).
+    scaler.SetPolicy(scaler_pb2.SetPolicyRequest(mode=scaler_pb2.POLICY_MODE_STATIC), timeout=10)
+    try:
+        assert operator.Invoke(invoke, timeout=30).instance_id
+    finally:
+        scaler.SetPolicy(scaler_pb2.SetPolicyRequest(mode=scaler_pb2.POLICY_MODE_COSCALE,
+                                                     policy=scaler_pb2.ScalingPolicy(
+            rate_window_s=2, trend_window_s=2, scale_out_patience_s=3)), timeout=10)
+    operator.DeleteFunction(scheduler_pb2.DeleteFunctionRequest(name="cold-s"), timeout=30)
+    spec = _bert("co-scaled", "team-s")
+    _deployed(secure, spec)
+
+    def raised() -> list[events_pb2.ScalingDecision]:
+        decisions = scaler.ListDecisions(scaler_pb2.ListDecisionsRequest(
+            function="co-scaled", limit=100), timeout=10).decisions
+        ups = [d for d in decisions if d.source == "scaler"
+               and d.kind == events_pb2.SCALING_KIND_VERTICAL_UP]
+        assert ups, f"no raise by the scaler yet: {[(d.kind, d.source) for d in decisions]}"
+        return ups
+
+    async def under_load() -> tuple[list[events_pb2.ScalingDecision], list[str]]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(secure, "co-scaled", 20, stop))
+        try:
+            # Held at zero, served once the scheduler starts one; then the scaler raises it.
+            return await asyncio.to_thread(assert_eventually, raised, 60.0,
+                                           message="the scaler raised the quota under load"), []
+        finally:
+            stop.set()
+            codes.extend(await load)
+
+    codes: list[str] = []
+    try:
+        ups, _ = asyncio.run(under_load())
+    finally:
+        scaler.SetPolicy(scaler_pb2.SetPolicyRequest(policy=scaler_pb2.ScalingPolicy()), timeout=10)
+    assert codes.count("OK") > len(codes) // 2, codes
+    assert ups[0].node == "local" and ups[0].quota_after.sm_request > 0.3
+    for service in ("scheduler", "node-agent"):
+        log = (secure.state_dir / "logs" / f"{service}.log").read_text()
+        assert "caller=dilu-scaler" not in log, f"{service} refused the scaler"
+    scaler_log = (secure.state_dir / "logs" / "scaler.log").read_text()
+    assert "UNAUTHENTICATED" not in scaler_log and "PERMISSION_DENIED" not in scaler_log
+
+    # Other tokens: not the scaler's paths (nor the scaler's own service).
+    instance = _ready(operator.GetFunction(scheduler_pb2.GetFunctionRequest(name="co-scaled"),
+                                           timeout=10).function)
+    set_quota = node_agent_pb2.SetQuotaRequest(instance_id=instance.id, quota=types_pb2.Quota(
+        sm_request=1.0, sm_limit=1.0, memory_limit_mib=3072), source="scaler")
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    scale_out = scheduler_pb2.ScaleOutRequest(function="co-scaled")
+    scale_in = scheduler_pb2.ScaleInRequest(function="co-scaled")
+    for token in (alice, web):
+        sched = _sched(secure, token)
+        agent = node_agent_pb2_grpc.NodeAgentServiceStub(
+            secure.channel(secure.address("node-agent"), AGENT, token=token))
+        them = scaler_pb2_grpc.ScalerServiceStub(
+            secure.channel(secure.address("scaler"), "dilu-scaler", token=token))
+        for method, request in ((sched.ScaleOut, scale_out), (sched.ScaleIn, scale_in),
+                                (sched.ListNodes, scheduler_pb2.ListNodesRequest()),
+                                (agent.SetQuota, set_quota),
+                                (them.SetPolicy, scaler_pb2.SetPolicyRequest())):
+            assert _code(lambda m=method, r=request: m(r, timeout=10)) == denied, method
+    assert "refused PERMISSION_DENIED /dilu.v1.NodeAgentService/SetQuota caller=web-s " \
+           "role=invoker via=token" in (secure.state_dir / "logs" / "node-agent.log").read_text()
+    # The scaler's certificate: nothing beyond its rows.
+    sched = scheduler_pb2_grpc.SchedulerServiceStub(secure.channel(
+        secure.peer_address("scheduler"), SCHEDULER, identity="dilu-scaler"))
+    agent = node_agent_pb2_grpc.NodeAgentServiceStub(secure.channel(
+        secure.peer_address("node-agent"), AGENT, identity="dilu-scaler"))
+    for method, request in (
+            (sched.Invoke, invoke), (sched.Deploy, scheduler_pb2.DeployRequest(function=spec)),
+            (sched.GetFunction, scheduler_pb2.GetFunctionRequest(name="co-scaled")),
+            (sched.DeleteFunction, scheduler_pb2.DeleteFunctionRequest(name="co-scaled")),
+            (agent.StopInstance, node_agent_pb2.StopInstanceRequest(instance_id=instance.id)),
+            (agent.GetNodeStatus, node_agent_pb2.GetNodeStatusRequest())):
+        assert _code(lambda m=method, r=request: m(r, timeout=10)) == denied, method
+    # ... and on the bus no one else writes the scaler's lease.
+    errors: list[str] = []
+
+    async def take_the_lease() -> None:
+        bus = await secure.bus_as(AGENT, errors)
+        try:
+            with pytest.raises(nats.errors.TimeoutError):
+                await bus.jetstream(timeout=1.0).publish(f"$KV.{LEASE_BUCKET}.{LEASE_KEY}", b"me",
+                                                         timeout=1.0)
+        finally:
+            await bus.close()
+
+    asyncio.run(take_the_lease())
+    assert f'permissions violation for publish to "$kv.{LEASE_BUCKET}.{LEASE_KEY}"' in \
+        " ".join(errors).lower()
+    operator.DeleteFunction(scheduler_pb2.DeleteFunctionRequest(name="co-scaled"), timeout=30)
+
+
 def test_no_refusal_left_a_traceback(secure: SecureStack):
     for log in secure.logs():
         assert "Traceback" not in log.read_text(errors="replace"), log
@@ -417,3 +580,4 @@ def test_the_demo_runs_to_its_summary_in_secure_mode():
     served = re.search(r"requests served: (\d+) of (\d+)", summary)
     assert served and int(served.group(1)) > 0
     assert "METRICS REQ/S" in out  # the node agent's /metrics was read with a certificate
+    assert re.search(r"co-scaling actions: \d+ vertical, \d+ horizontal", summary)
