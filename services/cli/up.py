@@ -82,9 +82,17 @@ class RunningStack:
 
     def start(self, name: str) -> ManagedProcess:
         spec = self.specs[name]
-        process = self.launcher.start(spec.service, *spec.extra, port=spec.port,
+        extra = spec.extra
+        scheduler = self.services.get("scheduler")
+        if name == "profiler" and scheduler is not None:
+            extra = (*extra, "--scheduler", scheduler.address)  # its hidden instances and load
+        process = self.launcher.start(spec.service, *extra, port=spec.port,
                                       metrics_port=spec.metrics_port)
         self.services[name] = process
+        bound = process.address.rpartition(":")[2]
+        if spec.port == 0 and bound.isdigit():
+            # A restart comes back on the same address: the profiler dials the scheduler.
+            self.specs[name] = replace(spec, port=int(bound))
         return process
 
     def revive(self, now: float | None = None) -> tuple[list[str], list[str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 from typing import Any, Protocol
 
@@ -18,6 +20,9 @@ from services.node_agent.worker.requirements import (
     training_batch,
 )
 from services.perf import PerfModel, load_model
+
+log = logging.getLogger(__name__)
+EXIT_INJECTED_CRASH = 3
 
 
 class InferenceEngine(Protocol):
@@ -63,7 +68,11 @@ class SimInference:
         self._perf = load_model(spec.model)
         self._device = SimDevice(gate)
         self._model = spec.model
-        self._slowdown = sim_options(spec)["slowdown"]
+        options = sim_options(spec)
+        self._slowdown = options.get("slowdown", 1.0)
+        self._crash_after = int(options.get("crash_after", 0))
+        self._hang_after = int(options.get("hang_after", 0))
+        self._served = 0
         control = gate.control()
         # Left open by the spec, the batch is the largest that meets the SLO and fits the
         # memory quota.
@@ -86,9 +95,23 @@ class SimInference:
 
     async def run(self, samples: list[Any]) -> list[bytes]:
         batch = len(samples)
+        await self._inject_faults()
         await self._device.run(self._perf.full_gpu_cost_s(batch) * self._slowdown)
+        self._served += batch
         answer = json.dumps({"model": self._model, "runtime": "sim", "batch": batch}).encode()
         return [answer] * batch
+
+
+    async def _inject_faults(self) -> None:
+        """The runtime options `crash_after` and `hang_after` (fault injection)."""
+        if self._crash_after and self._served >= self._crash_after:
+            log.error("injected crash after %d requests (runtime option crash_after)", self._served)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(EXIT_INJECTED_CRASH)
+        if self._hang_after and self._served >= self._hang_after:
+            log.warning("injected hang after %d requests (runtime option hang_after)", self._served)
+            await asyncio.Event().wait()  # never answers again
 
 
 def sim_training_step_gpu_s(perf: PerfModel, batch: int) -> float:
@@ -109,7 +132,7 @@ class SimTraining:
         self._batch = training_batch(spec)
         options = sim_options(spec)
         self._host_s = options["host_ms"] / 1000
-        self._gpu_s = sim_training_step_gpu_s(self._perf, self._batch) * options["slowdown"]
+        self._gpu_s = sim_training_step_gpu_s(self._perf, self._batch) * options.get("slowdown", 1.0)
         self.memory_bytes = memory_need_bytes(spec, self._batch)  # weights, grads, optimiser
 
     async def step(self) -> None:

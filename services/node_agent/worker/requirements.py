@@ -39,6 +39,7 @@ MIB = 1024 * 1024
 _ALL_KINDS = frozenset({S.FUNCTION_KIND_INFERENCE, S.FUNCTION_KIND_LLM_INFERENCE,
                         S.FUNCTION_KIND_TRAINING})
 _TRAINING = frozenset({S.FUNCTION_KIND_TRAINING})
+_INFERENCE = frozenset({S.FUNCTION_KIND_INFERENCE, S.FUNCTION_KIND_LLM_INFERENCE})
 
 
 def _field(key: str) -> str:
@@ -98,6 +99,13 @@ SIM_OPTIONS: dict[str, SimOption] = {
                           "GPU work takes this factor longer than the A100 tables say (a "
                           "slower card, a heavier input): a latency the tables do not know, "
                           "for profiling and what-if runs; 1: none"),
+    # Fault injection, for tests and drills of what happens when a function misbehaves.
+    "crash_after": SimOption(_INFERENCE, int_option(0, 1 << 40), 0,
+                             "the worker exits (status 3, saying so in its log) after serving "
+                             "this many requests; 0: never"),
+    "hang_after": SimOption(_INFERENCE, int_option(0, 1 << 40), 0,
+                            "the worker stops answering after serving this many requests; "
+                            "0: never"),
 }
 
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "DEFAULT_PROTOCOL",
     "Protocol",
     "RateSearch",
     "TrialOutcome",
@@ -89,6 +90,9 @@ class Protocol:
             raise ValueError("need 0 < floor_fraction < start_fraction <= 1")
         if self.gallop_rungs < 1 or self.lone_repeats < 1:
             raise ValueError("gallop_rungs and lone_repeats must be at least 1")
+
+
+DEFAULT_PROTOCOL = Protocol()
 
 
 def allowed_misses(requests: int, target: float) -> int:

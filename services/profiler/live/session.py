@@ -21,12 +21,12 @@ share (ties within 2 % to the smaller share, then batch). Then, from the curve:
   about 0.27 (15 / 0.27 = 56 ms, less the burst credit, plus the trip through the
   scheduler);
 - **request** = the smallest share (to 0.01) whose capacity at b* covers the design rate:
-  one trial at 1.1 times the design rate passes (the margin: one trial is a noisy verdict). The design rate is the caller's
-  (`ProfileFunctionRequest.design_rate_rps`), or by default 70 % of the capacity at the
-  limit, so that an instance carries its design load on its guarantee and bursts to the
-  limit. E.g. a capacity of 120 requests/s at the limit 0.45 gives a design rate of 84 and,
-  capacity being about proportional to share, a request near 0.32. A request above the
-  limit raises the limit to it;
+  one trial at 1.1 times the design rate passes (the margin: one trial is a noisy
+  verdict). The design rate is the caller's (`ProfileFunctionRequest.design_rate_rps`),
+  or by default 70 % of the capacity at the limit, so that an instance carries its design
+  load on its guarantee and bursts to the limit. E.g. a capacity of 120 requests/s at the
+  limit 0.45 gives a design rate of 84 and, capacity being about proportional to share, a
+  request near 0.32. A request above the limit raises the limit to it;
 - **memory** = the worker's footprint at b*.
 
 Training
@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
 from services.profiler.live.protocol import (
+    DEFAULT_PROTOCOL,
     Protocol,
     RateSearch,
     TrialOutcome,
@@ -291,7 +292,7 @@ async def _smallest_share(passes: Callable[[float], object], low: int, high: int
 
 
 async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: float = 0.99,
-                            grid: Grid = DEFAULT_GRID, protocol: Protocol = Protocol(),
+                            grid: Grid = DEFAULT_GRID, protocol: Protocol = DEFAULT_PROTOCOL,
                             design_rate_rps: float | None = None,
                             on_point: Callable[[PointResult], None] | None = None) -> InferenceProfile:
     """Search `grid` live, then size: best batch, limit, request, memory (module docstring).
@@ -361,11 +362,11 @@ async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: f
         return outcome.passed(protocol.requests, target)
 
     efficiency = choice.efficiency
-    guess = math.ceil(100 * design / efficiency) if efficiency > 0 else None
+    rate_guess = math.ceil(100 * design / efficiency) if efficiency > 0 else None
     if design <= capacity_at_limit:
-        request = await _smallest_share(carries, 0, round(limit * 100), guess) / 100
+        request = await _smallest_share(carries, 0, round(limit * 100), rate_guess) / 100
     elif await carries(1.0):
-        request = await _smallest_share(carries, round(limit * 100), 100, guess) / 100
+        request = await _smallest_share(carries, round(limit * 100), 100, rate_guess) / 100
         notes.append(f"the design rate {design:.1f}/s needs more than the limit: limit raised "
                      f"to the request {request:.2f}")
     else:
@@ -382,7 +383,8 @@ async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: f
 
 
 async def sweep_inference(instance: ProbedInstance, slo_s: float, *, target: float = 0.99,
-                          grid: Grid = DEFAULT_GRID, protocol: Protocol = Protocol()) -> tuple[Choice, float]:
+                          grid: Grid = DEFAULT_GRID,
+                          protocol: Protocol = DEFAULT_PROTOCOL) -> tuple[Choice, float]:
     """Every point of `grid` measured by the same protocol, chosen by the same tie rule:
     the reference a live search is judged against. Returns the choice and its seconds."""
     started = instance.clock()
@@ -408,7 +410,7 @@ async def _training_point(instance: ProbedInstance, share: float, batch: int,
 
 async def profile_training(instance: ProbedInstance, batch: int, *,
                            shares: tuple[float, ...] = DEFAULT_TRAINING_SHARES,
-                           protocol: Protocol = Protocol()) -> TrainingProfile:
+                           protocol: Protocol = DEFAULT_PROTOCOL) -> TrainingProfile:
     """The smallest share keeping >= 98 % of the full GPU's steps per second."""
     started = instance.clock()
     search = TrainingSearch(batch, shares)
@@ -421,7 +423,7 @@ async def profile_training(instance: ProbedInstance, batch: int, *,
 
 async def sweep_training(instance: ProbedInstance, batch: int, *,
                          shares: tuple[float, ...] = DEFAULT_TRAINING_SHARES,
-                         protocol: Protocol = Protocol(), keep: float = 0.98) -> tuple[float, float]:
+                         protocol: Protocol = DEFAULT_PROTOCOL, keep: float = 0.98) -> tuple[float, float]:
     """Every share measured; the smallest keeping `keep` of the full GPU's. Returns it and
     the seconds it took."""
     started = instance.clock()

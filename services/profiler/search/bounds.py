@@ -47,9 +47,10 @@ of at most 16, 491 with 32).
 
 so a probe bounds the throughput of points with *less* share or a smaller batch from
 above and of points with *more* share or a bigger batch from below, never the other way
-round: the search settles high shares and big batches only by measuring them. The latency rules stay, for the lone batches that infeasible probes report,
-with L3's `superlinear` tolerance across any number of share steps (the gate's burst lets
-the first period after an idle gap run at full speed, which helps small shares less).
+round: the search settles high shares and big batches only by measuring them. The
+latency rules stay, for the lone batches that infeasible probes report, with L3's
+`superlinear` tolerance across any number of share steps (the gate's burst lets the first
+period after an idle gap run at full speed, which helps small shares less).
 
 Chaining a share step and a batch step gives, for every pair (p, q), a factor f with
 L(p) >= f * L(q), and likewise an upper factor, and the two factors for T. The factors
@@ -82,6 +83,7 @@ TEMPORAL = "temporal"
 """Shares as slices of time (the gate, live probes): efficiency does not fall with share."""
 
 Matrix = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +164,8 @@ def bound_factors(grid: Grid, tolerances: Tolerances) -> BoundFactors:
                         throughput_low=throughput_low, throughput_high=throughput_high)
 
 
-def _temporal(s_p: Matrix, s_q: Matrix, b_p: Matrix, b_q: Matrix, up: Matrix, down: Matrix,
-              bigger: Matrix, smaller: Matrix, noise: float, slack: float) -> BoundFactors:
+def _temporal(s_p: Matrix, s_q: Matrix, b_p: Matrix, b_q: Matrix, up: Mask, down: Mask,
+              bigger: Mask, smaller: Mask, noise: float, slack: float) -> BoundFactors:
     """The factors under time slicing (T1, T3' and L1-L4; see the module docstring)."""
     latency_low = (np.where(down, 1.0 / noise, np.where(up, (s_q / s_p) / slack, 1.0))
                    * np.where(smaller, b_p / b_q, 1.0))

@@ -24,7 +24,7 @@ from typing import Any
 
 from services.node_agent.worker.requirements import MIB
 from services.perf import load_model
-from services.profiler.live.protocol import Protocol
+from services.profiler.live.protocol import DEFAULT_PROTOCOL, Protocol
 from services.profiler.live.session import InferenceProfile, profile_inference
 from services.profiler.search import DEFAULT_GRID, Grid
 from services.simulator.serving.instances import READY, InferenceInstance, TrainingInstance
@@ -163,7 +163,7 @@ class SimulatedInstance:
 
 def profile_function(model: str, slo_ms: float, overhead_ms: float, *, slowdown: float = 1.0,
                      design_rate_rps: float | None = None, grid: Grid = DEFAULT_GRID,
-                     protocol: Protocol = Protocol(), target: float = 0.99) -> InferenceProfile:
+                     protocol: Protocol = DEFAULT_PROTOCOL, target: float = 0.99) -> InferenceProfile:
     """The profiler's inference profile of a function, measured on the single-instance
     model (virtual time: `profile.seconds` is what a live run would take, probes and
     trials alike)."""
