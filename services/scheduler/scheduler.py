@@ -192,8 +192,8 @@ class Scheduler:
         return outcome
 
     async def invoke(self, request: scheduler_pb2.InvokeRequest) -> scheduler_pb2.InvokeResponse:
-        function = self.core.function(request.function)  # NotFound before anything else
-        timeout_s = (request.timeout_ms or 10 * function.spec.slo.latency_ms or 30_000) / 1000
+        spec = self.core.spec(request.function)  # NotFound before anything else
+        timeout_s = (request.timeout_ms or 10 * spec.slo.latency_ms or 30_000) / 1000
         tried: set[str] = set()
         failure: DiluError | None = None
         # One retry on another instance when the first is unreachable (it may be dying).

@@ -27,6 +27,9 @@ share (ties within 2 % to the smaller share, then batch). Then, from the curve:
   load on its guarantee and bursts to the limit. E.g. a capacity of 120 requests/s at the
   limit 0.45 gives a design rate of 84 and, capacity being about proportional to share, a
   request near 0.32. A request above the limit raises the limit to it;
+  When the capacity at that share is on the cliff (below a quarter of the chosen point's,
+  scaled to the share: a lone batch fits but queueing sinks any stream), the limit is the
+  next share of the grid past the cliff, noted in the profile;
 - **memory** = the worker's footprint at b*.
 
 Training
@@ -214,6 +217,12 @@ class LoneFigures:
         return LONE_MARGIN * self.batch / self.lone_batch_s
 
 
+CLIFF_FRACTION = 0.25
+"""A share whose capacity is below this fraction of the chosen point's, scaled to the share,
+is on the cliff: a lone batch meets the SLO there but a stream barely does (time slicing
+and a 99 % target: bert-base at a 60 ms SLO carries nothing measurable below 0.7 although a
+lone request takes 46 ms at 0.4)."""
+
 REQUEST_HEADROOM = 1.1
 """The request must carry this much more than the design rate in its trial: one trial of
 200 requests is a noisy verdict at the edge, and the margin keeps a long run at the design
@@ -342,16 +351,22 @@ async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: f
                      "under load, when the batcher splits it): the limit is 1.0")
     at_limit = await measure_point(instance, limit, best, slo_s, target, protocol)
     capacity_at_limit = at_limit.measurement.throughput_rps
-    if capacity_at_limit <= 0:
-        # A lone batch meets the SLO there, but no stream does (or one too thin to measure
-        # in a trial): such a limit carries no load. The limit is raised to the next grid
-        # share at b* that carries a measurable stream.
-        for share in (s for s in grid.shares if s > limit):
+    chosen_capacity = choice.measurement.throughput_rps
+
+    def on_cliff(share: float, capacity: float) -> bool:
+        return capacity < CLIFF_FRACTION * chosen_capacity * share / choice.share
+
+    if on_cliff(limit, capacity_at_limit):
+        # A lone batch meets the SLO there, but queueing decides a stream's fate: the
+        # share carries (almost) no load. The limit is raised to the next grid share at
+        # b* past the cliff (the chosen share itself never is on it).
+        for share in (s for s in grid.shares if limit < s <= choice.share):
             measured = next((p for p in points if p.batch == best and p.share == share and p.trials),
                             None) or await measure_point(instance, share, best, slo_s, target, protocol)
-            if measured.measurement.throughput_rps > 0:
-                notes.append(f"at the lone-batch share {limit:.2f} no measurable stream meets "
-                             f"the SLO: the limit is raised to {share:.2f}")
+            if not on_cliff(share, measured.measurement.throughput_rps):
+                notes.append(f"at the lone-batch share {limit:.2f} a stream is carried at "
+                             f"{capacity_at_limit:.1f} requests/s only: the limit is raised to "
+                             f"{share:.2f} ({measured.measurement.throughput_rps:.1f} requests/s)")
                 limit, capacity_at_limit = share, measured.measurement.throughput_rps
                 break
     design = design_rate_rps if design_rate_rps is not None else DESIGN_FRACTION * capacity_at_limit
@@ -391,6 +406,10 @@ async def sweep_inference(instance: ProbedInstance, slo_s: float, *, target: flo
     probes = []
     for share in grid.shares:
         for batch in grid.batches:
+            # No neighbour's capacity as a starting guess: measured (in the simulator's
+            # single-instance model) that makes the sweep slower, not faster — a start just
+            # below the capacity costs a full passing trial more often than one at 0.6 of
+            # the bound, whose failures stop early.
             result = await measure_point(instance, share, batch, slo_s, target, protocol)
             probes.append(Probe(share, batch, result.measurement))
     feasible = [p for p in probes if p.meets(slo_s)]

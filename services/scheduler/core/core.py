@@ -466,6 +466,14 @@ class SchedulerCore:
         return [self.function(name) for name in sorted(self.state.functions)
                 if not is_profiling(name)]
 
+    def spec(self, name: str) -> types_pb2.FunctionSpec:
+        """What an invocation of `name` is served as: a function's spec, the profiler's
+        hidden ones included (the request path is how the profiler loads them)."""
+        stored = self.state.functions.get(name)
+        if stored is None:
+            raise NotFound(f"no function named {name!r}")
+        return stored.spec
+
     def route(self, name: str, exclude: Iterable[str] = ()) -> tuple[str, str]:
         """The ready instance an invocation should go to, as (id, endpoint): the least
         loaded per `router`. Raises NotFound, FailedPrecondition (a training function
