@@ -128,7 +128,7 @@ def test_a_second_scheduler_on_a_taken_port_refuses_to_start(cluster: Cluster):
 
 
 def test_undecodable_requests_get_invalid_argument_without_a_traceback(one_node: Cluster):
-    profiler = one_node.start_service("profiler")
+    profiler = one_node.start_profiler()
     scaler = one_node.start_service("scaler")
     agent_address = next(p.address for p in one_node.processes if p.name == "node-agent-n1")
     assert one_node.scheduler is not None

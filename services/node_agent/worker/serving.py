@@ -80,7 +80,7 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
         if self._gate.enforcing:  # under the CUDA shim the memory counters are the shim's
             self._stats.set("memory_used_bytes", need)
             self._stats.set("memory_peak_bytes", max(need, self._stats.read().memory_peak_bytes))
-        log.info("max batch set to %d (%d MiB)", batch, need >> 20)
+        log.debug("max batch set to %d (%d MiB)", batch, need >> 20)
         return worker_pb2.SetMaxBatchResponse(max_batch=batch, memory_bytes=need)
 
     async def run(self) -> None:

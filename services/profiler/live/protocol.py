@@ -152,7 +152,7 @@ class RateSearch:
     """The search on rate for one point, as a state machine: `next_rate()` (None when
     done), `record(outcome, passed)`, then `capacity_rps` and `latency_s`."""
 
-    def __init__(self, bound_rps: float, protocol: Protocol, hint_rps: float | None = None) -> None:
+    def __init__(self, bound_rps: float, protocol: Protocol, at_least_rps: float | None = None) -> None:
         if not (math.isfinite(bound_rps) and bound_rps > 0):
             raise ValueError(f"bound_rps must be finite and positive, got {bound_rps}")
         self._step = protocol.rate_step
@@ -163,9 +163,12 @@ class RateSearch:
         # sliver of the bound: such a capacity is reported as none.
         slowest = (protocol.warmup_requests + protocol.requests) / protocol.max_trial_s
         self._floor = rung(max(bound_rps * protocol.floor_fraction, slowest), self._step)
-        start = hint_rps if hint_rps is not None and 0 < hint_rps < bound_rps else (
-            protocol.start_fraction * bound_rps)
-        self._next: int | None = min(rung(start, self._step), self._fail - 1)
+        if at_least_rps is not None:
+            # Only a capacity of at least this much is of interest: a failure there ends the
+            # search (capacity 0).
+            self._floor = max(self._floor, rung(at_least_rps, self._step))
+        start = rung(protocol.start_fraction * bound_rps, self._step)
+        self._next: int | None = min(max(start, self._floor), self._fail - 1)
         self._pass: int | None = None
         self._down = self._gallop
         self._passed_latency_s = 0.0
@@ -188,11 +191,13 @@ class RateSearch:
         self._next = self._choose()
 
     def _choose(self) -> int | None:
+        if self._pass is None and self.trials and rung(self.trials[-1].rate_rps, self._step) <= self._floor:
+            return None  # failed at the floor: nothing of interest
         if self._pass is None:
-            # Only failures so far: further down, each step twice the last.
-            k = self._fail - self._down
+            # Only failures so far: further down, each step twice the last, the floor last.
+            k = max(self._fail - self._down, self._floor)
             self._down *= 2
-            return None if k < self._floor else k
+            return k
         if self._fail - self._pass <= 1:
             return None
         if not any(not passed for passed in self._verdicts):

@@ -35,11 +35,14 @@ from dilu.v1 import (
     profiler_pb2,
     scheduler_pb2,
     scheduler_pb2_grpc,
+    types_pb2,
 )
 
 from services.profiler.live.protocol import Protocol
 
 __all__ = ["InstanceFailed", "LiveInstance"]
+
+S = types_pb2
 
 # A lone request that takes this many SLOs (and at least `_HANG_FLOOR_S`) means the
 # function stopped answering.
@@ -48,6 +51,8 @@ _HANG_FLOOR_S = 5.0
 # A training job that makes no step in this long has hung.
 _TRAINING_HANG_S = 60.0
 _POLL_S = 0.01
+# How long the scheduler may take to learn that a worker exited.
+_GONE_WAIT_S = 5.0
 
 
 class InstanceFailed(Exception):
@@ -86,16 +91,21 @@ class LiveInstance:
             raise
 
     async def _gone(self) -> InstanceFailed:
-        """Why the instance is no longer there, from the scheduler's record."""
-        reply = await self.scheduler.ListProfiling(scheduler_pb2.ListProfilingRequest(), timeout=10)
-        for function in reply.functions:
-            if function.spec.name == self.name:
-                for instance in function.status.instances:
-                    if instance.id == self.instance_id and instance.message:
-                        return InstanceFailed(profiler_pb2.PROFILE_FAILURE_CRASHED,
-                                              f"the function crashed while profiled: {instance.message}")
-        return InstanceFailed(profiler_pb2.PROFILE_FAILURE_CRASHED,
-                              "the function's instance went away while profiled")
+        """Why the instance is no longer there, from the scheduler's record (which learns
+        of a worker's exit a moment after its requests start failing)."""
+        deadline = time.monotonic() + _GONE_WAIT_S
+        while True:
+            reply = await self.scheduler.ListProfiling(scheduler_pb2.ListProfilingRequest(), timeout=10)
+            instance = next((i for f in reply.functions if f.spec.name == self.name
+                             for i in f.status.instances if i.id == self.instance_id), None)
+            if instance is not None and instance.state in (S.INSTANCE_STATE_FAILED,
+                                                           S.INSTANCE_STATE_LOST):
+                return InstanceFailed(profiler_pb2.PROFILE_FAILURE_CRASHED,
+                                      f"the function crashed while profiled: {instance.message}")
+            if instance is None or time.monotonic() > deadline:
+                return InstanceFailed(profiler_pb2.PROFILE_FAILURE_CRASHED,
+                                      "the function's instance went away while profiled")
+            await asyncio.sleep(0.1)
 
     async def configure(self, share: float, max_batch: int) -> int:
         knobs: dict[str, float | int] = {}

@@ -245,11 +245,13 @@ async def measure_lone(instance: ProbedInstance, share: float, batch: int,
 
 
 async def measure_capacity(instance: ProbedInstance, lone: LoneFigures, slo_s: float,
-                           target: float, protocol: Protocol) -> PointResult:
-    """The rate search of `protocol.py` at a point whose lone requests meet the SLO."""
+                           target: float, protocol: Protocol,
+                           at_least_rps: float | None = None) -> PointResult:
+    """The rate search of `protocol.py` at a point whose lone requests meet the SLO (only
+    for a capacity of `at_least_rps` or more, when given: one failing trial there ends it)."""
     started = instance.clock()
     await instance.configure(lone.share, lone.batch)
-    search = RateSearch(lone.bound_rps, protocol)
+    search = RateSearch(lone.bound_rps, protocol, at_least_rps)
     while (rate := search.next_rate()) is not None:
         outcome = await _trial(instance, rate, slo_s, target, protocol)
         search.record(outcome, outcome.passed(protocol.requests, target))
@@ -261,14 +263,15 @@ async def measure_capacity(instance: ProbedInstance, lone: LoneFigures, slo_s: f
 
 
 async def measure_point(instance: ProbedInstance, share: float, batch: int, slo_s: float,
-                        target: float, protocol: Protocol) -> PointResult:
+                        target: float, protocol: Protocol,
+                        at_least_rps: float | None = None) -> PointResult:
     """One whole probe by the protocol (see `protocol.py`): lone requests, then the
     capacity unless a lone request already misses the SLO."""
     lone = await measure_lone(instance, share, batch, protocol)
     missed = lone.measurement_if_infeasible(slo_s)
     if missed is not None:
         return PointResult(share, batch, missed, lone.lone_s, lone.lone_batch_s, (), lone.seconds)
-    return await measure_capacity(instance, lone, slo_s, target, protocol)
+    return await measure_capacity(instance, lone, slo_s, target, protocol, at_least_rps)
 
 
 async def _smallest_share(passes: Callable[[float], object], low: int, high: int,
@@ -349,24 +352,28 @@ async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: f
         limit = 1.0
         notes.append(f"a lone batch of {best} misses the SLO even on a whole GPU (it meets it "
                      "under load, when the batcher splits it): the limit is 1.0")
-    at_limit = await measure_point(instance, limit, best, slo_s, target, protocol)
-    capacity_at_limit = at_limit.measurement.throughput_rps
     chosen_capacity = choice.measurement.throughput_rps
 
-    def on_cliff(share: float, capacity: float) -> bool:
-        return capacity < CLIFF_FRACTION * chosen_capacity * share / choice.share
+    def cliff_rps(share: float) -> float:
+        """Below this capacity a share is on the cliff (`CLIFF_FRACTION`)."""
+        return CLIFF_FRACTION * chosen_capacity * share / choice.share
 
-    if on_cliff(limit, capacity_at_limit):
+    # Past the cliff or not is one trial; the capacity is searched only past it.
+    at_limit = await measure_point(instance, limit, best, slo_s, target, protocol, cliff_rps(limit))
+    capacity_at_limit = at_limit.measurement.throughput_rps
+    if capacity_at_limit < cliff_rps(limit):
         # A lone batch meets the SLO there, but queueing decides a stream's fate: the
         # share carries (almost) no load. The limit is raised to the next grid share at
         # b* past the cliff (the chosen share itself never is on it).
         for share in (s for s in grid.shares if limit < s <= choice.share):
             measured = next((p for p in points if p.batch == best and p.share == share and p.trials),
-                            None) or await measure_point(instance, share, best, slo_s, target, protocol)
-            if not on_cliff(share, measured.measurement.throughput_rps):
-                notes.append(f"at the lone-batch share {limit:.2f} a stream is carried at "
-                             f"{capacity_at_limit:.1f} requests/s only: the limit is raised to "
-                             f"{share:.2f} ({measured.measurement.throughput_rps:.1f} requests/s)")
+                            None) or await measure_point(instance, share, best, slo_s, target,
+                                                         protocol, cliff_rps(share))
+            if measured.measurement.throughput_rps >= cliff_rps(share):
+                notes.append(f"at the lone-batch share {limit:.2f} no stream of "
+                             f"{cliff_rps(limit):.1f} requests/s meets the SLO: the limit is "
+                             f"raised to {share:.2f} ({measured.measurement.throughput_rps:.1f} "
+                             "requests/s)")
                 limit, capacity_at_limit = share, measured.measurement.throughput_rps
                 break
     design = design_rate_rps if design_rate_rps is not None else DESIGN_FRACTION * capacity_at_limit
