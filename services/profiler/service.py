@@ -6,6 +6,7 @@ caller waits. The runs themselves are the `Profiler`'s (`profiler.py`)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 from dilu.v1 import profiler_pb2, profiler_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
@@ -19,6 +20,8 @@ from services.scheduler.validation import KINDS, RUNTIMES, validate_spec
 P = profiler_pb2
 _FINISHED = (P.PROFILE_STATE_READY, P.PROFILE_STATE_FAILED)
 _WAIT_POLL_S = 0.25
+# A waiting call answers this long before its deadline, with the state the profile is in.
+_DEADLINE_MARGIN_S = 1.0
 
 
 class ProfilerServicer(profiler_pb2_grpc.ProfilerServiceServicer):
@@ -39,7 +42,9 @@ class ProfilerServicer(profiler_pb2_grpc.ProfilerServiceServicer):
         record = await self._store.ask(profile_key(spec, gpu_model, design), spec.name,
                                        refresh=request.refresh)
         if request.wait:
-            record = await self._until_finished(record)
+            remaining = context.time_remaining()
+            record = await self._until_finished(
+                record, None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN_S))
             if record.state == P.PROFILE_STATE_FAILED:
                 raise FailedPrecondition(f"profiling {spec.name} failed: {record.message}")
         return P.ProfileFunctionResponse(profile=record)
@@ -83,9 +88,14 @@ class ProfilerServicer(profiler_pb2_grpc.ProfilerServiceServicer):
             raise Unavailable("no node is ready to profile on")
         return model
 
-    async def _until_finished(self, record: profiler_pb2.Profile) -> profiler_pb2.Profile:
-        """Follow a record until it is READY or FAILED (the RPC's deadline bounds it)."""
+    async def _until_finished(self, record: profiler_pb2.Profile,
+                              within_s: float | None) -> profiler_pb2.Profile:
+        """Follow a record until it is READY or FAILED, or `within_s` passes (then the
+        state it is in: a caller's deadline becomes an answer, not DEADLINE_EXCEEDED)."""
+        deadline = None if within_s is None else time.monotonic() + within_s
         while record.state not in _FINISHED:
+            if deadline is not None and time.monotonic() >= deadline:
+                return record
             await asyncio.sleep(_WAIT_POLL_S)
             latest = await self._store.get(record.key_id)
             if latest is None:

@@ -337,7 +337,9 @@ class ProfileFunctionRequest(_message.Message):
     nodes have.
     """
     wait: _builtins.bool
-    """Answer only once the profile is ready or failed (or the deadline passes)."""
+    """Answer only once the profile is ready or failed — or, a second before the call's
+    deadline, with the state it is in then (GetProfile follows it further).
+    """
     refresh: _builtins.bool
     """Measure again even when a profile (or a failure) is stored."""
     @_builtins.property
