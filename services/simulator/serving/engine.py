@@ -293,7 +293,8 @@ class Simulation:
                 resources=S.Resources(sm_request=job.quota.request, sm_limit=job.quota.limit,
                                       memory_mib=job.quota.memory_mib, gpus_per_instance=job.gpus),
                 replicas=S.Replicas(min=1, max=1),
-                runtime_options={"host_ms": f"{job.host_ms:g}", "batch": str(job.batch)})
+                runtime_options={"host_ms": f"{job.host_ms:g}", "batch": str(job.batch),
+                                 "slowdown": f"{job.slowdown:g}"})
         function = self.functions[name]
         sizing, spec = function.sizing, function.spec
         return S.FunctionSpec(
@@ -302,7 +303,7 @@ class Simulation:
             resources=S.Resources(sm_request=sizing.request, sm_limit=sizing.limit,
                                   memory_mib=sizing.memory_mib),
             replicas=S.Replicas(min=spec.replicas_min, max=spec.replicas_max),
-            max_batch=sizing.max_batch)
+            max_batch=sizing.max_batch, runtime_options={"slowdown": f"{spec.slowdown:g}"})
 
     def _deploy(self) -> None:
         """Deploy in the scenario's order: the first mention of a function deploys it with
@@ -364,7 +365,7 @@ class Simulation:
             instance = InferenceInstance(
                 self, function, call.instance_id, call.node, gpus, quota.sm_request,
                 quota.sm_limit, quota.memory_limit_mib, spec.max_batch, load_model(spec.model),
-                now_ns)
+                now_ns, slowdown=function.spec.slowdown)
             function.instances[instance.id] = instance
         self.instances[instance.id] = instance
         for uuid in gpus:
