@@ -159,6 +159,7 @@ def main() -> int:
     parser.add_argument("--live-shares", default="0.2,0.4,0.6,0.8,1",
                         help="the live grid's shares (its batches are 1 ... 32): five, so that "
                              "the exhaustive live sweep fits in about 8 minutes")
+    parser.add_argument("--live-batches", default="1,2,4,8,16,32")
     args = parser.parse_args()
     output: dict[str, object] = {}
     missed: list[str] = []
@@ -168,7 +169,8 @@ def main() -> int:
     if args.live or args.live_only:
         case = LiveCase(args.live_model, args.live_slo_ms, args.training_model, args.training_batch,
                         args.host_ms, args.slowdown,
-                        Grid(tuple(float(v) for v in args.live_shares.split(",")), (1, 2, 4, 8, 16, 32)))
+                        Grid(tuple(float(v) for v in args.live_shares.split(",")),
+                             tuple(int(v) for v in args.live_batches.split(","))))
         live = run_live(case)
         output["live"] = live
         print_live(live)

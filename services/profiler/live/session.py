@@ -21,7 +21,7 @@ share (ties within 2 % to the smaller share, then batch). Then, from the curve:
   about 0.27 (15 / 0.27 = 56 ms, less the burst credit, plus the trip through the
   scheduler);
 - **request** = the smallest share (to 0.01) whose capacity at b* covers the design rate:
-  one trial at 1.1 times the design rate passes (the margin: one trial is a noisy
+  one trial at 1.2 times the design rate passes (the margin: one trial is a noisy
   verdict). The design rate is the caller's (`ProfileFunctionRequest.design_rate_rps`),
   or by default 70 % of the capacity at the limit, so that an instance carries its design
   load on its guarantee and bursts to the limit. E.g. a capacity of 120 requests/s at the
@@ -223,7 +223,7 @@ is on the cliff: a lone batch meets the SLO there but a stream barely does (time
 and a 99 % target: bert-base at a 60 ms SLO carries nothing measurable below 0.7 although a
 lone request takes 46 ms at 0.4)."""
 
-REQUEST_HEADROOM = 1.1
+REQUEST_HEADROOM = 1.2
 """The request must carry this much more than the design rate in its trial: one trial of
 200 requests is a noisy verdict at the edge, and the margin keeps a long run at the design
 rate above the target."""
