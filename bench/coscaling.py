@@ -13,8 +13,13 @@ parallel processes; the stand-in profiles are cached (`$DILU_CACHE_DIR`, default
 ~/.cache/dilu), so only a first run (or one after the gate, batcher or tables changed)
 measures them.
 
+With `--sizing profiler` the functions a scenario does not pin start at the profiler's
+sizing (its live protocol and rules, run against the simulator's single-instance model:
+`services/simulator/serving/profiled.py`) instead of each system's own rule on the stand-in
+profile (`--sizing standin`, the default).
+
     .venv/bin/python bench/coscaling.py [--scenarios demo,paper-testbed,cluster-50]
-        [--systems all] [--json FILE] [--plot DIR] [--workers N]
+        [--systems all] [--sizing standin|profiler] [--json FILE] [--plot DIR] [--workers N]
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
 from services.simulator.serving.cli import print_report, scenario_path  # noqa: E402
 from services.simulator.serving.engine import PROXY_OVERHEAD_MS  # noqa: E402
 from services.simulator.serving.report import plot_scenario  # noqa: E402
-from services.simulator.serving.run import names, run_all  # noqa: E402
+from services.simulator.serving.run import SIZINGS, names, run_all  # noqa: E402
 from services.simulator.serving.scenario import load_scenario  # noqa: E402
 from services.simulator.serving.systems import SYSTEMS  # noqa: E402
 from services.simulator.serving.targets import coscale_targets  # noqa: E402
@@ -49,12 +54,16 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, help="a directory for one PNG per scenario")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--overhead-ms", type=float, default=PROXY_OVERHEAD_MS)
+    parser.add_argument("--sizing", choices=SIZINGS, default="standin",
+                        help="initial sizing of unpinned functions: each system's rule on the "
+                             "stand-in profile, or the profiler's")
     args = parser.parse_args()
     began = time.perf_counter()
     scenarios = [load_scenario(scenario_path(name)) for name in names(args.scenarios, SCENARIOS)]
     systems = names(args.systems, SYSTEMS)
+    print(f"sizing: {args.sizing}")
     reports = run_all(scenarios, systems, overhead_ms=args.overhead_ms,
-                      workers=args.workers or None, log=print)
+                      workers=args.workers or None, log=print, sizing=args.sizing)
     for report in reports:
         print_report(report, function_rows=12 if len(report.scenario.functions) > 12 else None)
         if args.plot:
@@ -80,7 +89,7 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "elapsed_s": elapsed, "systems": systems,
+            "elapsed_s": elapsed, "systems": systems, "sizing": args.sizing,
             "targets": [{"target": label, "met": met, "figure": figure}
                         for label, met, figure in targets],
             "coscale_targets": [t.to_json() for t in policy_targets],

@@ -23,7 +23,14 @@ from services.profiler.live.session import (
     sweep_inference,
     sweep_training,
 )
-from services.profiler.search import Grid, InfeasibleSlo, InferenceSearch, Measurement, best_with_ties
+from services.profiler.search import (
+    DEFAULT_GRID,
+    Grid,
+    InfeasibleSlo,
+    InferenceSearch,
+    Measurement,
+    best_with_ties,
+)
 from services.profiler.search.types import Probe
 from services.scheduler.core.sizing import size_spec
 from services.scheduler.validation import validate_spec
@@ -280,3 +287,20 @@ def test_a_profiling_instance_waits_for_a_free_gpu_of_its_model():
     (instance,) = world.core.profiling_functions()[0].status.instances
     assert instance.state == S.INSTANCE_STATE_PENDING and "no ready node" in instance.message
     assert math.isclose(instance.quota.sm_request, 1.0)
+
+
+def test_a_scenario_sized_by_the_profiler_takes_its_rules_and_keeps_what_it_pins():
+    from services.simulator.serving.profiled import profiler_sizing
+    from services.simulator.serving.scenario import Quota, ServedFunction
+    from services.simulator.serving.systems import memory_for
+
+    free = ServedFunction(name="bert", model="bert-base", slo_ms=60, trace="bursty", scale=2)
+    sizing = profiler_sizing(free, overhead_ms=1.0)
+    assert 0 < sizing.request <= sizing.limit <= 1.0
+    assert sizing.max_batch in DEFAULT_GRID.batches
+    assert sizing.memory_mib == memory_for("bert-base", sizing.max_batch)
+    pinned = ServedFunction(name="bert", model="bert-base", slo_ms=60, trace="bursty", scale=2,
+                            quota=Quota(0.2, 0.5, 3072))
+    kept = profiler_sizing(pinned, overhead_ms=1.0)
+    assert (kept.request, kept.limit, kept.memory_mib) == (0.2, 0.5, 3072)
+    assert kept.max_batch == sizing.max_batch  # the batch still comes from the profile

@@ -177,11 +177,13 @@ class Counters:
 
 class Simulation:
     """Build with a scenario, a system (see `systems.py`) and the stand-in profiles of its
-    functions (by function name), then `run()`."""
+    functions (by function name), then `run()`. `sizings` (by function name) replaces the
+    system's own sizing of those functions at the start (`--sizing profiler`: the profiler's
+    rules, `profiled.profiler_sizings`)."""
 
     def __init__(self, scenario: Scenario, system: Any, profiles: dict[str, Any], *,
                  overhead_ms: float = PROXY_OVERHEAD_MS, ticked: bool = False,
-                 record_shares: bool = False) -> None:
+                 record_shares: bool = False, sizings: dict[str, Sizing] | None = None) -> None:
         self.scenario = scenario
         self.system = system
         self.profiles = profiles
@@ -215,9 +217,10 @@ class Simulation:
             self.nodes[node] = make_arbitration(
                 self.schedule, node, gpus, ticked=ticked,
                 on_shares=self._record_shares if record_shares else None)
-        self.functions = {f.name: FunctionRuntime(self, f, system.sizing(f, profiles.get(f.name)),
-                                                  round(overhead_ms * MS), self.core.router)
-                          for f in scenario.functions}
+        sizings = sizings or {}
+        self.functions = {f.name: FunctionRuntime(
+            self, f, sizings.get(f.name) or system.sizing(f, profiles.get(f.name)),
+            round(overhead_ms * MS), self.core.router) for f in scenario.functions}
         self._function_list = [self.functions[f.name] for f in scenario.functions]
         self._jobs: dict[str, TrainingJob] = {t.name: t for t in scenario.training}
         # The simulated node agents' truth: what runs on each GPU.

@@ -16,19 +16,29 @@ have spent, which `bench/profiler.py` reports beside the live figures.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import itertools
+import json
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from services.node_agent.worker.requirements import MIB
 from services.perf import load_model
+from services.perf.traces import load_trace
 from services.profiler.live.protocol import DEFAULT_PROTOCOL, Protocol
 from services.profiler.live.session import InferenceProfile, profile_inference
 from services.profiler.search import DEFAULT_GRID, Grid
+from services.simulator.serving.engine import Sizing
 from services.simulator.serving.instances import READY, InferenceInstance, TrainingInstance
-from services.simulator.serving.scenario import Quota, TrainingJob
+from services.simulator.serving.profile import cache_dir, fingerprint
+from services.simulator.serving.scenario import Quota, ServedFunction, TrainingJob
+from services.simulator.serving.systems import memory_for
 
 NS = 1_000_000_000
 # Between two requests of the live profiler's session something always takes this long
@@ -177,3 +187,77 @@ def sizing_memory_mib(model: str, max_batch: int) -> int:
     256 MiB (the same rounding as `systems.memory_for`, without its 1 GiB context
     allowance: the sim worker's footprint is what it checks against)."""
     return math.ceil(load_model(model).memory_mib(max_batch) / 256) * 256
+
+
+# ---- sizing a scenario's functions by the profiler's rules -----------------------------
+
+PROFILED_VERSION = 1
+
+
+def profiler_sizing(function: ServedFunction, overhead_ms: float) -> Sizing:
+    """A function's initial sizing by the profiler's rules, measured on the single-instance
+    model: max batch = the search's best batch, limit = the lone-batch share (past the
+    cliff), request = the smallest share carrying the design rate — the function's mean
+    rate per initial replica, what its operator knows — memory as `systems.memory_for`
+    (the stand-in sizing's rule, so the two differ in shares and batch only). Pinned quota
+    and batch (the scenario's) win, as with every sizing."""
+    if function.quota is not None and function.max_batch:
+        quota = function.quota  # pinned whole: nothing to measure
+        return Sizing(function.replicas_initial, quota.request, quota.limit, quota.memory_mib,
+                      function.max_batch)
+    rates = [r * function.scale for r in load_trace(function.trace)]
+    mean = sum(rates) / len(rates) / function.replicas_initial
+    measured = profile_function(function.model, function.slo_ms, overhead_ms,
+                                slowdown=function.slowdown, design_rate_rps=max(mean, 0.01))
+    max_batch = function.max_batch or measured.best_batch
+    if function.quota is not None:
+        quota = function.quota
+        return Sizing(function.replicas_initial, quota.request, quota.limit, quota.memory_mib, max_batch)
+    return Sizing(function.replicas_initial, measured.request, measured.limit,
+                  memory_for(function.model, max_batch), max_batch)
+
+
+def _sizing_key(function: ServedFunction, overhead_ms: float) -> str:
+    raw = json.dumps([PROFILED_VERSION, function.model, function.slo_ms, function.slowdown,
+                      function.trace, function.scale, function.replicas_initial,
+                      asdict(function.quota) if function.quota else None, function.max_batch,
+                      overhead_ms, sources_fingerprint()])
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def sources_fingerprint() -> str:
+    """The stand-in's fingerprint and the profiler's sources: a changed rule re-measures."""
+    root = Path(__file__).resolve().parents[3]
+    digest = hashlib.sha256(fingerprint().encode())
+    for path in sorted((root / "services/profiler").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _measure_sizing(args: tuple[ServedFunction, float]) -> Sizing:
+    function, overhead_ms = args
+    path = cache_dir().parent / "profiled" / f"{_sizing_key(function, overhead_ms)}.json"
+    try:
+        return Sizing(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    sizing = profiler_sizing(function, overhead_ms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(asdict(sizing)))
+    temporary.replace(path)
+    return sizing
+
+
+def profiler_sizings(functions: Iterable[ServedFunction], overhead_ms: float,
+                     workers: int = 1) -> dict[str, Sizing]:
+    """`profiler_sizing` of every function, cached on disk beside the stand-in profiles
+    (`$DILU_CACHE_DIR`), measured in up to `workers` processes."""
+    functions = list(functions)
+    jobs = [(f, overhead_ms) for f in functions]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            sizings = list(pool.map(_measure_sizing, jobs))
+    else:
+        sizings = [_measure_sizing(job) for job in jobs]
+    return {f.name: sizing for f, sizing in zip(functions, sizings, strict=True)}
