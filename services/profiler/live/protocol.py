@@ -18,8 +18,9 @@ platform enforces (time slicing through the gate), never from the bundled tables
    floor((1 - target) × requests) counted requests miss (2 of 200 at 99 %), and stops as soon
    as more have missed. Rates live on a fixed ladder, rung k at `rate_step`**k requests/s
    (5 % apart), so every probe of a point lands on the same rungs. `RateSearch` walks it:
-   start at `start_fraction` of the upper bound `batch / lone batch latency` (full batches
-   back to back: no Poisson stream keeps up with that), gallop up by `gallop_rungs` rungs
+   start at `start_fraction` of the upper bound `LONE_MARGIN × batch / lone batch latency`
+   (full batches back to back, a little faster than a lone one: no Poisson stream keeps up
+   with that; `session.LONE_MARGIN`), gallop up by `gallop_rungs` rungs
    while trials pass and down by a growing number while they fail, then bisect between the
    highest pass and the lowest fail until they are neighbours. The capacity is the highest
    rung that passed — 0 when nothing passes down to the floor, the larger of
@@ -28,11 +29,11 @@ platform enforces (time slicing through the gate), never from the bundled tables
    and the latency
    reported is the target percentile of the counted requests of that trial.
 
-Worked numbers (roberta-large, 30 ms SLO... see the README's *Profiling* for a measured
-run): a point whose lone batch of 4 takes 20 ms has the bound 4 / 0.020 = 200 requests/s;
-the search starts at rung 1.05**k just below 0.6 × 200 = 120, i.e. 116.0 requests/s; a pass
-there sends it to 134.3, a fail back to 125.0, a pass, then 129.6: four trials of 220
-requests, 7.2 s of load at those rates.
+Worked numbers (illustrative; the README's *Live profiling* has a measured
+run): a point whose lone batch of 4 takes 20 ms has the bound 1.25 × 4 / 0.020 = 250
+requests/s; the search starts at rung 1.05**k just below 0.6 × 250 = 150, i.e. 145.0
+requests/s; a pass there sends it to 167.8, a fail back to 152.2, a pass, then 159.8: four
+trials of 220 requests, about 6 s of load at those rates.
 
 Everything here is pure: no clock, no I/O. The shells are `session.py` (drives a probe
 through an instance interface) with `runner.py` (the live stack) and

@@ -19,17 +19,16 @@ share (ties within 2 % to the smaller share, then batch). Then, from the curve:
   its requests within the SLO. Time slicing makes this the share a burst needs while it
   runs: bert-base batch 1 takes 15 ms of GPU time, 150 ms at share 0.1 — a 60 ms SLO needs
   about 0.27 (15 / 0.27 = 56 ms, less the burst credit, plus the trip through the
-  scheduler);
+  scheduler). When the capacity at that share is on the cliff (below a quarter of the
+  chosen point's, scaled to the share: a lone batch fits but queueing sinks any stream),
+  the limit is the next share of the grid past the cliff, noted in the profile;
 - **request** = the smallest share (to 0.01) whose capacity at b* covers the design rate:
   one trial at 1.2 times the design rate passes (the margin: one trial is a noisy
   verdict). The design rate is the caller's (`ProfileFunctionRequest.design_rate_rps`),
   or by default 70 % of the capacity at the limit, so that an instance carries its design
   load on its guarantee and bursts to the limit. E.g. a capacity of 120 requests/s at the
-  limit 0.45 gives a design rate of 84 and, capacity being about proportional to share, a
-  request near 0.32. A request above the limit raises the limit to it;
-  When the capacity at that share is on the cliff (below a quarter of the chosen point's,
-  scaled to the share: a lone batch fits but queueing sinks any stream), the limit is the
-  next share of the grid past the cliff, noted in the profile;
+  limit 0.45 gives a design rate of 84 and, capacity being about proportional to share
+  (267 requests/s per whole GPU), a request near 1.2 × 84 / 267 = 0.38. A request above the limit raises the limit to it;
 - **memory** = the worker's footprint at b*.
 
 Training
