@@ -28,7 +28,8 @@ share (ties within 2 % to the smaller share, then batch). Then, from the curve:
   or by default 70 % of the capacity at the limit, so that an instance carries its design
   load on its guarantee and bursts to the limit. E.g. a capacity of 120 requests/s at the
   limit 0.45 gives a design rate of 84 and, capacity being about proportional to share
-  (267 requests/s per whole GPU), a request near 1.2 × 84 / 267 = 0.38. A request above the limit raises the limit to it;
+  (267 requests/s per whole GPU), a request near 1.2 × 84 / 267 = 0.38. A request above
+  the limit raises the limit to it;
 - **memory** = the worker's footprint at b*.
 
 Training
