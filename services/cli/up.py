@@ -171,12 +171,16 @@ def lock_file(state_dir: Path) -> Path:
 
 def _write_stack_file(state_dir: Path, stack: RunningStack) -> None:
     processes = stack.processes()
-    stack_file(state_dir).write_text(json.dumps({
+    # Written beside and renamed into place: `dilu down`, `dilu status` and tests read it
+    # while the stack rewrites it after each restart, and must never see half a file.
+    staged = stack_file(state_dir).with_suffix(".json.tmp")
+    staged.write_text(json.dumps({
         "pid": os.getpid(), "started": start_time(os.getpid()),
         "endpoints": stack.endpoints(), "pids": stack.pids(),
         "metrics": stack.metrics_endpoints(),
         "starts": {name: p.started for name, p in processes.items()},
         "down": stack.given_up}, indent=2))
+    os.replace(staged, stack_file(state_dir))
 
 
 def run_up(options: StackOptions) -> int:
