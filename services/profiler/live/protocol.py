@@ -28,6 +28,17 @@ platform enforces (time slicing through the gate), never from the bundled tables
    requests in 20 s: 11 requests/s; a smaller capacity is not worth minutes of load) —
    and the latency
    reported is the target percentile of the counted requests of that trial.
+3. **Below the floor** (only when no point of the grid carries the floor: see
+   `session.profile_inference`). A point whose lone requests meet the SLO is feasible however
+   little it carries — as the rate falls, a Poisson stream becomes a stream of lone
+   requests — so when every such point fails at the floor, their capacity is searched
+   below it on a coarse ladder, `below_floor_rungs` rungs apart (14 rungs of 1.05: a
+   factor 1.98), top down from the floor, stopping at the first rung that passes, down to
+   the rate at which one trial lasts `slow_trial_s` (220 requests in 120 s: 1.83
+   requests/s). `below_floor_rates` lists those rungs. Cost: failing trials stop early;
+   the one passing trial runs 220 / r s — 40 s at 5.5 requests/s, 80 s at 2.8, the floor
+   of 11 failing first — so at most about 2 minutes per point, and nothing at all for a
+   function some point of which carries the floor.
 
 Worked numbers (illustrative; the README's *Live profiling* has a measured
 run): a point whose lone batch of 4 takes 20 ms has the bound 1.25 × 4 / 0.020 = 250
@@ -44,6 +55,7 @@ time) behind that interface.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -55,6 +67,8 @@ __all__ = [
     "RateSearch",
     "TrialOutcome",
     "allowed_misses",
+    "below_floor_rates",
+    "floor_rung",
     "percentile_s",
     "rung",
     "rung_rate",
@@ -73,6 +87,8 @@ class Protocol:
     gallop_rungs: int = 3
     floor_fraction: float = 0.01
     max_trial_s: float = 20.0
+    below_floor_rungs: int = 14
+    slow_trial_s: float = 120.0
     lone_repeats: int = 3
     idle_gap_s: float = 0.25
     seed: int = 20261206
@@ -89,8 +105,10 @@ class Protocol:
             raise ValueError(f"rate_step must exceed 1, got {self.rate_step}")
         if not 0.0 < self.start_fraction <= 1.0 or not 0.0 < self.floor_fraction < self.start_fraction:
             raise ValueError("need 0 < floor_fraction < start_fraction <= 1")
-        if self.gallop_rungs < 1 or self.lone_repeats < 1:
-            raise ValueError("gallop_rungs and lone_repeats must be at least 1")
+        if self.gallop_rungs < 1 or self.lone_repeats < 1 or self.below_floor_rungs < 1:
+            raise ValueError("gallop_rungs, lone_repeats and below_floor_rungs must be at least 1")
+        if not self.slow_trial_s >= self.max_trial_s:
+            raise ValueError("slow_trial_s must be at least max_trial_s")
 
 
 DEFAULT_PROTOCOL = Protocol()
@@ -121,6 +139,26 @@ def rung(rate_rps: float, step: float) -> int:
 
 def rung_rate(k: int, step: float) -> float:
     return float(step**k)
+
+
+def floor_rung(bound_rps: float, protocol: Protocol) -> int:
+    """The lowest rung a rate search tries at a point of upper bound `bound_rps`: the larger
+    of `floor_fraction` of the bound and the rate at which a trial lasts `max_trial_s`."""
+    slowest = (protocol.warmup_requests + protocol.requests) / protocol.max_trial_s
+    return rung(max(bound_rps * protocol.floor_fraction, slowest), protocol.rate_step)
+
+
+def below_floor_rates(bound_rps: float, protocol: Protocol, *,
+                      floor_failed: bool = False) -> tuple[float, ...]:
+    """The coarse ladder below the floor (module docstring, step 3), highest first: the
+    floor itself (left out when `floor_failed`: a trial there already failed), then every
+    `below_floor_rungs` rungs down while a trial lasts at most `slow_trial_s`."""
+    top = floor_rung(bound_rps, protocol)
+    slowest = (protocol.warmup_requests + protocol.requests) / protocol.slow_trial_s
+    ks = itertools.takewhile(lambda k: rung_rate(k, protocol.rate_step) >= slowest * (1 - 1e-9),
+                             itertools.count(top, -protocol.below_floor_rungs))
+    rates = tuple(rung_rate(k, protocol.rate_step) for k in ks)
+    return rates[1:] if floor_failed else rates
 
 
 def percentile_s(latencies_s: list[float], percentile: float) -> float:
@@ -162,8 +200,7 @@ class RateSearch:
         self._fail = rung(bound_rps, self._step) + 1
         # Below the floor a trial would take longer than `max_trial_s`, or the rate is a
         # sliver of the bound: such a capacity is reported as none.
-        slowest = (protocol.warmup_requests + protocol.requests) / protocol.max_trial_s
-        self._floor = rung(max(bound_rps * protocol.floor_fraction, slowest), self._step)
+        self._floor = floor_rung(bound_rps, protocol)
         if at_least_rps is not None:
             # Only a capacity of at least this much is of interest: a failure there ends the
             # search (capacity 0).

@@ -56,6 +56,7 @@ from services.profiler.live.protocol import (
     RateSearch,
     TrialOutcome,
     allowed_misses,
+    below_floor_rates,
     percentile_s,
     unit_arrivals,
 )
@@ -73,7 +74,7 @@ from services.profiler.search import (
     best_with_ties,
 )
 from services.profiler.search.bounds import TEMPORAL
-from services.profiler.search.types import InfeasibleSlo
+from services.profiler.search.types import CapacityBelowFloor, InfeasibleSlo
 
 __all__ = [
     "DESIGN_FRACTION",
@@ -82,6 +83,7 @@ __all__ = [
     "PointResult",
     "ProbedInstance",
     "TrainingProfile",
+    "measure_below_floor",
     "measure_capacity",
     "measure_lone",
     "measure_point",
@@ -303,38 +305,107 @@ async def _smallest_share(passes: Callable[[float], object], low: int, high: int
     return ok
 
 
+async def measure_below_floor(instance: ProbedInstance, lone: LoneFigures, slo_s: float,
+                              target: float, protocol: Protocol, *, floor_failed: bool = False,
+                              at_least_rps: float = 0.0) -> PointResult:
+    """The capacity below the floor (`protocol.py`, step 3) of a point whose lone requests
+    meet the SLO: the highest rung of `below_floor_rates` that passes, top down (only rungs
+    of at least `at_least_rps`); 0 when none does."""
+    started = instance.clock()
+    await instance.configure(lone.share, lone.batch)
+    trials: list[TrialOutcome] = []
+    measured: Measurement | None = None
+    for rate in below_floor_rates(lone.bound_rps, protocol, floor_failed=floor_failed):
+        if rate < at_least_rps * (1 - 1e-9):
+            break
+        outcome = await _trial(instance, rate, slo_s, target, protocol)
+        trials.append(outcome)
+        if outcome.passed(protocol.requests, target):
+            measured = Measurement(outcome.latency_s, rate, lone.memory_mib)
+            break
+    if measured is None:
+        measured = Measurement(max(lone.lone_batch_s, lone.lone_s), 0.0, lone.memory_mib)
+    return PointResult(lone.share, lone.batch, measured, lone.lone_s, lone.lone_batch_s,
+                       tuple(trials), lone.seconds + instance.clock() - started)
+
+
+async def _search_grid(instance: ProbedInstance, slo_s: float, target: float, grid: Grid,
+                       protocol: Protocol, lones: dict[tuple[float, int], LoneFigures],
+                       floor_failed: set[tuple[float, int]] | None,
+                       on_point: Callable[[PointResult], None] | None,
+                       ) -> tuple[InferenceSearch, list[PointResult]]:
+    """One pass of the grid search: capacities by the rate search above the floor
+    (`floor_failed` None), or below it (the set: points whose trial at the floor failed).
+    `lones` caches the cheap first steps across passes."""
+    # Below the floor the ladder resolves capacity only to a factor of 2: chasing exact
+    # ties there buys nothing but minutes of trials; the 2 % tie rule still decides.
+    search = InferenceSearch(slo_s, grid, LIVE_TOLERANCES, exact_ties=floor_failed is None)
+    points: list[PointResult] = []
+    bounded: set[tuple[float, int]] = set()
+    while (point := search.next_probe()) is not None:
+        share, batch = point
+        lone = lones.get(point)
+        if lone is None:
+            lone = lones[point] = await measure_lone(instance, share, batch, protocol)
+        missed = lone.measurement_if_infeasible(slo_s)
+        if missed is not None:
+            result = PointResult(share, batch, missed, lone.lone_s, lone.lone_batch_s, (),
+                                 lone.seconds)
+        elif point not in bounded:
+            # First the cheap step; its bound may settle the point without a rate search.
+            bounded.add(point)
+            search.limit_throughput(share, batch, lone.bound_rps)
+            continue
+        elif floor_failed is None:
+            result = await measure_capacity(instance, lone, slo_s, target, protocol)
+        else:
+            result = await measure_below_floor(instance, lone, slo_s, target, protocol,
+                                               floor_failed=point in floor_failed)
+        points.append(result)
+        if on_point is not None:
+            on_point(result)
+        search.record(share, batch, result.measurement)
+    return search, points
+
+
+def _meets(point: PointResult, slo_s: float) -> bool:
+    return point.measurement.throughput_rps > 0 and point.measurement.latency_s <= slo_s
+
+
 async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: float = 0.99,
                             grid: Grid = DEFAULT_GRID, protocol: Protocol = DEFAULT_PROTOCOL,
                             design_rate_rps: float | None = None,
                             on_point: Callable[[PointResult], None] | None = None) -> InferenceProfile:
     """Search `grid` live, then size: best batch, limit, request, memory (module docstring).
-    `InfeasibleSlo` when no point meets the SLO."""
+    `InfeasibleSlo` when no point meets the SLO even for a lone request;
+    `CapacityBelowFloor` when lone requests meet it but no point carries the slowest rate
+    measured below the floor."""
     started = instance.clock()
-    search = InferenceSearch(slo_s, grid, LIVE_TOLERANCES, exact_ties=True)
-    points: list[PointResult] = []
-    bounded: dict[tuple[float, int], LoneFigures] = {}
-    while (point := search.next_probe()) is not None:
-        share, batch = point
-        lone = bounded.get(point)
-        if lone is None:
-            # First the cheap step; its bound may settle the point without a rate search.
-            lone = bounded[point] = await measure_lone(instance, share, batch, protocol)
-            missed = lone.measurement_if_infeasible(slo_s)
-            if missed is None:
-                search.limit_throughput(share, batch, lone.bound_rps)
-                continue
-            result = PointResult(share, batch, missed, lone.lone_s, lone.lone_batch_s, (),
-                                 lone.seconds)
-        else:
-            result = await measure_capacity(instance, lone, slo_s, target, protocol)
-        points.append(result)
-        if on_point is not None:
-            on_point(result)
-        search.record(share, batch, result.measurement)
+    lones: dict[tuple[float, int], LoneFigures] = {}
+    search, points = await _search_grid(instance, slo_s, target, grid, protocol, lones, None,
+                                        on_point)
+    notes: list[str] = []
+    below_floor = False
+    feasible_alone = [lone for lone in lones.values() if lone.lone_s <= slo_s]
+    if not any(_meets(p, slo_s) for p in points) and feasible_alone:
+        # Lone requests meet the SLO but nothing carries the floor: search again below it
+        # (module docstring, *Below the floor*), knowing where the floor already failed.
+        below_floor = True
+        failed = {(p.share, p.batch) for p in points if p.trials}
+        search, points = await _search_grid(instance, slo_s, target, grid, protocol, lones,
+                                            failed, on_point)
+        if not any(_meets(p, slo_s) for p in points):
+            fastest = min(feasible_alone, key=lambda lone: (lone.lone_s, lone.share, lone.batch))
+            slowest = min(below_floor_rates(fastest.bound_rps, protocol))
+            raise CapacityBelowFloor(
+                slo_s, Probe(fastest.share, fastest.batch,
+                             Measurement(fastest.lone_s, 1 / fastest.lone_s, fastest.memory_mib)),
+                slowest, target)
+        notes.append("no point carries the rate floor: capacities were measured below it "
+                     "on the coarse ladder (protocol step 3)")
     choice = search.result()
     search_seconds = instance.clock() - started
     best = choice.batch
-    notes: list[str] = []
 
     async def lone_meets(share: float) -> bool:
         await instance.configure(share, best)
@@ -358,8 +429,20 @@ async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: f
         """Below this capacity a share is on the cliff (`CLIFF_FRACTION`)."""
         return CLIFF_FRACTION * chosen_capacity * share / choice.share
 
+    async def capacity(share: float, at_least_rps: float) -> PointResult:
+        """The point (share, b*) measured by the pass that chose: above the floor, or
+        below it when nothing carried the floor."""
+        if not below_floor:
+            return await measure_point(instance, share, best, slo_s, target, protocol, at_least_rps)
+        lone = await measure_lone(instance, share, best, protocol)
+        missed = lone.measurement_if_infeasible(slo_s)
+        if missed is not None:
+            return PointResult(share, best, missed, lone.lone_s, lone.lone_batch_s, (), lone.seconds)
+        return await measure_below_floor(instance, lone, slo_s, target, protocol,
+                                         at_least_rps=at_least_rps)
+
     # Past the cliff or not is one trial; the capacity is searched only past it.
-    at_limit = await measure_point(instance, limit, best, slo_s, target, protocol, cliff_rps(limit))
+    at_limit = await capacity(limit, cliff_rps(limit))
     capacity_at_limit = at_limit.measurement.throughput_rps
     if capacity_at_limit < cliff_rps(limit):
         # A lone batch meets the SLO there, but queueing decides a stream's fate: the
@@ -367,8 +450,7 @@ async def profile_inference(instance: ProbedInstance, slo_s: float, *, target: f
         # b* past the cliff (the chosen share itself never is on it).
         for share in (s for s in grid.shares if limit < s <= choice.share):
             measured = next((p for p in points if p.batch == best and p.share == share and p.trials),
-                            None) or await measure_point(instance, share, best, slo_s, target,
-                                                         protocol, cliff_rps(share))
+                            None) or await capacity(share, cliff_rps(share))
             if measured.measurement.throughput_rps >= cliff_rps(share):
                 notes.append(f"at the lone-batch share {limit:.2f} no stream of "
                              f"{cliff_rps(limit):.1f} requests/s meets the SLO: the limit is "
@@ -410,7 +492,7 @@ async def sweep_inference(instance: ProbedInstance, slo_s: float, *, target: flo
     """Every point of `grid` measured by the same protocol, chosen by the same tie rule:
     the reference a live search is judged against. Returns the choice and its seconds."""
     started = instance.clock()
-    probes = []
+    results: list[PointResult] = []
     for share in grid.shares:
         for batch in grid.batches:
             # No neighbour's capacity as a starting guess: measured (in the simulator's
@@ -418,9 +500,24 @@ async def sweep_inference(instance: ProbedInstance, slo_s: float, *, target: flo
             # below the capacity costs a full passing trial more often than one at 0.6 of
             # the bound, whose failures stop early.
             result = await measure_point(instance, share, batch, slo_s, target, protocol)
-            probes.append(Probe(share, batch, result.measurement))
+            results.append(result)
+    if not any(_meets(r, slo_s) for r in results) and any(r.lone_s <= slo_s for r in results):
+        # The session's rule: nothing carries the floor, so every point whose lone requests
+        # meet the SLO is measured again below it.
+        results = [r if r.lone_s > slo_s else await measure_below_floor(
+            instance, LoneFigures(r.share, r.batch, r.lone_s, r.lone_batch_s,
+                                  r.measurement.memory_mib, 0.0),
+            slo_s, target, protocol, floor_failed=bool(r.trials)) for r in results]
+    probes = [Probe(r.share, r.batch, r.measurement) for r in results]
     feasible = [p for p in probes if p.meets(slo_s)]
     if not feasible:
+        lone_ok = [r for r in results if r.lone_s <= slo_s]
+        if lone_ok:
+            fastest = min(lone_ok, key=lambda r: r.lone_s)
+            raise CapacityBelowFloor(slo_s, Probe(fastest.share, fastest.batch, Measurement(
+                fastest.lone_s, 1 / fastest.lone_s, fastest.measurement.memory_mib)),
+                min(below_floor_rates(LONE_MARGIN * fastest.batch / fastest.lone_batch_s,
+                                      protocol)), target)
         raise InfeasibleSlo(slo_s, min(probes, key=lambda p: p.measurement.latency_s))
     chosen = best_with_ties(feasible)
     return (Choice(chosen.share, chosen.batch, chosen.measurement, tuple(probes)),
