@@ -6,7 +6,9 @@ scheduler core's Deploys left to their profile and the profiler's hidden instanc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+import pickle
 
 import pytest
 from dilu.v1 import profiler_pb2, types_pb2
@@ -15,7 +17,14 @@ from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.profiling import is_profiling, key_id, profile_key, profiling_name
-from services.profiler.live.protocol import Protocol, RateSearch, TrialOutcome, rung, rung_rate
+from services.profiler.live.protocol import (
+    Protocol,
+    RateSearch,
+    TrialOutcome,
+    below_floor_rates,
+    rung,
+    rung_rate,
+)
 from services.profiler.live.session import (
     LIVE_TOLERANCES,
     profile_inference,
@@ -25,6 +34,7 @@ from services.profiler.live.session import (
 )
 from services.profiler.search import (
     DEFAULT_GRID,
+    CapacityBelowFloor,
     Grid,
     InfeasibleSlo,
     InferenceSearch,
@@ -304,3 +314,50 @@ def test_a_scenario_sized_by_the_profiler_takes_its_rules_and_keeps_what_it_pins
     kept = profiler_sizing(pinned, overhead_ms=1.0)
     assert (kept.request, kept.limit, kept.memory_mib) == (0.2, 0.5, 3072)
     assert kept.max_batch == sizing.max_batch  # the batch still comes from the profile
+
+
+# ---- below the rate floor ---------------------------------------------------------------
+
+def test_below_the_floor_the_ladder_halves_from_the_floor_to_the_slowest_trial():
+    rates = below_floor_rates(38.2, PROTOCOL)  # gpt2-large's bound at (1.0, 1): floor 11/s
+    assert rates[0] == rung_rate(rung(11.0, PROTOCOL.rate_step), PROTOCOL.rate_step)
+    assert all(math.isclose(a / b, PROTOCOL.rate_step ** PROTOCOL.below_floor_rungs)
+               for a, b in itertools.pairwise(rates))
+    slowest = (PROTOCOL.warmup_requests + PROTOCOL.requests) / PROTOCOL.slow_trial_s
+    assert rates[-1] >= slowest > rates[-1] / PROTOCOL.rate_step ** PROTOCOL.below_floor_rungs
+    assert below_floor_rates(38.2, PROTOCOL, floor_failed=True) == rates[1:]
+
+
+def test_a_function_feasible_alone_but_below_the_floor_is_sized_from_below_it():
+    # gpt2-large at 60 ms: a lone request takes 32.7 ms on a whole GPU, but no point carries
+    # the floor of 11 requests/s with 99 % within the SLO (the previous rule refused it).
+    profile = asyncio.run(profile_inference(SimulatedInstance("gpt2-large", 60, 4.0), 0.060,
+                                            grid=SMALL))
+    chosen = profile.choice.measurement
+    assert 0 < chosen.throughput_rps < 11.0 and chosen.latency_s <= 0.060
+    assert chosen.throughput_rps in below_floor_rates(1e3, PROTOCOL)  # a rung of the ladder
+    assert any("below" in note for note in profile.notes)
+    assert 0 < profile.request <= profile.limit <= 1.0
+    swept, _ = asyncio.run(sweep_inference(SimulatedInstance("gpt2-large", 60, 4.0), 0.060,
+                                           grid=SMALL))
+    assert (profile.choice.share, profile.choice.batch) == (swept.share, swept.batch)
+
+
+def test_feasible_alone_but_carrying_nothing_is_told_apart_from_an_slo_nothing_meets():
+    with pytest.raises(CapacityBelowFloor) as starved:
+        asyncio.run(profile_inference(SimulatedInstance("gpt2-large", 40, 4.0), 0.040, grid=SMALL))
+    assert starved.value.fastest_latency_s <= 0.040 and starved.value.floor_rps < 11.0
+    assert "a lone request meets" in starved.value.message
+    assert f"{starved.value.floor_rps:.2f} requests/s" in starved.value.message
+    with pytest.raises(InfeasibleSlo) as refused:
+        asyncio.run(profile_inference(SimulatedInstance("gpt2-large", 30, 4.0), 0.030, grid=SMALL))
+    assert not isinstance(refused.value, CapacityBelowFloor)
+    assert refused.value.fastest_latency_s > 0.030 and "no share meets" in refused.value.message
+
+
+def test_profiling_errors_survive_a_process_pool():
+    fastest = Probe(1.0, 1, Measurement(0.0327, 30.6, 2048))
+    for error in (InfeasibleSlo(0.020, fastest), CapacityBelowFloor(0.060, fastest, 2.79, 0.99)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and copy.message == error.message
+        assert copy.fastest_latency_s == error.fastest_latency_s and copy.code == error.code

@@ -35,10 +35,12 @@ platform enforces (time slicing through the gate), never from the bundled tables
    below it on a coarse ladder, `below_floor_rungs` rungs apart (14 rungs of 1.05: a
    factor 1.98), top down from the floor, stopping at the first rung that passes, down to
    the rate at which one trial lasts `slow_trial_s` (220 requests in 120 s: 1.83
-   requests/s). `below_floor_rates` lists those rungs. Cost: failing trials stop early;
-   the one passing trial runs 220 / r s — 40 s at 5.5 requests/s, 80 s at 2.8, the floor
-   of 11 failing first — so at most about 2 minutes per point, and nothing at all for a
-   function some point of which carries the floor.
+   requests/s); from the floor of 11 requests/s the rungs are 10.9, 5.5 and 2.8.
+   `below_floor_rates` lists them. Cost: failing trials stop early; the one passing trial
+   runs 220 / r s — 40 s at 5.5 requests/s, 80 s at 2.8 — so at most about 2 minutes per
+   point, and nothing at all for a function some point of which carries the floor. The
+   capacity is known to a factor of 2 only: what such a function needs is "about this
+   little", and resolving it finer would cost minutes per rung.
 
 Worked numbers (illustrative; the README's *Live profiling* has a measured
 run): a point whose lone batch of 4 takes 20 ms has the bound 1.25 × 4 / 0.020 = 250
