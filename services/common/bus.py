@@ -243,13 +243,8 @@ class ProtoKV(Generic[M]):
         return message
 
     async def get(self, key: str) -> M | None:
-        try:
-            entry = await self._store.get(key)
-        except js_errors.KeyNotFoundError:
-            return None
-        except _UNAVAILABLE as error:
-            raise Unavailable(f"state store unavailable: {error!r}") from error
-        return self._decode(entry.value)
+        found = await self.entry(key)
+        return found[1] if found is not None else None
 
     async def entry(self, key: str) -> tuple[int, M] | None:
         """The value with its revision (for `update`), or None."""

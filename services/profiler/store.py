@@ -124,6 +124,12 @@ class ProfileStore:
         if found is None or found[1].owner != owner or found[1].state != P.PROFILE_STATE_RUNNING:
             return
         revision, record = found
+        self._release(record, why)
+        await self._kv.update(profile_key_id, record, revision)
+
+    def _release(self, record: profiler_pb2.Profile, why: str) -> None:
+        """A run that lost its owner: wanted again, or FAILED (INTERRUPTED) after
+        `MAX_ATTEMPTS`."""
         record.owner = ""
         record.message = why
         if record.attempts >= MAX_ATTEMPTS:
@@ -133,7 +139,6 @@ class ProfileStore:
             record.finished_at.CopyFrom(now_timestamp(self._now()))
         else:
             record.state = P.PROFILE_STATE_WANTED
-        await self._kv.update(profile_key_id, record, revision)
 
     async def requeue(self, owner: str) -> list[profiler_pb2.Profile]:
         """Runs RUNNING under any other owner (a predecessor that was stopped or killed):
@@ -143,15 +148,7 @@ class ProfileStore:
         for kid, (revision, record) in (await self._kv.items()).items():
             if record.state != P.PROFILE_STATE_RUNNING or record.owner == owner:
                 continue
-            record.message = f"its profiler ({record.owner}) stopped mid-run"
-            record.owner = ""
-            if record.attempts >= MAX_ATTEMPTS:
-                record.state = P.PROFILE_STATE_FAILED
-                record.failure = P.PROFILE_FAILURE_INTERRUPTED
-                record.message += f"; given up after {record.attempts} attempts"
-                record.finished_at.CopyFrom(now_timestamp(self._now()))
-            else:
-                record.state = P.PROFILE_STATE_WANTED
+            self._release(record, f"its profiler ({record.owner}) stopped mid-run")
             if await self._kv.update(kid, record, revision) is not None:
                 changed.append(record)
         return changed
