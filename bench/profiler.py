@@ -13,7 +13,15 @@ the table is refused with `InfeasibleSlo` naming the fastest latency measured; t
 targets (match >= 95 % and never below HGSS, median probes <= 10, no violation), with
 exit status 1 when one is missed.
 
+With `--live` it also profiles one inference and one training function on a live stack of
+its own, with a sim runtime slowdown the tables do not know, beside the exhaustive live
+sweep of the same grid under the same tie rule, and verifies the sizing with an open-loop
+run at the chosen request and the design rate (`live_profiling.py`; about 15 minutes: run
+it under the CPU lock). Targets: the same choice, each profile at most 25 % of its sweep's
+wall time and under 2 minutes, >= 99 % of the verification's requests within the SLO.
+
     .venv/bin/python bench/profiler.py [--models resnet152,bert-base] [--json FILE]
+    flock /tmp/dilu-cpu.lock .venv/bin/python bench/profiler.py --live [--live-only] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,12 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
-                str(Path(__file__).resolve().parents[1] / "gen" / "python")]
+                str(Path(__file__).resolve().parents[1] / "gen" / "python"),
+                str(Path(__file__).resolve().parent)]
+
+from live_profiling import LiveCase, live_targets, run_live  # noqa: E402
 
 from services.common.tables import render  # noqa: E402
 from services.perf import SIM_MODELS  # noqa: E402
 from services.profiler.search import (  # noqa: E402
     Choice,
+    Grid,
     InfeasibleSlo,
     Measurement,
     Measurer,
@@ -136,9 +148,74 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(SIM_MODELS),
                         help="comma-separated models (default: all five)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--live", action="store_true", help="also the live part (minutes)")
+    parser.add_argument("--live-only", action="store_true", help="the live part alone")
+    parser.add_argument("--live-model", default="llama2-7b")
+    parser.add_argument("--live-slo-ms", type=float, default=135.0)
+    parser.add_argument("--training-model", default="bert-base")
+    parser.add_argument("--training-batch", type=int, default=4)
+    parser.add_argument("--host-ms", type=float, default=200.0)
+    parser.add_argument("--slowdown", type=float, default=1.3)
+    parser.add_argument("--live-shares", default="0.2,0.4,0.6,0.8,1",
+                        help="the live grid's shares (its batches are 1 ... 32): five, so that "
+                             "the exhaustive live sweep fits in about 8 minutes")
+    parser.add_argument("--live-batches", default="1,2,4,8,16,32")
     args = parser.parse_args()
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    output: dict[str, object] = {}
+    missed: list[str] = []
+    if not args.live_only:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        output["models"], missed = offline(models)
+    if args.live or args.live_only:
+        case = LiveCase(args.live_model, args.live_slo_ms, args.training_model, args.training_batch,
+                        args.host_ms, args.slowdown,
+                        Grid(tuple(float(v) for v in args.live_shares.split(",")),
+                             tuple(int(v) for v in args.live_batches.split(","))))
+        live = run_live(case)
+        output["live"] = live
+        print_live(live)
+        live_missed = live_targets(live)
+        print("\nLive targets: same choice as the sweep, each profile <= 25 % of its sweep's wall "
+              "time and under 2 minutes, >= 99 % within the SLO at the request and design rate:",
+              "all met" if not live_missed else "MISSED")
+        for line in live_missed:
+            print(f"  missed: {line}")
+        missed += live_missed
+    if args.json:
+        args.json.write_text(json.dumps(output, indent=2) + "\n")
+    return 1 if missed else 0
 
+
+def print_live(live: dict) -> None:  # type: ignore[type-arg]
+    inference, training = live["inference"], live["training"]
+    print(f"\nLive, on the sim runtime with slowdown {inference['slowdown']:g} (shares "
+          f"{', '.join(f'{s:g}' for s in inference['grid']['shares'])} x batches "
+          f"{', '.join(str(b) for b in inference['grid']['batches'])}):\n")
+    rows = [
+        (f"{inference['model']} @ {inference['slo_ms']:g} ms", inference["probes"],
+         f"{inference['wall_s']:.0f}", f"{inference['sweep_wall_s']:.0f}",
+         f"{inference['wall_s'] / inference['sweep_wall_s']:.0%}",
+         f"{inference['choice']['share']:g}/{inference['choice']['batch']}",
+         f"{inference['sweep_choice']['share']:g}/{inference['sweep_choice']['batch']}"),
+        (f"{training['model']} training, batch {training['batch']}, host {training['host_ms']:g} ms",
+         training["probes"], f"{training['wall_s']:.0f}", f"{training['sweep_wall_s']:.0f}",
+         f"{training['wall_s'] / training['sweep_wall_s']:.0%}", f"{training['share']:g}",
+         f"{training['sweep_share']:g}"),
+    ]
+    print(render(("FUNCTION", "PROBES", "PROFILE S", "SWEEP S", "RATIO", "CHOICE", "SWEEP CHOICE"), rows))
+    verified = inference["verification"]
+    print(f"\nSizing: request {inference['sm_request']:g}, limit {inference['sm_limit']:g}, batch "
+          f"{inference['choice']['batch']}, {inference['memory_mib']} MiB, design rate "
+          f"{inference['design_rate_rps']:.1f}/s ({inference['capacity_at_limit_rps']:.1f}/s at the limit)")
+    for note in inference["notes"]:
+        print(f"  note: {note}")
+    print(f"Verification: {verified['requests']} Poisson requests at {verified['rate_rps']:g}/s on "
+          f"share {verified['share']:g} (request = limit): {verified['attainment']:.2%} within the "
+          f"SLO, p99 {verified['p99_ms']:g} ms")
+
+
+def offline(models: list[str]) -> tuple[dict[str, object], list[str]]:
+    """The offline part: figures per model and the targets missed."""
     rows, figures, missed = [], {}, []
     for model in models:
         ours, hgss = bench_model(model)
@@ -175,9 +252,7 @@ def main() -> int:
           "infeasible SLOs refused:", "all met" if not missed else "MISSED")
     for line in missed:
         print(f"  missed: {line}")
-    if args.json:
-        args.json.write_text(json.dumps({"models": figures}, indent=2) + "\n")
-    return 1 if missed else 0
+    return figures, missed
 
 
 if __name__ == "__main__":

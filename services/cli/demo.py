@@ -39,7 +39,7 @@ from services.cli.credentials import (
     connect_operator,
     operator_client,
 )
-from services.cli.scrape import rate_table, scrape, sum_by
+from services.cli.scrape import CounterIncrease, rate_table, scrape
 from services.cli.specs import load_spec
 from services.cli.tables import status_report
 from services.cli.up import StackOptions, running_stack
@@ -271,13 +271,14 @@ def _summary(outcomes: dict[str, Outcomes], watch: BusWatch, gpu_names: dict[str
 REQUESTS_METRIC = "dilu_instance_requests_total"
 
 
-async def _requests_counted(metrics: dict[str, str],
-                            tls: TlsFiles | None = None) -> dict[str, float]:
-    """Requests served per function, as the node agent's /metrics counts them now."""
+async def _count_requests(metrics: dict[str, str], counted: CounterIncrease,
+                          tls: TlsFiles | None = None) -> None:
+    """One scrape of the node agent's /metrics into `counted` (`tls`: over HTTPS with that
+    certificate). Scraped at every table, so an instance scaled in keeps what it served
+    until then."""
     url = metrics.get("node-agent")
-    if not url:
-        return {}
-    return sum_by(await asyncio.to_thread(scrape, url, 5.0, tls), REQUESTS_METRIC, "function")
+    if url:
+        counted.observe(await asyncio.to_thread(scrape, url, 5.0, tls))
 
 
 @dataclass
@@ -342,7 +343,8 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
         arrivals = arrivals_by_function(load)
         outcomes = {f.name: Outcomes(specs[f.name].slo.latency_ms) for f in load.functions}
         tls = credentials.operator if credentials is not None else None
-        counted_before = await _requests_counted(metrics, tls)
+        counted = CounterIncrease(REQUESTS_METRIC)
+        await _count_requests(metrics, counted, tls)
         started = time.monotonic()
         drivers = asyncio.gather(*(_drive(stub, name, outcomes[name], arrivals[name].tolist())
                                    for name in outcomes))
@@ -354,6 +356,7 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
                                                   timeout=10)).functions
             print(_live_table(time.monotonic() - started, list(functions), gpu_names, watch,
                               outcomes, load), flush=True)
+            await _count_requests(metrics, counted, tls)
         await drivers
         metering.cancel()
         await bus.close()
@@ -364,8 +367,9 @@ async def _run(stack_endpoints: dict[str, str], duration_s: float, table_every_s
             # The agent counts a request in the QoS window it finished in: wait for the
             # windows that hold the last ones to close before reading the counters.
             await asyncio.sleep(2.5)
-            table, _ = rate_table({n: o.sent for n, o in outcomes.items()}, counted_before,
-                                  await _requests_counted(metrics, tls), duration_s)
+            await _count_requests(metrics, counted, tls)
+            table, _ = rate_table({n: o.sent for n, o in outcomes.items()}, {},
+                                  counted.by_label(), duration_s)
             _step(f"request rates averaged over the demo: offered vs {metrics['node-agent']}")
             print(table)
         code = 0 if all(o.served for o in outcomes.values()) else 1

@@ -17,6 +17,7 @@ from dilu.v1 import (
     scheduler_pb2_grpc,
     types_pb2,
 )
+from google.protobuf import json_format
 
 from services.cli.credentials import ClientCredentials
 from services.cli.specs import SpecError, load_spec
@@ -28,6 +29,7 @@ from services.common.tables import render
 from services.perf import SIM_MODELS
 
 DEFAULT_SCHEDULER = os.environ.get("DILU_SCHEDULER", f"127.0.0.1:{DEFAULT_PORTS['scheduler']}")
+DEFAULT_PROFILER = os.environ.get("DILU_PROFILER", f"127.0.0.1:{DEFAULT_PORTS['profiler']}")
 DEFAULT_STATE_DIR = Path(os.environ.get(
     "DILU_STATE_DIR", Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "dilu"))
 
@@ -87,7 +89,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(status_json(functions))
     else:
-        print(status_report(functions, nodes))
+        profiling = stub.ListProfiling(scheduler_pb2.ListProfilingRequest(), timeout=10).functions
+        print(status_report(functions, nodes, profiling=profiling))
     return 0
 
 
@@ -174,9 +177,36 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    if not args.offline:
-        print("error: the live profiler (profiling a running worker) is not built yet; "
-              "add --offline to search the bundled A100 tables", file=sys.stderr)
+    if args.offline:
+        return _profile_offline(args)
+    if args.file is None or args.model is not None or args.slo_ms is not None:
+        print("error: give a spec FILE to profile live, or --model and --slo-ms with --offline "
+              "to search the bundled A100 tables", file=sys.stderr)
+        return 2
+    from dilu.v1 import profiler_pb2, profiler_pb2_grpc
+
+    from services.cli import profile as live
+
+    spec = load_spec(Path(args.file))
+    stub = profiler_pb2_grpc.ProfilerServiceStub(grpc.insecure_channel(args.profiler))
+    result = live.follow(stub, spec, design_rate_rps=args.design_rate or 0.0,
+                         gpu_model=args.gpu_model or "", refresh=args.refresh, say=live.stderr)
+    if args.json:
+        print(json_format.MessageToJson(result, preserving_proto_field_name=True))
+    if result.state == profiler_pb2.PROFILE_STATE_FAILED:
+        print(f"error: profiling {spec.name} failed: {result.message}", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(live.summary(result))
+        print(live.curve_table(result))
+    path = live.plot(result, Path(args.plot or f"{spec.name}-profile.png"))
+    print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
+def _profile_offline(args: argparse.Namespace) -> int:
+    if args.model is None or args.slo_ms is None or args.file is not None:
+        print("error: --offline takes --model and --slo-ms (no spec file)", file=sys.stderr)
         return 2
     from services.common.errors import DiluError
     from services.profiler.offline import profile_offline
@@ -332,17 +362,31 @@ def build_parser() -> argparse.ArgumentParser:
     delete.set_defaults(run=cmd_delete)
 
     profile = sub.add_parser(
-        "profile", help="find a function's most efficient SM share and batch size for an SLO",
-        description="Search the (share, batch) grid for the point of highest efficiency "
-        "(throughput per share) that meets the latency SLO. Shares are fractions of one GPU "
-        "(0.3 = 30 % of its SMs). Only --offline works yet: it searches the bundled A100 "
-        "measurements and prints the choice, the exhaustive optimum and the probes used.")
-    profile.add_argument("--model", required=True, help="one of: " + ", ".join(SIM_MODELS))
-    profile.add_argument("--slo-ms", type=float, required=True, help="latency SLO in milliseconds")
+        "profile", help="profile a function live (its SM request, limit, batch and memory), "
+        "or search the bundled A100 tables offline",
+        description="Live: `dilu profile FILE` profiles the spec on a hidden instance on a whole "
+        "free GPU (the profiler's ProfileFunction; a run for the same key is joined), prints the "
+        "measured curve with the choice marked and the sizing, and draws it (--plot). Offline: "
+        "`dilu profile --model M --slo-ms X --offline` searches the bundled A100 measurements "
+        "for the point of highest efficiency (throughput per share) that meets the SLO and "
+        "prints the choice, the exhaustive optimum and the probes used. Shares are fractions "
+        "of one GPU.")
+    profile.add_argument("file", nargs="?", help="a function spec (YAML or JSON) to profile live")
+    profile.add_argument("--profiler", default=DEFAULT_PROFILER,
+                         help="profiler address (env DILU_PROFILER; default %(default)s)")
+    profile.add_argument("--design-rate", type=float,
+                         help="requests/s the request is sized for (default: 70 %% of the "
+                              "capacity at the limit)")
+    profile.add_argument("--gpu-model", help="GPU model to profile on (default: the most common)")
+    profile.add_argument("--refresh", action="store_true", help="measure again even if stored")
+    profile.add_argument("--plot", help="PNG of the curve (default: NAME-profile.png)")
+    profile.add_argument("--model", help="--offline: one of " + ", ".join(SIM_MODELS))
+    profile.add_argument("--slo-ms", type=float, help="--offline: latency SLO in milliseconds")
     profile.add_argument("--offline", action="store_true",
-                         help="search the bundled A100 tables (the live profiler is not built yet)")
-    profile.add_argument("--json", action="store_true", help='print {"choice": {"share", "batch"}, '
-                         '"exhaustive": {"share", "batch"}, "probes"}; shares are fractions of a GPU')
+                         help="search the bundled A100 tables instead of measuring")
+    profile.add_argument("--json", action="store_true", help='print JSON: live, the Profile; '
+                         'offline, {"choice": {"share", "batch"}, "exhaustive": {"share", "batch"}, '
+                         '"probes"}; shares are fractions of a GPU')
     profile.set_defaults(run=cmd_profile)
 
     from services.cli.access import add_access_commands

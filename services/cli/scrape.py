@@ -26,13 +26,34 @@ def scrape(url: str, timeout_s: float = 5.0, tls: TlsFiles | None = None) -> lis
     return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
-def sum_by(samples: list[Sample], name: str, label: str) -> dict[str, float]:
-    """`sum by (label) (name)` over one scrape."""
-    totals: dict[str, float] = defaultdict(float)
-    for sample in samples:
-        if sample.name == name:
-            totals[sample.labels.get(label, "")] += sample.value
-    return dict(totals)
+class CounterIncrease:
+    """How much a per-instance counter grew, per function, across instances that come and
+    go — what `sum by (function) (increase(...))` gives in Prometheus. A series present at
+    the first scrape counts from its value then; one that appears later (a new instance)
+    counts from 0; one that disappears (an instance scaled in) keeps what it was last seen
+    at, so only what it served after the last scrape is missed."""
+
+    def __init__(self, name: str, label: str = "function") -> None:
+        self.name = name
+        self.label = label
+        self._first: dict[tuple[tuple[str, str], ...], float] = {}
+        self._last: dict[tuple[tuple[str, str], ...], float] = {}
+        self._scrapes = 0
+
+    def observe(self, samples: list[Sample]) -> None:
+        for sample in samples:
+            if sample.name != self.name:
+                continue
+            series = tuple(sorted(sample.labels.items()))
+            self._first.setdefault(series, sample.value if self._scrapes == 0 else 0.0)
+            self._last[series] = sample.value
+        self._scrapes += 1
+
+    def by_label(self) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for series, last in self._last.items():
+            totals[dict(series).get(self.label, "")] += last - self._first[series]
+        return dict(totals)
 
 
 def rate_table(offered: dict[str, int], before: dict[str, float], after: dict[str, float],

@@ -31,10 +31,12 @@ def _retry(status: types_pb2.FunctionStatus, now_s: float) -> str:
 
 
 def status_report(functions: Sequence[types_pb2.Function],
-                  nodes: Sequence[types_pb2.NodeView], now_s: float | None = None) -> str:
+                  nodes: Sequence[types_pb2.NodeView], now_s: float | None = None,
+                  profiling: Sequence[types_pb2.Function] = ()) -> str:
     """Functions (with their back-off state), instances (with their live quotas, as their
     agents applied them) and GPUs (what is committed against the bounds their node
-    announces) as three tables. `now_s` (default: this machine's clock) turns the next
+    announces) as three tables, and the profiler's hidden instances, when there are any,
+    as a fourth ("profiling"). `now_s` (default: this machine's clock) turns the next
     retry into a countdown."""
     now_s = time.time() if now_s is None else now_s
     gpu_index = {g.uuid: f"{view.node.id}/gpu{g.index}" for view in nodes for g in view.node.gpus}
@@ -66,14 +68,25 @@ def status_report(functions: Sequence[types_pb2.Function],
                 gpu.model, f"{a.sm_requested:.2f}/{bounds.max_requested:g}",
                 f"{a.sm_limited:.2f}/{bounds.max_limited:g}",
                 f"{a.memory_allocated_mib}/{gpu.memory_total_mib}", len(a.instance_ids)))
-    return "\n\n".join([
+    tables = [
         "FUNCTIONS\n" + render(("NAME", "KIND", "MODEL", "READY", "SLO", "STATE", "FAILURES",
                                 "NEXT RETRY", "LAST ERROR"), function_rows),
         "INSTANCES\n" + render(("ID", "STATE", "GPU", "REQ/LIMIT", "SHARE", "MEM MiB", "MESSAGE"),
                                instance_rows),
         "GPUS\n" + render(("GPU", "NODE", "MODEL", "SM REQ/MAX", "SM LIMIT/MAX", "MEM MiB",
                            "INSTANCES"), gpu_rows),
-    ])
+    ]
+    profiling_rows = [
+        (i.id, "profiling", f.spec.model,
+         _short(types_pb2.InstanceState.Name(i.state), "INSTANCE_STATE_"),
+         ",".join(gpu_index.get(u, u[:12]) for u in i.gpu_uuids) or "-",
+         f"{i.quota.effective_share:.2f}", i.message)
+        for f in profiling for i in f.status.instances
+    ]
+    if profiling_rows:
+        tables.append("PROFILING (the profiler's hidden instances)\n" + render(
+            ("ID", "KIND", "MODEL", "STATE", "GPU", "SHARE", "MESSAGE"), profiling_rows))
+    return "\n\n".join(tables)
 
 
 def status_json(functions: Sequence[types_pb2.Function]) -> str:

@@ -114,10 +114,23 @@ class RunningStack:
 
     def start(self, name: str) -> ManagedProcess:
         spec = self.specs[name]
-        process = self.launcher.start(spec.service, *spec.extra, port=spec.port,
+        extra = spec.extra
+        scheduler = self.services.get("scheduler")
+        if name == "profiler" and scheduler is not None:
+            # Its hidden instances and load go through the scheduler: in secure mode its
+            # peer port, where the profiler's certificate is what the scheduler authorizes.
+            extra = (*extra, "--scheduler", scheduler.peer_address or scheduler.address)
+        process = self.launcher.start(spec.service, *extra, port=spec.port,
                                       metrics_port=spec.metrics_port, tls=spec.tls,
                                       peer_port=spec.peer_port)
         self.services[name] = process
+        bound = process.address.rpartition(":")[2]
+        if spec.port == 0 and bound.isdigit():
+            # A restart comes back on the same address: the profiler dials the scheduler.
+            self.specs[name] = replace(spec, port=int(bound))
+        peer_bound = process.peer_address.rpartition(":")[2]
+        if spec.peer_port == 0 and peer_bound.isdigit():
+            self.specs[name] = replace(self.specs[name], peer_port=int(peer_bound))
         return process
 
     def revive(self, now: float | None = None) -> tuple[list[str], list[str]]:
@@ -211,13 +224,17 @@ def lock_file(state_dir: Path) -> Path:
 
 def _write_stack_file(state_dir: Path, stack: RunningStack) -> None:
     processes = stack.processes()
-    stack_file(state_dir).write_text(json.dumps({
+    # Written beside and renamed into place: `dilu down`, `dilu status` and tests read it
+    # while the stack rewrites it after each restart, and must never see half a file.
+    staged = stack_file(state_dir).with_suffix(".json.tmp")
+    staged.write_text(json.dumps({
         "pid": os.getpid(), "started": start_time(os.getpid()),
         "endpoints": stack.endpoints(), "peer_endpoints": stack.peer_endpoints(),
         "pids": stack.pids(),
         "metrics": stack.metrics_endpoints(),
         "starts": {name: p.started for name, p in processes.items()},
         "down": stack.given_up}, indent=2))
+    os.replace(staged, stack_file(state_dir))
 
 
 def run_up(options: StackOptions) -> int:

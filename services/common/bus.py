@@ -279,13 +279,40 @@ class ProtoKV(Generic[M]):
         return message
 
     async def get(self, key: str) -> M | None:
+        found = await self.entry(key)
+        return found[1] if found is not None else None
+
+    async def entry(self, key: str) -> tuple[int, M] | None:
+        """The value with its revision (for `update`), or None."""
         try:
             entry = await self._store.get(key)
         except js_errors.KeyNotFoundError:
             return None
         except _UNAVAILABLE as error:
             raise Unavailable(f"state store unavailable: {error!r}") from error
-        return self._decode(entry.value)
+        return entry.revision or 0, self._decode(entry.value)
+
+    async def create(self, key: str, message: M) -> int | None:
+        """Write `message` only if the key holds nothing; its revision, or None when
+        something was there (another writer was first)."""
+        self._check_connected()
+        try:
+            return await self._store.create(key, message.SerializeToString())
+        except js_errors.KeyWrongLastSequenceError:
+            return None
+        except _UNAVAILABLE as error:
+            raise Unavailable(f"state store unavailable: {error!r}") from error
+
+    async def update(self, key: str, message: M, revision: int) -> int | None:
+        """Write `message` only if the key is still at `revision`; the new revision, or
+        None when it changed meanwhile (compare and set)."""
+        self._check_connected()
+        try:
+            return await self._store.update(key, message.SerializeToString(), last=revision)
+        except js_errors.KeyWrongLastSequenceError:
+            return None
+        except _UNAVAILABLE as error:
+            raise Unavailable(f"state store unavailable: {error!r}") from error
 
     async def put(self, key: str, message: M) -> int:
         self._check_connected()

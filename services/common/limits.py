@@ -81,6 +81,8 @@ POLICY: Mapping[str, Range] = {
     "scale_out_patience_s": Range(0, 3_600, "s"),
     "keep_alive_s": Range(1, 86_400, "s"),
 }
+# ProfileFunction's design rate: requests per second one instance is sized for.
+DESIGN_RATE_RPS = Range(0.01, 1_000_000, "requests/s", zero_means="70 % of the capacity at the limit")
 
 # ---- strings, bytes and collections -------------------------------------------------------
 
@@ -92,6 +94,8 @@ ID_MAX = 80
 SAFE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 MODEL_MAX = 64
 GPU_UUID_MAX = 96
+# A GPU's product name as NVML reports it (Gpu.model), e.g. "NVIDIA A100-SXM4-40GB".
+GPU_MODEL_MAX = 128
 REASON_MAX_BYTES = 256
 CONTENT_TYPE_MAX = 128
 # Below gRPC's default 4 MiB message limit, leaving room for the other fields.

@@ -218,7 +218,7 @@ async def run(config: ServerConfig, args: argparse.Namespace) -> None:
         worker_advertise_host=worker_advertise_host,
         worker_log_max_bytes=args.worker_log_max_bytes,
         worker_log_backups=args.worker_log_backups,
-        worker_tls=args.worker_tls, worker_ids=args.worker_ids,
+        worker_tls=args.worker_tls, agent_tls=config.tls, worker_ids=args.worker_ids,
         worker_python=args.worker_python)
     log.info("advertising %s for the agent and %s for its workers (listening on %s)",
              args.advertise_address or advertise_host, settings.worker_advertise_host,

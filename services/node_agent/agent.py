@@ -7,7 +7,16 @@ loop each admission and its record are one step. Every applied quota change is p
 (an instance event of kind QUOTA_CHANGED carrying the quota before and after, the caller's
 reason and source, and the next heartbeat) with a version that orders it. The agent
 publishes no scaling decision itself: only the scheduler and the scaler may, and the
-scheduler records each QUOTA_CHANGED event as a vertical decision (events.proto)."""
+scheduler records each QUOTA_CHANGED event as a vertical decision (events.proto).
+
+`tune_instance` sets the knobs that are not part of an instance's budget — its worker's
+largest batch (relayed to the worker: only the agent and the request path call workers)
+and a cap on its effective share (an input of arbitration: the instance's request and
+limit are taken at most at the cap, while its budget hold stays) — which is how the
+profiler visits many (share, batch) points with one instance. The profiler's hidden
+instances (`services.common.profiling`) publish no QoS: the scaler never sees them. In
+secure mode the relay is mutual TLS with the agent's own certificate (`agent_tls`), to a
+worker that must prove `dilu-worker.<node>`."""
 
 from __future__ import annotations
 
@@ -20,23 +29,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from dilu.events.v1 import events_pb2
-from dilu.v1 import profiler_pb2, types_pb2
+from dilu.v1 import node_agent_pb2, profiler_pb2, types_pb2, worker_pb2, worker_pb2_grpc
 from opentelemetry import trace
 
 from services.common import limits, subjects
 from services.common.attribution import MANUAL
 from services.common.bounds import AGENT_DEFAULT, PlacementBounds
 from services.common.bus import Bus, ProtoKV
+from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PeerError,
     ResourceExhausted,
     Unavailable,
 )
 from services.common.loops import every
+from services.common.profiling import is_profiling, key_id, profile_key
+from services.common.security.identity import worker_identity
 from services.common.security.tls import TlsFiles
 from services.common.timestamps import now_timestamp
 from services.common.tracing import trace_headers
@@ -48,7 +62,11 @@ from services.node_agent.pages import MIB, Control, Stats, control_for
 from services.node_agent.reporting import InstanceInfo, UsageSample, gpu_telemetry, qos_report
 from services.node_agent.shim import preload_env
 from services.node_agent.supervisor import WorkerFailed, WorkerProcess
-from services.node_agent.worker.requirements import checked_batch, memory_need_bytes
+from services.node_agent.worker.requirements import (
+    checked_batch,
+    largest_batch_within,
+    memory_need_bytes,
+)
 from services.scheduler.validation import validate_spec
 
 log = logging.getLogger(__name__)
@@ -82,6 +100,8 @@ class AgentSettings:
     worker_log_backups: int = 2
     # Secure mode: what workers serve with (mutual TLS, identity dilu-worker.<node>).
     worker_tls: TlsFiles | None = None
+    # Secure mode: the agent's own certificate, presented when it relays to its workers.
+    agent_tls: TlsFiles | None = None
     # One unprivileged uid per worker from this range (None: workers run as the agent).
     worker_ids: WorkerIds | None = None
     # The interpreter workers run with ("": the agent's own); with per-worker uids it must
@@ -102,6 +122,8 @@ class _Held:
     starting: asyncio.Task[None] | None = None
     stopping: asyncio.Task[None] | None = None
     last_throttled_ns: int = 0
+    share_cap: float = 1.0  # the arbiter gives the instance at most this (TuneInstance)
+    memory_bytes: int = 0  # the worker's footprint at its max batch, once a tune told it
     qos_from: tuple[Stats, float] | None = None  # reading and its monotonic time
     telemetry_from: Stats | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -163,6 +185,7 @@ class NodeAgent:
         # Who may open the pages (raises IsolationError when per-worker uids cannot be had).
         self._isolation = Isolation(settings.worker_ids)
         self._worker_tls = settings.worker_tls
+        self._workers = ChannelPool(settings.agent_tls)  # to relay TuneInstance
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -194,6 +217,7 @@ class NodeAgent:
         await asyncio.gather(*(self.stop_instance(i, drain_timeout_s=2.0,
                                                   why="node agent shutting down")
                                for i in list(self._held)), return_exceptions=True)
+        await self._workers.close()
         self._gpus.close()
 
     # ---- status and heartbeat --------------------------------------------------------
@@ -292,27 +316,40 @@ class NodeAgent:
         await asyncio.shield(held.starting)
         return report
 
-    async def _with_profiled_batch(self, spec: types_pb2.FunctionSpec) -> types_pb2.FunctionSpec:
-        """A spec without max_batch takes the profiler's best batch size, when there is a
-        stored profile; otherwise the worker's runtime picks one."""
-        if spec.max_batch or self._profiles_kv is None or spec.kind == S.FUNCTION_KIND_TRAINING:
+    async def _with_profiled_batch(self, spec: types_pb2.FunctionSpec,
+                                   gpu_uuids: tuple[str, ...],
+                                   memory_limit_mib: int) -> types_pb2.FunctionSpec:
+        """A spec without max_batch takes the best batch size of its profile on these
+        GPUs' model (the profile's key: `services.common.profiling`), when one is stored
+        and ready — the largest batch up to it that fits the memory quota; otherwise the
+        worker's runtime picks one."""
+        if (spec.HasField("max_batch") or self._profiles_kv is None
+                or spec.kind == S.FUNCTION_KIND_TRAINING or is_profiling(spec.name)):
             return spec
+        key = profile_key(spec, self._devices[gpu_uuids[0]].model)
         try:
-            profile = await asyncio.wait_for(self._profiles_kv.get(spec.name), 1.0)
+            profile = await asyncio.wait_for(self._profiles_kv.get(key_id(key)), 1.0)
         except Exception as error:  # the profile is optional: any failure falls back
             log.warning("no profile for %s (%r); the worker picks its batch size", spec.name, error)
             return spec
-        if profile is None or profile.best_batch_size <= 0:
+        if (profile is None or profile.state != profiler_pb2.PROFILE_STATE_READY
+                or profile.best_batch_size <= 0):
             return spec
         profiled = types_pb2.FunctionSpec()
         profiled.CopyFrom(spec)
-        profiled.max_batch = profile.best_batch_size
+        profiled.max_batch = largest_batch_within(spec, memory_limit_mib * MIB,
+                                                  profile.best_batch_size)
+        if profiled.max_batch < profile.best_batch_size:
+            log.info("%s: the profile's best batch %d needs more than the %d MiB quota; "
+                     "batches of at most %d", spec.name, profile.best_batch_size,
+                     memory_limit_mib, profiled.max_batch)
         return profiled
 
     async def _spawn(self, held: _Held) -> None:
         # The profile lookup happens here, with the record already held, so a stop that
         # arrives meanwhile waits for this start instead of missing it.
-        profiled = await self._with_profiled_batch(held.spec)
+        profiled = await self._with_profiled_batch(held.spec, held.gpus,
+                                                   held.report.quota.memory_limit_mib)
         if profiled is not held.spec:
             held.spec = profiled
             held.worker.write_spec(profiled)
@@ -455,6 +492,45 @@ class NodeAgent:
         applied.CopyFrom(held.report.quota)
         return applied, held.report.quota_version
 
+    async def tune_instance(self, instance_id: str, max_batch: int | None,
+                            share_cap: float | None) -> node_agent_pb2.TuneInstanceResponse:
+        """Set the knobs outside the budget (module docstring) and read the worker's
+        counters. NotFound for an instance not running here; FailedPrecondition for a
+        batch on a training instance, or one whose memory need exceeds the quota (the
+        worker's answer)."""
+        limits.check_id("instance_id", instance_id)
+        if max_batch is not None:
+            limits.check_int("max_batch", max_batch, limits.BATCH)
+        if share_cap is not None:
+            limits.check_number("share_cap", share_cap, limits.SHARE)
+        held = self._held.get(instance_id)
+        if held is None or held.stopping is not None:
+            raise NotFound(f"no running instance {instance_id!r} on node {self.node_id}")
+        if max_batch is not None:
+            if held.info.training:
+                raise FailedPrecondition(f"max_batch: {instance_id} is a training instance "
+                                         "(its step batch is the runtime option `batch`)")
+            if held.report.state != S.INSTANCE_STATE_READY or not held.report.endpoint:
+                raise FailedPrecondition(f"max_batch: {instance_id} is not serving yet")
+            stub = worker_pb2_grpc.WorkerServiceStub(self._workers.get(
+                held.report.endpoint, worker_identity(self.node_id)))
+            try:
+                answer = await stub.SetMaxBatch(worker_pb2.SetMaxBatchRequest(max_batch=max_batch),
+                                                timeout=5.0)
+            except grpc.aio.AioRpcError as error:
+                raise PeerError(error.code(), f"worker of {instance_id}: {error.details()}") from error
+            held.spec.max_batch = answer.max_batch
+            held.memory_bytes = answer.memory_bytes
+        if share_cap is not None and share_cap != held.share_cap:
+            held.share_cap = share_cap
+            await self._arbitrate()  # takes effect now, not at the next period
+        stats = held.worker.stats.read()
+        return node_agent_pb2.TuneInstanceResponse(
+            max_batch=held.spec.max_batch, share_cap=held.share_cap,
+            effective_share=held.report.quota.effective_share,
+            memory_bytes=held.memory_bytes or stats.memory_used_bytes, requests=stats.requests,
+            iterations=stats.iterations, last_log_line=held.worker.log_tail())
+
     # ---- the arbiter -----------------------------------------------------------------
 
     async def _arbitrate(self) -> None:
@@ -468,7 +544,8 @@ class NodeAgent:
                 self._arbitration.waited(instance_id, now)
             held.last_throttled_ns = throttled
             members.append(Member(instance_id, held.gpus, not held.info.training,
-                                  held.report.quota.sm_request, held.report.quota.sm_limit,
+                                  min(held.report.quota.sm_request, held.share_cap),
+                                  min(held.report.quota.sm_limit, held.share_cap),
                                   draining=held.stopping is not None))
         shares = self._arbitration.shares(now, members)
         for instance_id, share in shares.items():
@@ -524,7 +601,9 @@ class NodeAgent:
     async def _publish_qos(self) -> None:
         now_s = self._clock.monotonic()
         now = self._clock.time()
-        held = [h for h in self._held.values() if h.report.state == S.INSTANCE_STATE_READY]
+        # The profiler's hidden instances publish none: the scaler must never see them.
+        held = [h for h in self._held.values() if h.report.state == S.INSTANCE_STATE_READY
+                and not is_profiling(h.info.function)]
         readings = self._read_stats(held)
         for one in held:
             after = readings.get(one.report.instance_id)

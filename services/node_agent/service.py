@@ -45,3 +45,10 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
     async def GetNodeStatus(self, request: node_agent_pb2.GetNodeStatusRequest,
                             context: grpc.aio.ServicerContext) -> node_agent_pb2.GetNodeStatusResponse:
         return node_agent_pb2.GetNodeStatusResponse(node=self._agent.status())
+
+    async def TuneInstance(self, request: node_agent_pb2.TuneInstanceRequest,
+                           context: grpc.aio.ServicerContext) -> node_agent_pb2.TuneInstanceResponse:
+        return await self._agent.tune_instance(
+            request.instance_id,
+            request.max_batch if request.HasField("max_batch") else None,
+            request.share_cap if request.HasField("share_cap") else None)

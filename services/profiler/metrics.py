@@ -1,12 +1,14 @@
 """The profiler's Prometheus figures: profiling runs, by outcome, and how long they take.
 
-Both are exported from the start, at zero until the profiling search runs. The search
-(not built yet) wraps each run in `ProfilingMetrics.run()`:
+Both are exported from the start, at zero until a profile runs. The profiler
+(`profiler.Profiler`) wraps each run in `ProfilingMetrics.run()`:
 
     with metrics.run():
-        profile = await search(spec)
+        profile = await self._measure(record, name)
 
-which counts the run as `ok`, or `failed` when it raises, and observes its duration.
+which counts the run as `ok`, or `failed` when it raises (an infeasible SLO, a function
+that crashed or hung), and observes its duration. A run interrupted by the platform (the
+scheduler unreachable) is counted failed too, and queued again.
 """
 
 from __future__ import annotations

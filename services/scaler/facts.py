@@ -64,5 +64,6 @@ def _facts(model: str, slo_ms: float, overhead_ms: float) -> FunctionFacts:
     from services.simulator.serving.engine import cold_start_s
     from services.simulator.serving.profile import profiles_for
 
-    profile = profiles_for([(model, slo_ms)], overhead_ms)[model, slo_ms]
+    # The tables' own speed (slowdown 1): the scaler does not read runtime options yet.
+    profile = profiles_for([(model, slo_ms, 1.0)], overhead_ms)[model, slo_ms, 1.0]
     return FunctionFacts(profile, cold_start_s(model))

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 
-from dilu.v1 import scheduler_pb2_grpc, types_pb2
+from dilu.v1 import profiler_pb2, scheduler_pb2_grpc, types_pb2
 
 from services.common import subjects
 from services.common.bounds import REQUESTS_ONLY
@@ -108,7 +108,10 @@ async def run(config: ServerConfig, settings: SchedulerSettings, placement: Plac
     # Created here too so decisions made before the scaler first starts are kept.
     await bus.ensure_stream(subjects.SCALING_STREAM, subjects.SCALING_EVENTS_ALL,
                             subjects.SCALING_STREAM_MAX_MSGS)
-    scheduler = Scheduler(bus, store, nodes_kv, placement, settings, hold=hold, tls=config.tls)
+    # The profiler's bucket: Deploys left to their profile ask for it there.
+    profiles_kv = await bus.kv(subjects.PROFILES_BUCKET, profiler_pb2.Profile)
+    scheduler = Scheduler(bus, store, nodes_kv, placement, settings, hold=hold, tls=config.tls,
+                          profiles_kv=profiles_kv)
 
     async def namespace_of(name: str) -> str | None:
         function = scheduler.core.state.functions.get(name)

@@ -6,11 +6,19 @@ calls, a tick per `reconcile_interval_s` — and carries out what it returns: KV
 scaling events on the bus, gRPC calls to node agents and the routing of `Invoke` to
 workers. Core calls happen under one lock; the agent calls they return are made after
 it is released, and their results go back to the core under it.
+
+Profiles: each reconcile pass reads, for every function waiting for its profile, the
+profile's record in the profiles bucket (`dilu-profiles`, the profiler's): none yet — it
+asks for one by creating the record in state WANTED, which the profiler picks up; ready —
+the core sizes the function (`sized`) and it is placed; otherwise the core shows the
+profile's progress, or its failure, on the function. The profiler's hidden instances
+(`start_profiling` and friends) are functions of the core that no user listing shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
@@ -20,6 +28,7 @@ from dilu.events.v1 import events_pb2
 from dilu.v1 import (
     node_agent_pb2,
     node_agent_pb2_grpc,
+    profiler_pb2,
     scheduler_pb2,
     types_pb2,
     worker_pb2,
@@ -33,8 +42,10 @@ from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import DiluError, PeerError, Unavailable
 from services.common.loops import every
+from services.common.profiling import key_id
 from services.common.security.identity import node_agent_identity, worker_identity
 from services.common.security.tls import TlsFiles
+from services.common.timestamps import now_timestamp
 from services.common.tracing import trace_metadata
 from services.scheduler.activator import HoldQueue, HoldSettings
 from services.scheduler.core import (
@@ -88,10 +99,12 @@ class Scheduler:
     def __init__(self, bus: Bus, store: Store, nodes_kv: ProtoKV[types_pb2.Node],
                  placement: Placement, settings: SchedulerSettings,
                  clock: Clock = SYSTEM_CLOCK, hold: HoldSettings | None = None,
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None,
+                 profiles_kv: ProtoKV[profiler_pb2.Profile] | None = None) -> None:
         self._bus = bus
         self._store = store
         self._nodes_kv = nodes_kv
+        self._profiles_kv = profiles_kv
         self._settings = settings
         self._clock = clock
         self.core = SchedulerCore(placement, settings)
@@ -163,8 +176,16 @@ class Scheduler:
         """Decide a function change, make its record durable, then let the core apply it
         and carry out what that implies. A store that cannot be reached raises
         Unavailable and nothing changes."""
+        outcome = await self._change_or_none(decide)
+        assert outcome is not None
+        return outcome
+
+    async def _change_or_none(self, decide: Callable[[float], FunctionChange | None]) -> Outcome | None:
+        """`_change` for decisions that may find nothing to do (idempotent calls): None."""
         async with self._lock:
             change = decide(self._clock.time())
+            if change is None:
+                return None
             if change.record is None:
                 await self._store.delete_function_now(change.name)
             else:
@@ -177,8 +198,8 @@ class Scheduler:
         return outcome
 
     async def invoke(self, request: scheduler_pb2.InvokeRequest) -> scheduler_pb2.InvokeResponse:
-        function = self.core.function(request.function)  # NotFound before anything else
-        timeout_s = (request.timeout_ms or 10 * function.spec.slo.latency_ms or 30_000) / 1000
+        spec = self.core.spec(request.function)  # NotFound before anything else
+        timeout_s = (request.timeout_ms or 10 * spec.slo.latency_ms or 30_000) / 1000
         tried: set[str] = set()
         failure: DiluError | None = None
         # One retry on another instance when the first is unreachable (it may be dying).
@@ -225,6 +246,28 @@ class Scheduler:
     def list_nodes(self) -> list[types_pb2.NodeView]:
         return self.core.node_views()
 
+    # ---- profiling instances (the profiler's) ----------------------------------------
+
+    async def start_profiling(self, spec: types_pb2.FunctionSpec,
+                              gpu_model: str) -> types_pb2.Function:
+        spec = validate_spec(spec)
+        await self._shielded(self._change_or_none(
+            lambda now: self.core.start_profiling(spec, gpu_model, now)))
+        return self._profiling(spec.name)
+
+    async def stop_profiling(self, name: str) -> int:
+        outcome = await self._shielded(self._change_or_none(lambda now: self.core.stop_profiling(name, now)))
+        return len(outcome.stops()) if outcome is not None else 0
+
+    def profiling_functions(self) -> list[types_pb2.Function]:
+        return self.core.profiling_functions()
+
+    def _profiling(self, name: str) -> types_pb2.Function:
+        for function in self.core.profiling_functions():
+            if function.spec.name == name:
+                return function
+        raise Unavailable(f"profiling instance {name!r} vanished while it started")
+
     # ---- reconciliation --------------------------------------------------------------
 
     async def reconcile_once(self) -> None:
@@ -242,8 +285,47 @@ class Scheduler:
             now = self._clock.time()
             calls = self._done(self.core.observe_nodes(snapshot, now)).calls
             calls += self._done(self.core.tick(now)).calls
+            waiting = self.core.awaiting_profiles()
             await self._store.flush(self.core.state)
         await self._run_agent_calls(calls)
+        if waiting and self._profiles_kv is not None:
+            await self._profiles_pass(waiting)
+
+    def _sized(self, name: str, profile: profiler_pb2.Profile, now: float) -> FunctionChange:
+        return self.core.sized(name, profile, now)
+
+    async def _profiles_pass(self, waiting: list[tuple[str, profiler_pb2.ProfileKey]]) -> None:
+        """For each function waiting for its profile: ask for it, follow it, size by it."""
+        assert self._profiles_kv is not None
+        for name, key in waiting:
+            try:
+                profile = await self._profiles_kv.get(key_id(key))
+                if profile is None:
+                    await self._profiles_kv.create(key_id(key), profiler_pb2.Profile(
+                        function=name, model=key.model, key=key, key_id=key_id(key),
+                        state=profiler_pb2.PROFILE_STATE_WANTED,
+                        message="asked for by the scheduler to size a Deploy",
+                        requested_at=now_timestamp(self._clock.time())))
+            except Unavailable as error:
+                log.warning("profile of %s not readable now: %s", name, error)
+                continue
+            if profile is not None and profile.state == profiler_pb2.PROFILE_STATE_READY:
+                try:
+                    await self._change(functools.partial(self._sized, name, profile))
+                    log.info("sized %s from profile %s", name, profile.key_id)
+                except DiluError as error:
+                    # e.g. a memory the spec set that no batch of the model fits
+                    async with self._lock:
+                        failed = profiler_pb2.Profile()
+                        failed.CopyFrom(profile)
+                        failed.state = profiler_pb2.PROFILE_STATE_FAILED
+                        failed.message = f"its figures do not fit the spec: {error.message}"
+                        self._done(self.core.profile_progress(name, failed, self._clock.time()))
+                        await self._store.flush(self.core.state)
+                continue
+            async with self._lock:
+                self._done(self.core.profile_progress(name, profile, self._clock.time()))
+                await self._store.flush(self.core.state)
 
     async def _on_instance_event(self, subject: str, event: events_pb2.InstanceEvent) -> None:
         state = _EVENT_STATES.get(event.kind)

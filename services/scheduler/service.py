@@ -91,3 +91,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListNodes(self, request: scheduler_pb2.ListNodesRequest,
                         context: grpc.aio.ServicerContext) -> scheduler_pb2.ListNodesResponse:
         return scheduler_pb2.ListNodesResponse(nodes=self._scheduler.list_nodes())
+
+    async def StartProfiling(self, request: scheduler_pb2.StartProfilingRequest,
+                             context: grpc.aio.ServicerContext) -> scheduler_pb2.StartProfilingResponse:
+        if not request.HasField("function"):
+            raise InvalidArgument("function", "is required")
+        limits.check_text("gpu_model", request.gpu_model, limits.GPU_MODEL_MAX)
+        function = await self._scheduler.start_profiling(request.function, request.gpu_model)
+        return scheduler_pb2.StartProfilingResponse(function=function)
+
+    async def StopProfiling(self, request: scheduler_pb2.StopProfilingRequest,
+                            context: grpc.aio.ServicerContext) -> scheduler_pb2.StopProfilingResponse:
+        stopped = await self._scheduler.stop_profiling(limits.check_name("name", request.name))
+        return scheduler_pb2.StopProfilingResponse(stopped_instances=stopped)
+
+    async def ListProfiling(self, request: scheduler_pb2.ListProfilingRequest,
+                            context: grpc.aio.ServicerContext) -> scheduler_pb2.ListProfilingResponse:
+        return scheduler_pb2.ListProfilingResponse(functions=self._scheduler.profiling_functions())

@@ -30,16 +30,13 @@ KINDS: dict[int, str] = {S.FUNCTION_KIND_INFERENCE: "FUNCTION_KIND_INFERENCE",
          S.FUNCTION_KIND_TRAINING: "FUNCTION_KIND_TRAINING"}
 RUNTIMES: dict[int, str] = {S.RUNTIME_SIM: "RUNTIME_SIM", S.RUNTIME_TORCH: "RUNTIME_TORCH"}
 _MODELS = {S.RUNTIME_SIM: frozenset(SIM_MODELS), S.RUNTIME_TORCH: TORCH_MODELS}
-_PROFILING_NOT_BUILT = ("is required: a Deploy that leaves it to the profile needs live "
-                        "profiling by the profiler, which is not built yet")
 
 
-def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function", *,
-                  resources_required: bool = True) -> types_pb2.FunctionSpec:
-    """Check every field and fill defaults (percentile 99, sm_limit = sm_request, 1 GPU,
-    min 1 replica, max = min; the namespace is the caller's to fill, see
-    `SchedulerServicer.Deploy`); the input is not changed. `resources_required=False` is for
-    the profiler, whose job is to find the shares and memory left unset."""
+def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function") -> types_pb2.FunctionSpec:
+    """Check every field and fill defaults (percentile 99, sm_limit = sm_request when the
+    request is set, 1 GPU, min 1 replica, max = min; the namespace is the caller's to fill,
+    see `SchedulerServicer.Deploy`); the input is not changed. Shares, memory and max_batch
+    may be left unset: the profile fills them (`needs_profile`)."""
     limits.check_name(f"{prefix}.name", spec.name)
     limits.check_optional_name(f"{prefix}.namespace", spec.namespace)
     limits.check_enum(f"{prefix}.kind", spec.kind, KINDS)
@@ -48,7 +45,7 @@ def validate_spec(spec: types_pb2.FunctionSpec, prefix: str = "function", *,
     normalised = types_pb2.FunctionSpec()
     normalised.CopyFrom(spec)
     _validate_slo(normalised, prefix)
-    _validate_resources(normalised, prefix, resources_required)
+    _validate_resources(normalised, prefix)
     _validate_replicas(normalised, prefix)
     if normalised.HasField("max_batch"):
         limits.check_int(f"{prefix}.max_batch", normalised.max_batch, limits.BATCH)
@@ -88,15 +85,20 @@ def _validate_slo(spec: types_pb2.FunctionSpec, prefix: str) -> None:
         slo.percentile = 99.0
 
 
-def _validate_resources(spec: types_pb2.FunctionSpec, prefix: str, required: bool) -> None:
+def needs_profile(spec: types_pb2.FunctionSpec) -> bool:
+    """Whether a validated spec leaves its share or its memory to the profile (a Deploy
+    then waits for the profile before placing anything)."""
+    res = spec.resources
+    return not res.HasField("sm_request") or not res.HasField("memory_mib")
+
+
+def _validate_resources(spec: types_pb2.FunctionSpec, prefix: str) -> None:
     res = spec.resources
     field = f"{prefix}.resources"
     if res.HasField("sm_request"):
         limits.check_number(f"{field}.sm_request", res.sm_request, limits.SHARE)
         if not res.HasField("sm_limit"):
             res.sm_limit = res.sm_request
-    elif required:
-        raise InvalidArgument(f"{field}.sm_request", _PROFILING_NOT_BUILT)
     if res.HasField("sm_limit"):
         limits.check_number(f"{field}.sm_limit", res.sm_limit, limits.SHARE)
         if res.HasField("sm_request") and res.sm_request > res.sm_limit:
@@ -104,8 +106,6 @@ def _validate_resources(spec: types_pb2.FunctionSpec, prefix: str, required: boo
                                   f"must not exceed sm_limit ({res.sm_request} > {res.sm_limit})")
     if res.HasField("memory_mib"):
         limits.check_int(f"{field}.memory_mib", res.memory_mib, limits.MEMORY_MIB)
-    elif required:
-        raise InvalidArgument(f"{field}.memory_mib", f"(GPU memory per GPU, MiB) {_PROFILING_NOT_BUILT}")
     limits.check_int(f"{field}.gpus_per_instance", res.gpus_per_instance, limits.GPUS_PER_INSTANCE)
     if res.gpus_per_instance == 0:
         res.gpus_per_instance = 1

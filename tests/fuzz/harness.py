@@ -44,6 +44,8 @@ S = types_pb2
 CALL_DEADLINE_S = 15.0
 _FAILING_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 # Fast failure detection, as in the integration tests.
+_PROFILER_FLAGS = ("--shares", "1", "--batches", "1", "--trial-requests", "20",
+                   "--warmup-requests", "2", "--training-shares", "0.5,1", "--max-queued", "4")
 # Invoke holds a request for a function with no ready instance: at most 5 s here, well
 # within a call's deadline.
 _SCHEDULER_FLAGS = ("--node-timeout-s", "3", "--reconcile-interval-s", "0.2", "--agent-grace-s", "3",
@@ -139,7 +141,13 @@ class FuzzStack:
             "node-agent", "--node-id", NODE, "--sim-gpus", "2", "--gpu-backend", "sim",
             "--runtime-dir", str(self.root / "run"), "--heartbeat-interval-s", "0.5",
             tls=tls("node-agent"))
-        self.processes["profiler"] = launcher.start("profiler", tls=tls("profiler"))
+        # Profiles (a Deploy left to its profile, ProfileFunction) run for real, on a grid and
+        # with trials small enough that a run takes seconds on the fuzz stack (secure: through
+        # the scheduler's peer port, with the profiler's certificate).
+        scheduler = self.processes["scheduler"]
+        self.processes["profiler"] = launcher.start(
+            "profiler", "--scheduler", scheduler.peer_address or scheduler.address,
+            *_PROFILER_FLAGS, tls=tls("profiler"))
         self.processes["scaler"] = launcher.start("scaler", tls=tls("scaler"))
         self.targets = {name: p.address for name, p in self.processes.items()}
         nodes = self._wait(lambda: self.scheduler.ListNodes(

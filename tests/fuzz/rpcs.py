@@ -13,6 +13,7 @@ from dilu.v1 import (
     profiler_pb2,
     scaler_pb2,
     scheduler_pb2,
+    types_pb2,
     worker_pb2,
 )
 from hypothesis import strategies as st
@@ -110,11 +111,77 @@ def _set_quota(_: FuzzContext) -> st.SearchStrategy[bytes]:
         "reason": _REASON, "source": _SOURCE}))
 
 
+_SIM_GPU = "NVIDIA A100-SXM4-40GB"
+
+
+def _sim_only(spec: types_pb2.FunctionSpec) -> types_pb2.FunctionSpec:
+    """The profiler measures what it is given: a valid torch spec would build a real model
+    on the fuzz stack's CPUs (their validation is Deploy's, fuzzed there)."""
+    if spec.runtime == types_pb2.RUNTIME_TORCH:
+        spec.runtime = types_pb2.RUNTIME_SIM
+    return spec
+
+
 def _profile(_: FuzzContext) -> st.SearchStrategy[bytes]:
-    # The profiler starts nothing: any spec, torch included, goes all the way through.
-    return fz.requests(st.one_of(
-        st.builds(profiler_pb2.ProfileFunctionRequest, function=fz.function_specs(startable=False)),
+    specs = fz.function_specs(startable=False).map(_sim_only)
+    return fz.requests(st.one_of(fz.messages(profiler_pb2.ProfileFunctionRequest, {
+        "function": (specs, specs),
+        "design_rate_rps": (st.sampled_from([0.0, 20.0]), fz.floats(limits.DESIGN_RATE_RPS)),
+        "gpu_model": (st.sampled_from(["", _SIM_GPU]), fz.texts(limits.GPU_MODEL_MAX)),
+        # A valid call that waits answers by its deadline: drawn rarely, it costs seconds.
+        "wait": (st.just(False), st.booleans()),
+        "refresh": (st.booleans(), st.booleans())}),
         st.just(profiler_pb2.ProfileFunctionRequest())))
+
+
+def _get_profile(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    key = fz.messages(profiler_pb2.ProfileKey, {
+        "kind": (st.sampled_from([types_pb2.FUNCTION_KIND_INFERENCE, types_pb2.FUNCTION_KIND_TRAINING]),
+                 fz.enums([1, 2, 3])),
+        "runtime": (st.just(types_pb2.RUNTIME_SIM), fz.enums([1, 2])),
+        "model": (st.sampled_from(["resnet152", "bert-base"]), fz.texts(limits.MODEL_MAX)),
+        "gpu_model": (st.just(_SIM_GPU), fz.texts(limits.GPU_MODEL_MAX)),
+        "slo_latency_ms": (st.sampled_from([50.0, 100.0]), fz.floats(limits.LATENCY_MS)),
+        "slo_percentile": (st.just(99.0), fz.floats(limits.PERCENTILE)),
+        "design_rate_rps": (st.just(0.0), fz.floats(limits.DESIGN_RATE_RPS)),
+        "runtime_options": (st.just({}), fz.string_maps(["batch", "slowdown", "x y"], ["1", "abc"]))})
+    return fz.requests(st.one_of(st.builds(profiler_pb2.GetProfileRequest, key=key),
+                                 st.just(profiler_pb2.GetProfileRequest())))
+
+
+_PROFILING_NAMES = st.sampled_from(["profiling-fz-a", "profiling-fz-b"])
+
+
+def _hidden_specs(spec: types_pb2.FunctionSpec, name: str) -> types_pb2.FunctionSpec:
+    spec.name = name
+    return _sim_only(spec)
+
+
+def _start_profiling(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    valid = st.builds(_hidden_specs, fz.function_specs(), _PROFILING_NAMES)
+    return fz.requests(st.one_of(fz.messages(scheduler_pb2.StartProfilingRequest, {
+        "function": (valid, fz.function_specs(startable=False)),
+        "gpu_model": (st.sampled_from(["", _SIM_GPU]), fz.texts(limits.GPU_MODEL_MAX))}),
+        st.just(scheduler_pb2.StartProfilingRequest())))
+
+
+def _stop_profiling(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(scheduler_pb2.StopProfilingRequest, {
+        "name": (_PROFILING_NAMES, fz.names())}))
+
+
+def _tune(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    return fz.requests(fz.messages(node_agent_pb2.TuneInstanceRequest, {
+        "instance_id": (fz.VALID_IDS, fz.ids()),
+        "max_batch": (st.one_of(st.none(), st.sampled_from([1, 4, 8])), fz.ints(limits.BATCH)),
+        "share_cap": (st.one_of(st.none(), st.sampled_from([0.5, 1.0])), fz.floats(limits.SHARE))}))
+
+
+def _set_max_batch(_: FuzzContext) -> st.SearchStrategy[bytes]:
+    # The seeded worker's batch may move: what the suite keeps unchanged is its function's
+    # spec and quota, not how it batches.
+    return fz.requests(fz.messages(worker_pb2.SetMaxBatchRequest, {
+        "max_batch": (st.sampled_from([1, 4, 8]), fz.ints(limits.BATCH))}))
 
 
 def _set_policy(_: FuzzContext) -> st.SearchStrategy[bytes]:
@@ -158,15 +225,20 @@ RPCS: tuple[Rpc, ...] = (
     Rpc(_SCHED, "ScaleIn", "scheduler", _scale_in),
     Rpc(_SCHED, "Invoke", "scheduler", _invoke),
     Rpc(_SCHED, "ListNodes", "scheduler", _empty(scheduler_pb2.ListNodesRequest)),
+    Rpc(_SCHED, "StartProfiling", "scheduler", _start_profiling),
+    Rpc(_SCHED, "StopProfiling", "scheduler", _stop_profiling),
+    Rpc(_SCHED, "ListProfiling", "scheduler", _empty(scheduler_pb2.ListProfilingRequest)),
     Rpc(_AGENT, "StartInstance", "node-agent", _start),
     Rpc(_AGENT, "StopInstance", "node-agent", _stop),
     Rpc(_AGENT, "SetQuota", "node-agent", _set_quota),
     Rpc(_AGENT, "GetNodeStatus", "node-agent", _empty(node_agent_pb2.GetNodeStatusRequest)),
+    Rpc(_AGENT, "TuneInstance", "node-agent", _tune),
     Rpc(_PROF, "ProfileFunction", "profiler", _profile),
-    Rpc(_PROF, "GetProfile", "profiler", _named(profiler_pb2.GetProfileRequest, "function")),
+    Rpc(_PROF, "GetProfile", "profiler", _get_profile),
     Rpc(_SCALER, "GetStatus", "scaler", _empty(scaler_pb2.GetStatusRequest)),
     Rpc(_SCALER, "SetPolicy", "scaler", _set_policy),
     Rpc(_SCALER, "ListDecisions", "scaler", _list_decisions),
     Rpc("dilu.v1.WorkerService", "Infer", "worker-sim", _infer, "[sim]"),
     Rpc("dilu.v1.WorkerService", "Infer", "worker-torch", _infer, "[torch]"),
+    Rpc("dilu.v1.WorkerService", "SetMaxBatch", "worker-sim", _set_max_batch, "[sim]"),
 )

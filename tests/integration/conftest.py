@@ -47,8 +47,13 @@ class Cluster:
     def runtime_dir(self) -> Path:
         return self.tmp / "run"
 
-    def start_service(self, service: str) -> ManagedProcess:
-        return self._track(self.launcher.start(service))
+    def start_service(self, service: str, *extra: str) -> ManagedProcess:
+        return self._track(self.launcher.start(service, *extra))
+
+    def start_profiler(self, *extra: str) -> ManagedProcess:
+        """A profiler on this cluster's scheduler (started first) with `extra` flags."""
+        assert self.scheduler is not None
+        return self.start_service("profiler", "--scheduler", self.scheduler.address, *extra)
 
     def _track(self, process: ManagedProcess) -> ManagedProcess:
         self.processes.append(process)

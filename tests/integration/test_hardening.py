@@ -128,14 +128,16 @@ def test_a_second_scheduler_on_a_taken_port_refuses_to_start(cluster: Cluster):
 
 
 def test_undecodable_requests_get_invalid_argument_without_a_traceback(one_node: Cluster):
-    profiler = one_node.start_service("profiler")
+    profiler = one_node.start_profiler()
     scaler = one_node.start_service("scaler")
     agent_address = next(p.address for p in one_node.processes if p.name == "node-agent-n1")
     assert one_node.scheduler is not None
     targets = [(one_node.scheduler.address, "/dilu.v1.SchedulerService/Deploy"),
                (one_node.scheduler.address, "/dilu.v1.SchedulerService/Invoke"),
                (agent_address, "/dilu.v1.NodeAgentService/StartInstance"),
-               (profiler.address, "/dilu.v1.ProfilerService/GetProfile"),
+               # Not GetProfile: its field 1 is reserved now (the old function name), so
+               # one of the garbages below decodes there as an unknown field.
+               (profiler.address, "/dilu.v1.ProfilerService/ProfileFunction"),
                (scaler.address, "/dilu.v1.ScalerService/ListDecisions")]
     for address, method in targets:
         call = one_node.channel(address).unary_unary(

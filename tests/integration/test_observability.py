@@ -189,7 +189,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     try:
         stack.services["scheduler"] = cluster.start_scheduler()
         stack.services["node-agent"] = cluster.start_agent("n1")
-        stack.services["profiler"] = cluster.start_service("profiler")
+        stack.services["profiler"] = cluster.start_profiler()
         stack.services["scaler"] = cluster.start_service("scaler")
         if binaries is not None:
             stack.prometheus = start_prometheus(

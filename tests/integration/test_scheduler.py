@@ -246,6 +246,12 @@ def test_a_restarted_scheduler_recovers_every_function_and_instance(cluster: Clu
     cluster.deploy(inference_spec("alpha", min_replicas=2))
     cluster.deploy(inference_spec("beta", request=0.1, limit=0.2))
     cluster.sched.ScaleOut(scheduler_pb2.ScaleOutRequest(function="beta", count=1))
+    # Every instance ready first: one still starting may legitimately become ready while
+    # the scheduler restarts, and the comparison below is about recovery, not progress.
+    assert_eventually(lambda: all(
+        i.state == S.INSTANCE_STATE_READY
+        for f in cluster.sched.ListFunctions(scheduler_pb2.ListFunctionsRequest()).functions
+        for i in f.status.instances), message="every instance ready")
     before = {f.spec.name: f for f in cluster.sched.ListFunctions(
         scheduler_pb2.ListFunctionsRequest()).functions}
     allocations_before = {a.gpu_uuid: a.sm_requested for a in cluster.nodes()["n1"].allocations}

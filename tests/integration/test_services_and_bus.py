@@ -23,20 +23,25 @@ from tests.helpers import assert_eventually
 from tests.integration.conftest import Cluster, inference_spec
 
 
-def test_profiler_serves_health_and_says_what_is_not_built(cluster: Cluster):
-    profiler = cluster.start_service("profiler")
+def test_profiler_serves_health_and_answers_without_a_cluster(cluster: Cluster):
+    cluster.start_scheduler()  # and no node: nothing to profile on
+    profiler = cluster.start_profiler()
     channel = cluster.channel(profiler.address)
     health = health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(service="dilu.v1.ProfilerService"))
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     stub = profiler_pb2_grpc.ProfilerServiceStub(channel)
 
-    with pytest.raises(grpc.RpcError) as unbuilt:
+    with pytest.raises(grpc.RpcError) as no_node:
         stub.ProfileFunction(profiler_pb2.ProfileFunctionRequest(function=inference_spec("p")))
-    assert unbuilt.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "profiling search" in unbuilt.value.details()
+    assert no_node.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no node is ready" in no_node.value.details()
+    key = profiler_pb2.ProfileKey(kind=types_pb2.FUNCTION_KIND_INFERENCE,
+                                  runtime=types_pb2.RUNTIME_SIM, model="resnet152",
+                                  gpu_model="NVIDIA A100-SXM4-40GB", slo_latency_ms=100,
+                                  slo_percentile=99)
     with pytest.raises(grpc.RpcError) as missing:
-        stub.GetProfile(profiler_pb2.GetProfileRequest(function="p"))
+        stub.GetProfile(profiler_pb2.GetProfileRequest(key=key))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 

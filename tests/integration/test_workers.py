@@ -25,7 +25,10 @@ from dilu.v1 import (
     worker_pb2_grpc,
 )
 
+from services.common.profiling import key_id, profile_key
 from services.node_agent.pages import ControlPageReader, StatsReader
+from services.node_agent.worker.requirements import largest_batch_within
+from services.scheduler.validation import validate_spec
 from tests.helpers import assert_eventually
 from tests.integration.conftest import Cluster, inference_spec, torch_inference_spec
 
@@ -313,27 +316,53 @@ def test_a_memory_only_quota_change_reaches_the_control_page(cluster: Cluster):
     assert after.share == before.share == 0.5 and after.generation > before.generation
 
 
-async def test_a_function_without_max_batch_uses_its_stored_profiles_batch_size(one_node: Cluster):
-    nc = await nats.connect(one_node.nats.url)
+async def _store_profile(cluster: Cluster, spec: types_pb2.FunctionSpec, best_batch: int) -> None:
+    """A ready profile of `spec` on the simulated A100, under the key the agent looks up."""
+    key = profile_key(validate_spec(spec), "NVIDIA A100-SXM4-40GB")
+    nc = await nats.connect(cluster.nats.url)
     try:
         profiles = await nc.jetstream().key_value("dilu-profiles")  # the agent created it
-        await profiles.put("prof", profiler_pb2.Profile(
-            function="prof", model="bert-base", best_batch_size=2).SerializeToString())
+        await profiles.put(key_id(key), profiler_pb2.Profile(
+            function=spec.name, model=spec.model, key=key, key_id=key_id(key),
+            state=profiler_pb2.PROFILE_STATE_READY, best_batch_size=best_batch).SerializeToString())
     finally:
         await nc.close()
+
+
+async def _batch_sizes(cluster: Cluster, name: str, count: int = 8) -> list[int]:
+    async with grpc.aio.insecure_channel(cluster.scheduler.address) as channel:  # type: ignore[union-attr]
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        replies = await asyncio.gather(*(
+            stub.Invoke(scheduler_pb2.InvokeRequest(function=name), timeout=30) for _ in range(count)))
+    return [r.batch_size for r in replies]
+
+
+async def test_a_function_without_max_batch_uses_its_stored_profiles_batch_size(one_node: Cluster):
     spec = _saturating_spec()
     spec.name = "prof"
     spec.ClearField("max_batch")  # left to the profile
     spec.resources.sm_request = spec.resources.sm_limit = 0.1  # slow, so requests queue up
+    await _store_profile(one_node, spec, best_batch=2)
     await asyncio.to_thread(one_node.deploy, spec)
     await asyncio.to_thread(_ready, one_node, "prof")
-
-    async with grpc.aio.insecure_channel(one_node.scheduler.address) as channel:  # type: ignore[union-attr]
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-        replies = await asyncio.gather(*(
-            stub.Invoke(scheduler_pb2.InvokeRequest(function="prof"), timeout=30) for _ in range(8)))
     # Without the profile the sim runtime would batch up to 32 under a 10 s SLO.
-    assert max(r.batch_size for r in replies) == 2
+    assert max(await _batch_sizes(one_node, "prof")) == 2
+
+
+async def test_a_profiled_batch_that_does_not_fit_the_memory_quota_is_cut_to_one_that_does(
+        one_node: Cluster):
+    spec = _saturating_spec()
+    spec.name = "tight"
+    spec.ClearField("max_batch")
+    spec.resources.sm_request = spec.resources.sm_limit = 0.1
+    # bert-base needs 226 MiB at batch 1 and 16 MiB more per sample (722 MiB at 32).
+    spec.resources.memory_mib = 260
+    fits = largest_batch_within(validate_spec(spec), 260 << 20, 32)
+    assert 1 < fits < 32
+    await _store_profile(one_node, spec, best_batch=32)
+    await asyncio.to_thread(one_node.deploy, spec)
+    await asyncio.to_thread(_ready, one_node, "tight")  # the worker did not refuse to start
+    assert max(await _batch_sizes(one_node, "tight", 12)) == fits
 
 
 def test_a_torch_training_job_trains_under_its_share(one_node: Cluster):

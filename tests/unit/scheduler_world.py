@@ -59,6 +59,7 @@ class FakeAgent:
     bounds: PlacementBounds = AGENT_DEFAULT
     # Whether the heartbeat announces the bounds (an agent from before did not).
     announces: bool = True
+    gpu_model: str = "NVIDIA A100-SXM4-40GB"
     budget: NodeBudget = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,7 +72,8 @@ class FakeAgent:
     def node(self) -> types_pb2.Node:
         node = types_pb2.Node(id=self.node_id, address=f"{self.node_id}:1")
         for g in range(self.gpus):
-            node.gpus.add(uuid=self.gpu(g), index=g, memory_total_mib=GPU_MEMORY_MIB)
+            node.gpus.add(uuid=self.gpu(g), index=g, memory_total_mib=GPU_MEMORY_MIB,
+                          model=self.gpu_model)
         node.instances.extend(self.running.values())
         if self.announces:
             node.bounds.CopyFrom(self.bounds.to_proto())

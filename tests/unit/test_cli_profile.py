@@ -37,9 +37,9 @@ def test_text_output_names_both_points_and_the_probe_count(capsys: pytest.Captur
     assert f"probes: {probes} of 60 points" in out
 
 
-def test_without_offline_it_says_the_live_profiler_is_not_built(capsys: pytest.CaptureFixture[str]):
+def test_a_model_and_slo_without_offline_ask_for_a_spec_file(capsys: pytest.CaptureFixture[str]):
     assert main(["profile", "--model", "bert-base", "--slo-ms", "50"]) == 2
-    assert "live profiler" in capsys.readouterr().err
+    assert "spec FILE" in capsys.readouterr().err
 
 
 def test_an_infeasible_slo_names_the_fastest_latency(capsys: pytest.CaptureFixture[str]):

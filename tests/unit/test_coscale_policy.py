@@ -32,6 +32,7 @@ class LinearProfile:
 
     per_share_rps: float = 100.0
     lone: float = 0.2
+    batch_of_one_s: float = 0.01
 
     def capacity(self, share: float, max_batch: int) -> float:
         return self.per_share_rps * share if share >= self.lone - 1e-9 else 0.0
@@ -43,7 +44,7 @@ class LinearProfile:
         return self.lone
 
     def gpu_s_per_request(self, batch: int) -> float:
-        return 0.01 / batch
+        return self.batch_of_one_s / batch
 
 
 PROFILE = LinearProfile()
@@ -279,3 +280,28 @@ def test_lowering_comes_before_raising() -> None:
         kinds = [a.reason.split(" ")[0] for a in actions if isinstance(a, SetInferenceQuota)]
         assert kinds == sorted(kinds, key=lambda k: k != "lower")
     assert not w.refused
+
+
+def test_instances_sharing_a_gpu_count_its_free_room_once_so_a_scale_in_is_not_undone() -> None:
+    """Two instances on g0 (20 req/s per whole GPU of share), 20 req/s offered: 24.5
+    predicted, 30.6 to carry. They want 0.54 each, g0 gives them 0.50 each (27.1
+    together): a third instance, on g1, and the two come down to 0.37 each. Without the
+    one on g1 they would share g0's free 0.26: 0.50 each, 27.1, too little for the
+    scale-in's 39.2 (each one's `most`, 0.63, counted the free room twice: 39.7, and the
+    scale-in was undone by a scale-out at once, ~10 instances in a hypothesis example).
+    Without one of the pair the other two have a GPU each (76.6): that one goes, and then
+    nothing changes."""
+    linear = LinearProfile(per_share_rps=20.0, lone=0.1, batch_of_one_s=0.02)
+    w = World({g: GpuContext(g, 1.0, 1.0) for g in ("g0", "g1")},
+              {"f": Spec("f", linear, replicas_min=2, replicas_max=3, start_request=0.1,
+                         start_limit=0.5, cold_start_s=1.0)},
+              settings=replace(SETTINGS, keep_alive_s=30.0))
+    w.add("f", "g0", 0.1, 0.5)
+    w.add("f", "g0", 0.1, 0.5)
+    steps = settle(w, 20, 150)
+    horizontal = [a for step in steps for a in step if isinstance(a, (ScaleOut, ScaleIn))]
+    assert horizontal == [ScaleOut("f", 1, horizontal[0].reason),
+                          ScaleIn("f", "f-0", horizontal[1].reason)]
+    assert "2 instance(s) carry at most 27.1" in horizontal[0].reason
+    assert "= 39.2; the other 2 instance(s) carry 76.6" in horizontal[1].reason
+    assert not any(settle(w, 20, 40)) and not w.refused

@@ -21,6 +21,7 @@ class FakeProcess:
     name: str
     pid: int
     address: str = ""
+    peer_address: str = ""
     started: int | None = 1
     dead: bool = False
 

@@ -6,7 +6,7 @@ import pytest
 from dilu.v1 import types_pb2
 
 from services.common.errors import InvalidArgument
-from services.scheduler.validation import validate_spec
+from services.scheduler.validation import needs_profile, validate_spec
 
 S = types_pb2
 
@@ -71,7 +71,6 @@ def test_request_above_limit_says_both_values():
 @pytest.mark.parametrize(("mutate", "field"), [
     (lambda s: s.resources.__setattr__("memory_mib", -5), "function.resources.memory_mib"),
     (lambda s: s.resources.__setattr__("memory_mib", 0), "function.resources.memory_mib"),
-    (lambda s: s.resources.ClearField("memory_mib"), "function.resources.memory_mib"),
     (lambda s: s.resources.__setattr__("gpus_per_instance", 2), "function.resources.gpus_per_instance"),
     (lambda s: s.resources.__setattr__("gpus_per_instance", -1), "function.resources.gpus_per_instance"),
     (lambda s: setattr(s, "kind", S.FUNCTION_KIND_UNSPECIFIED), "function.kind"),
@@ -167,13 +166,12 @@ def test_a_long_name_never_gets_in_and_the_message_stays_short():
 
 
 @pytest.mark.parametrize("field", ["sm_request", "memory_mib"])
-def test_shares_and_memory_left_to_the_profile_are_refused_until_the_profiler_exists(field):
+def test_shares_and_memory_left_to_the_profile_are_accepted_and_wait_for_it(field):
     spec = good()
     spec.resources.ClearField(field)
-    with pytest.raises(InvalidArgument) as refused:
-        validate_spec(spec)
-    assert refused.value.field == f"function.resources.{field}"
-    assert "profiler" in refused.value.problem and "not built yet" in refused.value.problem
+    checked = validate_spec(spec)
+    assert not checked.resources.HasField(field) and needs_profile(checked)
+    assert not needs_profile(validate_spec(good()))
 
 
 def test_unset_and_zero_differ_for_max_batch():

@@ -10,15 +10,16 @@ an asynchronous permissions error, and a refused JetStream publish (a KV put) ti
   only; writes its own key `<node>` of `dilu-nodes` (and reads no other node's);
   reads `dilu-profiles` and `dilu-access`; subscribes to nothing.
 - `dilu-scheduler`: publishes scaling decisions; subscribes to instance events; writes
-  `dilu-functions` and `dilu-instances`; reads `dilu-nodes`, `dilu-profiles`,
-  `dilu-access`; keeps the `DILU_SCALING` stream.
+  `dilu-functions`, `dilu-instances` and `dilu-profiles` (the WANTED records that ask the
+  profiler for a Deploy's profile); reads `dilu-nodes`, `dilu-access`; keeps the
+  `DILU_SCALING` stream.
 - `dilu-scaler`: may publish scaling decisions (today the scheduler records those it acts
   on: its ScaleOut/ScaleIn, and the agents' QUOTA_CHANGED events); subscribes to QoS,
   telemetry and scaling decisions; writes and reads `dilu-scaler-lease` (its HA lease)
   and reads `dilu-access`, no other bucket (functions, instances and nodes come from the
   scheduler's `ListFunctions`/`ListNodes`); keeps and replays `DILU_SCALING`.
 - `dilu-profiler`: publishes nothing; subscribes to QoS, telemetry and instance events;
-  writes `dilu-profiles`; reads `dilu-functions`, `dilu-instances`, `dilu-nodes`,
+  writes `dilu-profiles` (with the scheduler); reads `dilu-functions`, `dilu-instances`, `dilu-nodes`,
   `dilu-access`.
 - `dilu-operator`: everything (the CLI's `dilu token`/`dilu role`, `dilu up`, the demo).
 
@@ -106,7 +107,8 @@ def node_agent_access(node: str) -> Access:
 SERVICE_ACCESS = {
     "scheduler": Access(
         publish=(subjects.SCALING_EVENTS_ALL,), subscribe=(subjects.INSTANCE_EVENTS_ALL,),
-        writes=(subjects.FUNCTIONS_BUCKET, subjects.INSTANCES_BUCKET),
+        # dilu-profiles: the WANTED records that ask for a Deploy's profile.
+        writes=(subjects.FUNCTIONS_BUCKET, subjects.INSTANCES_BUCKET, subjects.PROFILES_BUCKET),
         reads=(subjects.FUNCTIONS_BUCKET, subjects.INSTANCES_BUCKET, subjects.NODES_BUCKET,
                subjects.PROFILES_BUCKET, subjects.ACCESS_BUCKET),
         streams=(subjects.SCALING_STREAM,)),

@@ -9,14 +9,16 @@
 | .ScaleOut, .ScaleIn | yes | its namespace's | - | scaler |
 | .Invoke | yes | its namespace's | granted | profiler |
 | .ListNodes | yes | - | - | scaler, profiler |
+| .StartProfiling, .StopProfiling, .ListProfiling | yes | - | - | profiler |
 | NodeAgentService.StartInstance, .StopInstance | yes | - | - | scheduler |
 | .SetQuota | yes | - | - | scheduler, scaler, profiler |
 | .GetNodeStatus | yes | - | - | scheduler, profiler |
-| ProfilerService.ProfileFunction | yes | its namespace's | - | scheduler |
-| .GetProfile | yes | its namespace's | - | scheduler |
+| .TuneInstance | yes | - | - | profiler |
+| ProfilerService.ProfileFunction | yes | its namespace's | - | - |
+| .GetProfile | yes | any key (see below) | - | - |
 | ScalerService.* | yes | - | - | - |
 | WorkerService.Infer | - | - | - | scheduler, profiler, the node agent of the worker's node |
-| WorkerService.* (others) | - | - | - | the node agent of the worker's node |
+| WorkerService.SetMaxBatch, others | - | - | - | the node agent of the worker's node |
 | grpc.health.v1.Health.* | anyone, unauthenticated too (probes) |
 | server reflection | any authenticated caller |
 
@@ -24,6 +26,16 @@ The scaler's rows are exactly what the acting scaler calls (`services.scaler.act
 the scheduler's `ListFunctions`, `ListNodes`, `ScaleOut` and `ScaleIn`, and the agents'
 `SetQuota`; nothing else, so a stolen scaler certificate can resize and scale but not
 deploy, delete, invoke, start or stop instances.
+
+The profiler's rows are what its live runs call (`services.profiler.profiler`): the
+scheduler's profiling RPCs (hidden instances no deployer sees), `ListNodes` and `Invoke` on
+its hidden function, and the agents' `TuneInstance` (relayed to the worker as
+`WorkerService.SetMaxBatch`, which only the agent of the worker's node may call).
+`GetProfile` names a model configuration (`ProfileKey`), which no namespace owns: any
+deployer may read a profile by its key, and the answer to a deployer or invoker leaves out
+the `function` label (the name of whichever function asked first, perhaps another
+namespace's). The scheduler asks for profiles by writing WANTED records in the profiles
+bucket, not through the profiler's RPCs.
 
 A node agent may call no node agent (its own included); workers and the metrics scraper
 may call nothing. An RPC missing from the table is the operator's alone (and a test fails
@@ -77,16 +89,22 @@ RULES: dict[str, Rule] = {
     "/dilu.v1.SchedulerService/ScaleIn": _rule(O, D, SCALE, function=lambda r: r.function),
     "/dilu.v1.SchedulerService/Invoke": _rule(O, D, I, PROF, function=lambda r: r.function),
     "/dilu.v1.SchedulerService/ListNodes": _rule(O, SCALE, PROF),
+    "/dilu.v1.SchedulerService/StartProfiling": _rule(O, PROF),
+    "/dilu.v1.SchedulerService/StopProfiling": _rule(O, PROF),
+    "/dilu.v1.SchedulerService/ListProfiling": _rule(O, PROF),
     "/dilu.v1.NodeAgentService/StartInstance": _rule(O, SCHED),
     "/dilu.v1.NodeAgentService/StopInstance": _rule(O, SCHED),
     "/dilu.v1.NodeAgentService/SetQuota": _rule(O, SCHED, SCALE, PROF),
     "/dilu.v1.NodeAgentService/GetNodeStatus": _rule(O, SCHED, PROF),
-    "/dilu.v1.ProfilerService/ProfileFunction": _rule(O, D, SCHED, spec_namespace=_spec_namespace),
-    "/dilu.v1.ProfilerService/GetProfile": _rule(O, D, SCHED, function=lambda r: r.function),
+    "/dilu.v1.NodeAgentService/TuneInstance": _rule(O, PROF),
+    "/dilu.v1.ProfilerService/ProfileFunction": _rule(O, D, spec_namespace=_spec_namespace),
+    # Keyed by a model configuration (`key`), no function's: not scoped to a namespace.
+    "/dilu.v1.ProfilerService/GetProfile": _rule(O, D),
     "/dilu.v1.ScalerService/GetStatus": _rule(O),
     "/dilu.v1.ScalerService/SetPolicy": _rule(O),
     "/dilu.v1.ScalerService/ListDecisions": _rule(O),
     "/dilu.v1.WorkerService/Infer": _rule(SCHED, PROF, AGENT),
+    "/dilu.v1.WorkerService/SetMaxBatch": _rule(AGENT),  # relays TuneInstance
 }
 # Every other WorkerService RPC (knobs the agent relays to its workers): the agent only.
 _WORKER_DEFAULT = _rule(AGENT)

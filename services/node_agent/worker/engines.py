@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 from typing import Any, Protocol
 
@@ -19,12 +21,16 @@ from services.node_agent.worker.requirements import (
 )
 from services.perf import PerfModel, load_model
 
+log = logging.getLogger(__name__)
+EXIT_INJECTED_CRASH = 3
+
 
 class InferenceEngine(Protocol):
     content_type: str
     default_max_batch: int
     memory_bytes: int
 
+    def memory_at(self, batch: int) -> int: ...
     def decode(self, payload: bytes, content_type: str) -> Any: ...
     def estimate_s(self, batch: int, share: float) -> float: ...
     async def run(self, samples: list[Any]) -> list[bytes]: ...
@@ -52,7 +58,9 @@ def sim_default_max_batch(perf: PerfModel, slo_ms: float, share: float) -> int:
 
 
 class SimInference:
-    """A batch occupies the whole GPU for the tables' 100 % latency, paced by the gate."""
+    """A batch occupies the whole GPU for the tables' 100 % latency (times the runtime
+    option `slowdown`), paced by the gate. The worker's own estimate knows the slowdown, as
+    a worker that measures its batches would."""
 
     content_type = "application/json"
 
@@ -60,25 +68,50 @@ class SimInference:
         self._perf = load_model(spec.model)
         self._device = SimDevice(gate)
         self._model = spec.model
+        options = sim_options(spec)
+        self._slowdown = options.get("slowdown", 1.0)
+        self._crash_after = int(options.get("crash_after", 0))
+        self._hang_after = int(options.get("hang_after", 0))
+        self._served = 0
         control = gate.control()
         # Left open by the spec, the batch is the largest that meets the SLO and fits the
         # memory quota.
         self.default_max_batch = largest_batch_within(
             spec, control.memory_limit_bytes,
-            sim_default_max_batch(self._perf, spec.slo.latency_ms, max(control.request, 0.1)))
+            sim_default_max_batch(self._perf, spec.slo.latency_ms / self._slowdown,
+                                  max(control.request, 0.1)))
+        self._spec = spec
         self.memory_bytes = memory_need_bytes(spec, spec.max_batch or self.default_max_batch)
+
+    def memory_at(self, batch: int) -> int:
+        """The footprint, bytes, when batches of up to `batch` run."""
+        return memory_need_bytes(self._spec, batch)
 
     def decode(self, payload: bytes, content_type: str) -> Any:
         return len(payload)  # the simulated model does not look at its input
 
     def estimate_s(self, batch: int, share: float) -> float:
-        return time_sliced_s(self._perf, batch, share)
+        return time_sliced_s(self._perf, batch, share) * self._slowdown
 
     async def run(self, samples: list[Any]) -> list[bytes]:
         batch = len(samples)
-        await self._device.run(self._perf.full_gpu_cost_s(batch))
+        await self._inject_faults()
+        await self._device.run(self._perf.full_gpu_cost_s(batch) * self._slowdown)
+        self._served += batch
         answer = json.dumps({"model": self._model, "runtime": "sim", "batch": batch}).encode()
         return [answer] * batch
+
+
+    async def _inject_faults(self) -> None:
+        """The runtime options `crash_after` and `hang_after` (fault injection)."""
+        if self._crash_after and self._served >= self._crash_after:
+            log.error("injected crash after %d requests (runtime option crash_after)", self._served)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(EXIT_INJECTED_CRASH)
+        if self._hang_after and self._served >= self._hang_after:
+            log.warning("injected hang after %d requests (runtime option hang_after)", self._served)
+            await asyncio.Event().wait()  # never answers again
 
 
 def sim_training_step_gpu_s(perf: PerfModel, batch: int) -> float:
@@ -87,8 +120,9 @@ def sim_training_step_gpu_s(perf: PerfModel, batch: int) -> float:
 
 
 class SimTraining:
-    """A step's GPU part runs through the gate while its host part (runtime option
-    `host_ms`: data loading, all-reduce; 0 = none) overlaps it: a step takes
+    """A step's GPU part (times the runtime option `slowdown`) runs through the gate while
+    its host part (runtime option `host_ms`: data loading, all-reduce; 0 = none) overlaps
+    it: a step takes
     max(GPU part / share, host part), so a job with a host part saturates below a whole GPU."""
 
     def __init__(self, spec: types_pb2.FunctionSpec, gate: QuotaGate) -> None:
@@ -96,8 +130,9 @@ class SimTraining:
         self._device = SimDevice(gate)
         self._clock = gate.clock
         self._batch = training_batch(spec)
-        self._host_s = sim_options(spec)["host_ms"] / 1000
-        self._gpu_s = sim_training_step_gpu_s(self._perf, self._batch)
+        options = sim_options(spec)
+        self._host_s = options["host_ms"] / 1000
+        self._gpu_s = sim_training_step_gpu_s(self._perf, self._batch) * options.get("slowdown", 1.0)
         self.memory_bytes = memory_need_bytes(spec, self._batch)  # weights, grads, optimiser
 
     async def step(self) -> None:
@@ -145,7 +180,11 @@ class TorchInferenceEngine:
         self.content_type = self._runtime.content_type
         self.default_max_batch = largest_batch_within(
             spec, gate.control().memory_limit_bytes, self._runtime.max_batch_default)
+        self._spec = spec
         self.memory_bytes = memory_need_bytes(spec, spec.max_batch or self.default_max_batch)
+
+    def memory_at(self, batch: int) -> int:
+        return memory_need_bytes(self._spec, batch)
 
     def decode(self, payload: bytes, content_type: str) -> Any:
         return self._runtime.decode(payload, content_type)

@@ -39,6 +39,7 @@ MIB = 1024 * 1024
 _ALL_KINDS = frozenset({S.FUNCTION_KIND_INFERENCE, S.FUNCTION_KIND_LLM_INFERENCE,
                         S.FUNCTION_KIND_TRAINING})
 _TRAINING = frozenset({S.FUNCTION_KIND_TRAINING})
+_INFERENCE = frozenset({S.FUNCTION_KIND_INFERENCE, S.FUNCTION_KIND_LLM_INFERENCE})
 
 
 def _field(key: str) -> str:
@@ -85,12 +86,26 @@ class SimOption:
     help: str
 
 
+SLOWDOWN_RANGE = (1.0, 100.0)
+"""Bounds of the sim runtime's `slowdown` option (and of the serving simulator's field)."""
+
 SIM_OPTIONS: dict[str, SimOption] = {
     "batch": SimOption(_TRAINING, int_option(1, int(limits.BATCH.high)), 16,
                        "samples per training step"),
     "host_ms": SimOption(_TRAINING, float_option(0, 3_600_000), 0,
                          "host part of a training step in ms (data loading, all-reduce), "
                          "overlapping its GPU part; 0: none"),
+    "slowdown": SimOption(_ALL_KINDS, float_option(*SLOWDOWN_RANGE), 1.0,
+                          "GPU work takes this factor longer than the A100 tables say (a "
+                          "slower card, a heavier input): a latency the tables do not know, "
+                          "for profiling and what-if runs; 1: none"),
+    # Fault injection, for tests and drills of what happens when a function misbehaves.
+    "crash_after": SimOption(_INFERENCE, int_option(0, 1 << 40), 0,
+                             "the worker exits (status 3, saying so in its log) after serving "
+                             "this many requests; 0: never"),
+    "hang_after": SimOption(_INFERENCE, int_option(0, 1 << 40), 0,
+                            "the worker stops answering after serving this many requests; "
+                            "0: never"),
 }
 
 

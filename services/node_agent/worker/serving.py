@@ -12,8 +12,9 @@ from typing import Any
 import grpc
 from dilu.v1 import worker_pb2, worker_pb2_grpc
 
+from services.common import limits
 from services.common.clock import SYSTEM_CLOCK, Clock
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.limits import check_invoke_body
 from services.node_agent.pages import StatsWriter
 from services.node_agent.worker.batching import BatchQueue
@@ -64,6 +65,23 @@ class InferenceWorker(worker_pb2_grpc.WorkerServiceServicer):
         payload, batch_size, latency_ms = await pending.done
         return worker_pb2.InferResponse(payload=payload, content_type=self._engine.content_type,
                                         latency_ms=latency_ms, batch_size=batch_size)
+
+    async def SetMaxBatch(self, request: worker_pb2.SetMaxBatchRequest,
+                          context: grpc.aio.ServicerContext) -> worker_pb2.SetMaxBatchResponse:
+        """The largest batch from the next batch on (the node agent relays
+        TuneInstance); refused when the model would not fit the memory quota at it."""
+        batch = int(limits.check_int("max_batch", request.max_batch, limits.BATCH))
+        need = self._engine.memory_at(batch)
+        quota = self._gate.control().memory_limit_bytes
+        if quota and need > quota:
+            raise FailedPrecondition(f"max_batch {batch}: the model needs {-(-need // (1 << 20))} "
+                                     f"MiB at that batch, more than the quota of {quota >> 20} MiB")
+        self.max_batch = self._queue.max_batch = batch
+        if self._gate.enforcing:  # under the CUDA shim the memory counters are the shim's
+            self._stats.set("memory_used_bytes", need)
+            self._stats.set("memory_peak_bytes", max(need, self._stats.read().memory_peak_bytes))
+        log.debug("max batch set to %d (%d MiB)", batch, need >> 20)
+        return worker_pb2.SetMaxBatchResponse(max_batch=batch, memory_bytes=need)
 
     async def run(self) -> None:
         """The batcher: runs until cancelled; what is queued when it is cancelled fails."""

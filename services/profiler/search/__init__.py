@@ -19,6 +19,7 @@ from services.profiler.search.training import KEEP, TrainingSearch, search_train
 from services.profiler.search.types import (
     DEFAULT_GRID,
     DEFAULT_TRAINING_SHARES,
+    CapacityBelowFloor,
     Choice,
     Grid,
     InfeasibleSlo,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_TRAINING_SHARES",
     "KEEP",
     "TIE",
+    "CapacityBelowFloor",
     "Choice",
     "Grid",
     "InfeasibleSlo",

@@ -26,6 +26,32 @@ right, and the latency bounds matter only from probes that miss the SLO, whose l
 is that of a lone batch (a feasible probe's bounds never exceed its own latency, so they
 never rule a point out).
 
+**Time slicing** (`Tolerances.sharing == TEMPORAL`, what live probes measure on the gate
+today) breaks T4: a share of a GPU's *time* makes every batch faster, so a higher share
+can form bigger batches within the SLO and queues less per unit of share — capacity per
+share grows with share (measured on the simulator's single-instance model, bert-base at a
+60 ms SLO and batch 1: 9.6, 10.2, 11.0, 12.6 requests/s per whole GPU at 0.7, 0.8, 0.9,
+1.0). For live capacity probes the throughput rules are then
+
+=====  ===================================================  ==========================
+T1     capacity does not fall with the maximum batch         `noise` (the rate ladder's
+                                                             step, measurement noise)
+T3'    capacity per share does not fall with share: C(s') / `noise`
+       s' >= C(s) / s for s' > s
+=====  ===================================================  ==========================
+
+T2 does not hold for capacity: a bigger maximum batch also lets the batcher clear a
+Poisson backlog in one batch, and can more than double what a point sustains (llama2-7b
+at a 200 ms SLO, share 0.9, 1.3 times slower than the tables: 225 requests/s with batches
+of at most 16, 491 with 32).
+
+so a probe bounds the throughput of points with *less* share or a smaller batch from
+above and of points with *more* share or a bigger batch from below, never the other way
+round: the search settles high shares and big batches only by measuring them. The
+latency rules stay, for the lone batches that infeasible probes report, with L3's
+`superlinear` tolerance across any number of share steps (the gate's burst lets the first
+period after an idle gap run at full speed, which helps small shares less).
+
 Chaining a share step and a batch step gives, for every pair (p, q), a factor f with
 L(p) >= f * L(q), and likewise an upper factor, and the two factors for T. The factors
 depend only on the grid and the tolerances, so they are computed once per grid.
@@ -49,9 +75,15 @@ import numpy.typing as npt
 
 from services.profiler.search.types import Grid
 
-__all__ = ["BoundFactors", "Tolerances", "bound_factors"]
+__all__ = ["SPATIAL", "TEMPORAL", "BoundFactors", "Tolerances", "bound_factors"]
+
+SPATIAL = "spatial"
+"""Shares as MPS partitions (the bundled tables): efficiency does not grow with share."""
+TEMPORAL = "temporal"
+"""Shares as slices of time (the gate, live probes): efficiency does not fall with share."""
 
 Matrix = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +100,15 @@ class Tolerances:
 
     noise: float = 0.05
     superlinear: float = 0.13
+    sharing: str = SPATIAL
 
     def __post_init__(self) -> None:
         for name in ("noise", "superlinear"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value < 1.0):
                 raise ValueError(f"{name} must lie in [0, 1), got {value}")
+        if self.sharing not in (SPATIAL, TEMPORAL):
+            raise ValueError(f"sharing must be {SPATIAL!r} or {TEMPORAL!r}, got {self.sharing!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +135,14 @@ def bound_factors(grid: Grid, tolerances: Tolerances) -> BoundFactors:
 
     s_p, s_q = shares[:, None], shares[None, :]
     b_p, b_q = batches[:, None], batches[None, :]
-    # Superlinear slack applies to a single step up the share grid only.
-    slack = 1.0 + np.where(np.abs(steps[:, None] - steps[None, :]) == 1, tolerances.superlinear, 0.0)
     noise = 1.0 + tolerances.noise
-
     up, down = s_p > s_q, s_p < s_q  # p has more / less share than q
     bigger, smaller = b_p > b_q, b_p < b_q
+    if tolerances.sharing == TEMPORAL:
+        return _temporal(s_p, s_q, b_p, b_q, up, down, bigger, smaller, noise,
+                         1.0 + tolerances.superlinear)
+    # Superlinear slack applies to a single step up the share grid only.
+    slack = 1.0 + np.where(np.abs(steps[:, None] - steps[None, :]) == 1, tolerances.superlinear, 0.0)
 
     # Latency at p from below: L1 (less share: no faster, within noise) and L3 (more
     # share: at most proportionally faster); L2 (bigger batch: no faster) and L4 (smaller
@@ -123,5 +160,22 @@ def bound_factors(grid: Grid, tolerances: Tolerances) -> BoundFactors:
     # From below: T3 with more share, T4 with less; T1 with a bigger batch, T2 smaller.
     throughput_low = (np.where(up, 1.0 / noise, np.where(down, (s_p / s_q) / slack, 1.0))
                       * np.where(smaller, b_p / b_q, 1.0))
+    return BoundFactors(latency_low=latency_low, latency_high=latency_high,
+                        throughput_low=throughput_low, throughput_high=throughput_high)
+
+
+def _temporal(s_p: Matrix, s_q: Matrix, b_p: Matrix, b_q: Matrix, up: Mask, down: Mask,
+              bigger: Mask, smaller: Mask, noise: float, slack: float) -> BoundFactors:
+    """The factors under time slicing (T1, T3' and L1-L4; see the module docstring)."""
+    latency_low = (np.where(down, 1.0 / noise, np.where(up, (s_q / s_p) / slack, 1.0))
+                   * np.where(smaller, b_p / b_q, 1.0))
+    latency_high = (np.where(up, noise, np.where(down, (s_q / s_p) * slack, 1.0))
+                    * np.where(bigger, b_p / b_q, 1.0))
+    # T3': less share is bounded from above (efficiency no higher), more share from below;
+    # T1: a smaller batch from above, a bigger one from below (both within noise).
+    throughput_high = (np.where(down, (s_p / s_q) * noise, np.where(up, np.inf, 1.0))
+                       * np.where(smaller, noise, np.where(bigger, np.inf, 1.0)))
+    throughput_low = (np.where(up, (s_p / s_q) / noise, np.where(down, 0.0, 1.0))
+                      * np.where(bigger, 1.0 / noise, np.where(smaller, 0.0, 1.0)))
     return BoundFactors(latency_low=latency_low, latency_high=latency_high,
                         throughput_low=throughput_low, throughput_high=throughput_high)

@@ -14,7 +14,9 @@ not exceed the best TE measured so far among points that meet the SLO (it cannot
 The search probes until every point is settled, then answers from what it measured.
 
 1. The first probe is the smallest share at the smallest batch: the highest TE its
-   batch can have, and the paper's starting point.
+   batch can have, and the paper's starting point. Under time slicing (live probes,
+   `Tolerances(sharing=TEMPORAL)`, see `bounds`), where efficiency grows with share and
+   batch, it is the largest share at the largest batch instead.
 2. Every later probe is chosen by one step of look-ahead: for each unsettled point, take
    its predicted latency and throughput (between its bounds, in log scale: 0.45 of the way
    from the lower latency bound to the upper one, and the mirror image for throughput),
@@ -58,7 +60,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from services.profiler.search.bounds import Tolerances, bound_factors
+from services.profiler.search.bounds import TEMPORAL, Tolerances, bound_factors
 from services.profiler.search.types import (
     DEFAULT_GRID,
     Choice,
@@ -82,10 +84,6 @@ bound, 1 the upper. Leaning to the optimistic side makes the search try promisin
 early; the look-ahead's counts then do the rest."""
 
 Vector = npt.NDArray[np.float64]
-
-# A bound equal to the best TE up to float rounding settles a point: the points a probe
-# bounds by its own TE (less share, smaller batch) would otherwise stay open by one ulp.
-_ROUNDING = 1.0 + 1e-9
 
 # A bound equal to the best TE up to float rounding settles a point: the points a probe
 # bounds by its own TE (less share, smaller batch) would otherwise stay open by one ulp.
@@ -122,12 +120,22 @@ class InferenceSearch:
     live profiler awaits each probe): ask `next_probe()` for the (share, batch) to measure,
     `record()` what was measured, repeat until `next_probe()` returns None, then take
     `result()`. It never asks for a point twice and asks at most `grid.size` times.
+
+    `exact_ties`: keep measuring every point that could still *tie* with the best (TE
+    within `TIE`) and would win the tie (smaller share, then batch) — not only those that
+    could beat it — so that, on figures that obey the bounds, the answer is the very point
+    the exhaustive sweep chooses rather than one within the tie rule of it. The live
+    profiler asks for it (its bench compares choices); offline the rule of the paper's
+    comparison, TE within 2 %, is the target and the search stops earlier.
     """
 
-    def __init__(self, slo_s: float, grid: Grid = DEFAULT_GRID, tolerances: Tolerances | None = None) -> None:
+    def __init__(self, slo_s: float, grid: Grid = DEFAULT_GRID, tolerances: Tolerances | None = None,
+                 *, exact_ties: bool = False) -> None:
         self.slo_s = check_slo(slo_s)
+        self.exact_ties = exact_ties
         self.grid = grid
-        self._factors = bound_factors(grid, tolerances or Tolerances())
+        self._tolerances = tolerances or Tolerances()
+        self._factors = bound_factors(grid, self._tolerances)
         nb = len(grid.batches)
         count = grid.size
         self._shares = np.array([grid.shares[p // nb] for p in range(count)])
@@ -137,7 +145,9 @@ class InferenceSearch:
         self._throughput_low: Vector = np.zeros(count)
         self._throughput_high: Vector = np.full(count, np.inf)
         self._best_efficiency = 0.0
+        self._answer = count  # the point the tie rule chooses now (count: none yet)
         self._probes: list[Probe] = []
+        self._index = np.arange(count)
 
     @property
     def probes(self) -> tuple[Probe, ...]:
@@ -171,6 +181,21 @@ class InferenceSearch:
                                                throughput * f.throughput_high[:, point])
         if measured.meets(self.slo_s):
             self._best_efficiency = max(self._best_efficiency, measured.efficiency)
+            chosen = best_with_ties([p for p in self._probes if p.meets(self.slo_s)])
+            self._answer = self._point(chosen.share, chosen.batch)
+
+    def limit_throughput(self, share: float, batch: int, high: float) -> None:
+        """A bound on one point's throughput learnt without probing it (a live probe's
+        cheap first step: `batch` over a lone batch's latency bounds what back-to-back
+        batches could sustain); it may settle the point, which is then never asked for."""
+        point = self._point(share, batch)
+        self._throughput_high[point] = min(self._throughput_high[point], high)
+
+    def throughput_bounds(self, share: float, batch: int) -> tuple[float, float]:
+        """What the probes so far say about a point's throughput: (low, high); high is
+        inf where nothing bounds it. A live probe starts its rate search from them."""
+        point = self._point(share, batch)
+        return float(self._throughput_low[point]), float(self._throughput_high[point])
 
     def result(self) -> Choice:
         """The answer once `next_probe()` returned None; `InfeasibleSlo` when nothing
@@ -192,6 +217,10 @@ class InferenceSearch:
 
     def _next_point(self) -> int | None:
         if not self._probes:
+            if self._tolerances.sharing == TEMPORAL:
+                # Efficiency grows with share and batch: the top share at the largest batch
+                # bounds every other point from above.
+                return len(self._probed) - 1
             return 0
         candidates = np.flatnonzero(self._unsettled())
         if candidates.size:
@@ -204,8 +233,12 @@ class InferenceSearch:
         return None
 
     def _unsettled(self) -> npt.NDArray[np.bool_]:
-        return (~self._probed & (self._latency_low <= self.slo_s)
-                & (self._throughput_high / self._shares > self._best_efficiency * _ROUNDING))
+        efficiency_high = self._throughput_high / self._shares
+        could_win = efficiency_high > self._best_efficiency * _ROUNDING
+        if self.exact_ties:
+            could_win |= ((efficiency_high * _ROUNDING >= (1.0 - TIE) * self._best_efficiency)
+                          & (self._index < self._answer))
+        return ~self._probed & (self._latency_low <= self.slo_s) & could_win
 
     def _look_ahead(self, candidates: npt.NDArray[np.intp]) -> int:
         """The candidate whose predicted outcome leaves the fewest points unsettled."""
@@ -221,11 +254,20 @@ class InferenceSearch:
         # Row c: the bounds on every point had candidate c measured its prediction.
         latency_low = np.maximum(self._latency_low[None, :],
                                  latency[:, None] * f.latency_low[:, candidates].T)
-        throughput_high = np.minimum(self._throughput_high[None, :],
-                                     throughput[:, None] * f.throughput_high[:, candidates].T)
-        still_open = ((latency_low <= self.slo_s)
-                      & (throughput_high / self._shares[None, :] > best[:, None] * _ROUNDING)
-                      & ~self._probed[None, :])
+        # fmin: a zero prediction times an unbounded factor (nan) bounds nothing.
+        with np.errstate(invalid="ignore"):
+            throughput_high = np.fmin(self._throughput_high[None, :],
+                                      throughput[:, None] * f.throughput_high[:, candidates].T)
+        efficiency_high = throughput_high / self._shares[None, :]
+        could_win = efficiency_high > best[:, None] * _ROUNDING
+        if self.exact_ties:
+            # The answer each row would lead to: the candidate, when it would be at least
+            # tied with the best and come first in the tie order; else today's.
+            answer = np.where(meets & (efficiency >= (1.0 - TIE) * best) & (candidates < self._answer),
+                              candidates, self._answer)
+            could_win |= ((efficiency_high * _ROUNDING >= (1.0 - TIE) * best[:, None])
+                          & (self._index[None, :] < answer[:, None]))
+        still_open = (latency_low <= self.slo_s) & could_win & ~self._probed[None, :]
         still_open[np.arange(candidates.size), candidates] = False
         remaining = still_open.sum(axis=1)
         # np.lexsort sorts by its last key first: fewest remaining, then highest predicted

@@ -16,6 +16,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 __all__ = [
     "DEFAULT_GRID",
     "DEFAULT_TRAINING_SHARES",
+    "CapacityBelowFloor",
     "Choice",
     "Grid",
     "InfeasibleSlo",
@@ -164,17 +165,45 @@ class InfeasibleSlo(FailedPrecondition):
     `fastest_latency_s` is the fastest latency measured, at `fastest_share` and
     `fastest_batch` (the search always measures the grid's largest share at its smallest
     batch before it gives up), so the caller can say what SLO would be feasible.
+    Picklable (a process pool passes it back whole).
     """
 
     def __init__(self, slo_s: float, fastest: Probe) -> None:
-        latency = fastest.measurement.latency_s
-        super().__init__(
-            f"no share meets the latency SLO of {slo_s * 1e3:.1f} ms: the fastest latency "
-            f"measured is {latency * 1e3:.1f} ms (share {fastest.share:.2f}, batch {fastest.batch})")
+        super().__init__(self._describe(slo_s, fastest))
         self.slo_s = slo_s
-        self.fastest_latency_s = latency
+        self.fastest = fastest
+        self.fastest_latency_s = fastest.measurement.latency_s
         self.fastest_share = fastest.share
         self.fastest_batch = fastest.batch
+
+    def _describe(self, slo_s: float, fastest: Probe) -> str:
+        return (f"no share meets the latency SLO of {slo_s * 1e3:.1f} ms: the fastest latency "
+                f"measured is {fastest.measurement.latency_s * 1e3:.1f} ms (share "
+                f"{fastest.share:.2f}, batch {fastest.batch})")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.slo_s, self.fastest))
+
+
+class CapacityBelowFloor(InfeasibleSlo):
+    """A lone request meets the SLO, but no point of the grid carries `floor_rps` (the
+    slowest rate the live protocol measures) with the SLO's percentile within it: the SLO
+    is met only by a trickle. `fastest` is the fastest lone request measured (within the
+    SLO, unlike `InfeasibleSlo`'s), so the caller sees how close to the SLO it runs."""
+
+    def __init__(self, slo_s: float, fastest: Probe, floor_rps: float, target: float) -> None:
+        self.floor_rps = floor_rps
+        self.target = target
+        super().__init__(slo_s, fastest)
+
+    def _describe(self, slo_s: float, fastest: Probe) -> str:
+        return (f"a lone request meets the latency SLO of {slo_s * 1e3:.1f} ms (fastest "
+                f"{fastest.measurement.latency_s * 1e3:.1f} ms at share {fastest.share:.2f}, "
+                f"batch {fastest.batch}) but no share carries {self.floor_rps:.2f} requests/s "
+                f"with {self.target:.0%} of requests within it")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.slo_s, self.fastest, self.floor_rps, self.target))
 
 
 def check_slo(slo_s: float, field: str = "slo_s") -> float:

@@ -30,7 +30,8 @@ One decision (`policy.py`), every `interval_s`:
    training yields, as in the reference, but only down to its floors.
 4. **Horizontal when vertical cannot cover it**: a scale-out when the busy shares the
    GPUs leave every instance will not carry the rate predicted a cold start (plus one
-   decision) ahead; one wave at a time, as many instances as that rate needs, none when
+   decision) ahead (what they can have at once: instances on one GPU share its free room,
+   here as for a scale-in); one wave at a time, as many instances as that rate needs, none when
    no GPU would take one. **Scale-in** is lazy: one decision at most every
    `scale_down_after_s`, not within `scale_in_after_s` of a scale-out, and only while the
    instances left carry the highest rate of the last `scale_in_after_s` ×

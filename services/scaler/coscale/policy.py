@@ -22,7 +22,7 @@ Pure and deterministic: the same context, state and time give the same actions. 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from services.scaler.coscale import forecast
@@ -42,7 +42,14 @@ from services.scaler.coscale.context import (
     InstanceContext,
     TrainingContext,
 )
-from services.scaler.coscale.room import GpuShares, TrainingFloor, Want, ceil_share, divide
+from services.scaler.coscale.room import (
+    GpuShares,
+    TrainingFloor,
+    Want,
+    ceil_share,
+    divide,
+    most_together,
+)
 from services.scaler.coscale.settings import MIN_SHARE, CoscaleSettings
 from services.scaler.coscale.sizing import Curve, curve
 from services.scaler.coscale.state import CoscaleState, FunctionMemory, InstanceMemory
@@ -115,7 +122,8 @@ def decide(context: Context, state: CoscaleState, now_s: float,
     # 4. Horizontal.
     horizontal: list[Action] = []
     if settings.horizontal:
-        cluster = _Cluster.of(context, shares, granted, most)
+        cluster = _Cluster.of(context, shares, granted, most,
+                              {iid: want.busy for iid, want in wants.items()})
         for name, f in context.functions.items():
             actions, functions[name] = _horizontal(f, functions[name], loads[name], curves[name],
                                                    cluster, context, now_s, settings)
@@ -352,10 +360,11 @@ class _Cluster:
     holders: dict[str, int]                # GPU -> instances and training instances on it
     trained: frozenset[str]                # GPUs with training
     free: dict[str, float]                 # GPU -> busy room nobody has
+    wanted: Mapping[str, float]            # instance -> the busy share it wants
 
     @classmethod
     def of(cls, context: Context, shares: Mapping[str, GpuShares], granted: Mapping[str, Want],
-           most: Mapping[str, float]) -> _Cluster:
+           most: Mapping[str, float], wanted: Mapping[str, float]) -> _Cluster:
         requested = dict.fromkeys(context.gpus, 0.0)
         limited = dict.fromkeys(context.gpus, 0.0)
         holders = dict.fromkeys(context.gpus, 0)
@@ -377,7 +386,20 @@ class _Cluster:
                     holders[uuid] += 1
         trained = frozenset(uuid for job in context.training.values() for uuid in job.gpus)
         free = {uuid: gpu.free for uuid, gpu in shares.items()}
-        return cls(most, shares, requested, limited, holders, trained, free)
+        return cls(most, shares, requested, limited, holders, trained, free, wanted)
+
+    def reach(self, instances: Sequence[InstanceContext],
+              gone: Collection[str] = ()) -> list[float]:
+        """The largest busy share each of `instances` could have, all at once, once the
+        instances in `gone` have left: instances on one GPU share its free room (each
+        one's `most` counts all of it), an instance on several GPUs gets the least of
+        them, and one on no GPU divided here keeps its limit."""
+        growing = {i.id for i in instances}
+        most: dict[str, float] = {}
+        for uuid in sorted({u for i in instances for u in i.gpus if u in self.shares}):
+            for iid, share in most_together(self.shares[uuid], self.wanted, growing, gone).items():
+                most[iid] = min(most.get(iid, 1.0), share)
+        return [most.get(i.id, i.limit) for i in instances]
 
     def land(self, context: Context, f: FunctionContext, want: float) -> float:
         """Where a new instance of `f` is expected to land, and the busy share it finds
@@ -415,13 +437,17 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
     count = len(live) + memory.asked
     miss = 1 - settings.slo_target
 
-    def reach(instance: InstanceContext) -> float:
-        """The largest busy share its GPUs leave the instance."""
-        return cluster.most.get(instance.id, instance.limit) if settings.vertical else instance.limit
+    def reach(instances: Sequence[InstanceContext], gone: Collection[str] = ()) -> list[float]:
+        """The largest busy shares their GPUs leave the instances together (the scale-out
+        and the scale-in rules see the same room: at the same load a scale-in cannot be
+        followed by a scale-out)."""
+        if not settings.vertical:
+            return [i.limit for i in instances]
+        return cluster.reach(instances, gone)
 
     # Asked-for instances not seen yet count at what a newcomer is expected to find.
     expected = 1.0 if settings.vertical else f.start_limit
-    shares = [reach(i) for i in live] + [expected] * memory.asked
+    shares = reach(live) + [expected] * memory.asked
     capacity = c.pool_capacity(shares, miss)
 
     # To zero after the keep-alive, and back from it.
@@ -490,12 +516,14 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
     for candidate in _scale_in_order(live, cluster, c.lone_share):
         if len(live) - len(going) <= max(1, f.replicas_min):
             break
-        staying = [reach(i) for i in live if i is not candidate and i not in going]
+        leaving = {i.id for i in going} | {candidate.id}
+        staying = reach([i for i in live if i.id not in leaving], leaving)
         if c.pool_capacity(staying, miss) >= held - 1e-9:
             going.append(candidate)
     if not going:
         return [], memory
-    left = c.pool_capacity([reach(i) for i in live if i not in going], miss)
+    gone = {i.id for i in going}
+    left = c.pool_capacity(reach([i for i in live if i.id not in gone], gone), miss)
     reason = (f"{f.name}: at most {max(load.held_rps, load.horizontal_rps):.1f} req/s over the "
               f"last {settings.scale_in_after_s:.0f} s, ×{1 + settings.scale_in_headroom:.2f} = "
               f"{held:.1f}; the other {len(live) - len(going)} instance(s) carry {left:.1f}")

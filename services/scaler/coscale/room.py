@@ -32,7 +32,7 @@ so the two get 0.49 each and training its request floor 0.02.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.scaler.coscale.settings import MIN_SHARE
@@ -137,6 +137,21 @@ def divide(max_requested: float, max_limited: float, wants: Mapping[str, Want],
     return GpuShares(granted, kept, most, cap, sum(w.busy for w in wants.values()))
 
 
+def most_together(gpu: GpuShares, wanted: Mapping[str, float], growing: Collection[str],
+                  gone: Collection[str] = ()) -> dict[str, float]:
+    """The most busy share each of `growing` (instances on this GPU) could have at once,
+    once `gone` have left: the room nobody holds water-filled, as `divide` fills it at the
+    next decision from what each has now, over what they could take (up to a whole GPU
+    each) and what the other instances want beyond what they have (`wanted`: each
+    instance's busy share wanted). For one instance and nobody gone it is its `most`; for
+    several, the GPU's free room is counted once, not once for each."""
+    has = {i: w.busy for i, w in gpu.inference.items() if i not in gone}
+    more = {i: max(0.0, (1.0 if i in growing else wanted.get(i, busy)) - busy)
+            for i, busy in has.items()}
+    extra = _water_fill(max(0.0, gpu.cap - sum(has.values())), more)
+    return {i: min(1.0, floor_share(has[i] + extra[i])) for i in growing if i in has}
+
+
 def _share_out(room: float, spans: Mapping[str, tuple[float, float]]) -> dict[str, float]:
     """Each (floor, top) gets its floor, then the rest of `room` in proportion to
     top − floor, never above its top (to 0.01 below)."""
@@ -168,4 +183,5 @@ def _water_fill(room: float, wants: Mapping[str, float]) -> dict[str, float]:
     return {i: floor_share(v) if wants[i] > _EPS else 0.0 for i, v in given.items()}
 
 
-__all__ = ["MIN_SHARE", "GpuShares", "TrainingFloor", "Want", "ceil_share", "divide", "floor_share"]
+__all__ = ["MIN_SHARE", "GpuShares", "TrainingFloor", "Want", "ceil_share", "divide", "floor_share",
+           "most_together"]

@@ -19,9 +19,16 @@ import secrets
 from collections.abc import Callable, Iterable
 
 from dilu.events.v1 import events_pb2
-from dilu.v1 import types_pb2
+from dilu.v1 import profiler_pb2, types_pb2
 
-from services.common.errors import NotFound
+from services.common.errors import InvalidArgument, NotFound
+from services.common.profiling import (
+    PROFILING_PREFIX,
+    is_profiling,
+    key_id,
+    most_common_gpu_model,
+    profile_key,
+)
 from services.common.timestamps import now_timestamp
 from services.scheduler.core import backoff, intents, views
 from services.scheduler.core.calls import (
@@ -47,11 +54,16 @@ from services.scheduler.core.records import (
 )
 from services.scheduler.core.settings import SchedulerSettings
 from services.scheduler.core.shapes import held_shape
+from services.scheduler.core.sizing import size_spec
 from services.scheduler.placement import Assignment, Ledger, Placement
 from services.scheduler.replicas import plan_replicas
 from services.scheduler.routing import LeastOutstanding
+from services.scheduler.validation import needs_profile
 
 S = types_pb2
+P = profiler_pb2
+# Where a profiling instance may go: the label its hidden function carries.
+GPU_MODEL_LABEL = "dilu.profiling/gpu-model"
 
 
 def random_instance_id(function: str) -> str:
@@ -120,17 +132,137 @@ class SchedulerCore:
     # ---- RPC intents -------------------------------------------------------------------
 
     def deploy(self, spec: types_pb2.FunctionSpec, now: float) -> FunctionChange:
-        """A new function from a validated spec, with `replicas.min` replicas."""
-        return intents.deploy(self.state, spec, self._advance(now))
+        """A new function from a validated spec, with `replicas.min` replicas. A spec that
+        leaves its share or memory to the profile waits for it (`awaiting_profile`): its
+        instances stay pending until `sized` gives it the profile's figures."""
+        if is_profiling(spec.name):
+            raise InvalidArgument("function.name", f"names starting with {PROFILING_PREFIX!r} "
+                                                   "are the profiler's (its hidden instances)")
+        change = intents.deploy(self.state, spec, self._advance(now))
+        if change.record is not None and needs_profile(spec):
+            status = change.record.status
+            status.awaiting_profile = True
+            status.state = S.FUNCTION_STATE_PROFILING
+            key = self._profile_key(spec)
+            if key is not None:
+                status.profile_key_id = key_id(key)
+        return change
+
+    # ---- profiles (Deploys left to them) and profiling instances -----------------------
+
+    def _profile_key(self, spec: types_pb2.FunctionSpec) -> profiler_pb2.ProfileKey | None:
+        """The key of the profile that sizes `spec`: on the GPU model most GPUs of the
+        ready nodes have (None while no node is ready)."""
+        nodes = [n for n in (self._heartbeats.nodes.node(i) for i in self._heartbeats.nodes.ready())
+                 if n is not None]
+        gpu_model = most_common_gpu_model(nodes)
+        return profile_key(spec, gpu_model) if gpu_model else None
+
+    def awaiting_profiles(self) -> list[tuple[str, profiler_pb2.ProfileKey]]:
+        """The functions waiting for their profile, with its key (those whose key is not
+        known yet — no node is ready — are left out)."""
+        waiting = []
+        for name in sorted(self.state.functions):
+            function = self.state.functions[name]
+            if not function.status.awaiting_profile:
+                continue
+            key = self._profile_key(function.spec)
+            if key is None:
+                continue
+            if function.status.profile_key_id != key_id(key):
+                function.status.profile_key_id = key_id(key)
+                self.state.function_touched(name)
+            waiting.append((name, key))
+        return waiting
+
+    def profile_progress(self, name: str, profile: profiler_pb2.Profile | None,
+                         now: float) -> Outcome:
+        """The profile a function waits for is not ready: its pending instances say how
+        far it got, and a failed profile marks the function (not retried by itself)."""
+        now = self._advance(now)
+        function = self.state.functions.get(name)
+        if function is None or not function.status.awaiting_profile:
+            return self._outcome([])
+        status = function.status
+        if profile is not None and profile.state == P.PROFILE_STATE_FAILED:
+            message = f"profiling failed: {profile.message}"
+            if (status.state, status.last_error) != (S.FUNCTION_STATE_PROFILE_FAILED, message):
+                status.state = S.FUNCTION_STATE_PROFILE_FAILED
+                status.last_error = message
+                self.state.function_touched(name)
+        else:
+            message = "profiling" + (f": {profile.message}" if profile is not None and profile.message
+                                     else ": waiting for the profiler")
+            if status.state != S.FUNCTION_STATE_PROFILING:
+                status.state = S.FUNCTION_STATE_PROFILING
+                status.last_error = ""
+                self.state.function_touched(name)
+        for instance in self.state.instances_of(name):
+            if instance.state == S.INSTANCE_STATE_PENDING and instance.message != message:
+                self.state.set_state(instance, S.INSTANCE_STATE_PENDING, message, now)
+        return self._outcome([])
+
+    def sized(self, name: str, profile: profiler_pb2.Profile, now: float) -> FunctionChange:
+        """A function's profile is ready: its record with the profile's figures for what
+        the spec left unset (`sizing.size_spec`); apply it and its instances are placed.
+        NotFound when the function no longer waits for a profile."""
+        self._advance(now)
+        function = self.state.functions.get(name)
+        if function is None or not function.status.awaiting_profile:
+            raise NotFound(f"function {name!r} does not wait for a profile")
+        updated = types_pb2.Function()
+        updated.CopyFrom(function)
+        updated.spec.CopyFrom(size_spec(function.spec, profile))
+        updated.status.awaiting_profile = False
+        updated.status.profile_key_id = profile.key_id
+        if updated.status.state in (S.FUNCTION_STATE_PROFILING, S.FUNCTION_STATE_PROFILE_FAILED):
+            updated.status.state = S.FUNCTION_STATE_OK
+            updated.status.last_error = ""
+        return FunctionChange(name, updated, reason="sized by its profile")
+
+    def start_profiling(self, spec: types_pb2.FunctionSpec, gpu_model: str,
+                        now: float) -> FunctionChange | None:
+        """The profiler's hidden instance of a validated spec named `profiling-…`: one
+        replica on a whole free GPU (request = limit = 1.0), of `gpu_model` when one is
+        named. None when it exists already (idempotent)."""
+        if not is_profiling(spec.name):
+            raise InvalidArgument("function.name", f"a profiling instance's name starts with "
+                                                   f"{PROFILING_PREFIX!r}")
+        if spec.name in self.state.functions:
+            return None
+        hidden = types_pb2.FunctionSpec()
+        hidden.CopyFrom(spec)
+        hidden.resources.sm_request = hidden.resources.sm_limit = 1.0
+        hidden.resources.gpus_per_instance = 1
+        hidden.replicas.min = hidden.replicas.max = 1
+        if gpu_model:
+            hidden.labels[GPU_MODEL_LABEL] = gpu_model
+        else:
+            hidden.labels.pop(GPU_MODEL_LABEL, None)
+        return intents.deploy(self.state, hidden, self._advance(now))
+
+    def stop_profiling(self, name: str, now: float) -> FunctionChange | None:
+        """Stop and forget a profiling instance; None when there is none."""
+        if not is_profiling(name) or name not in self.state.functions:
+            return None
+        self._advance(now)
+        return FunctionChange(name, None, reason="profiling finished")
+
+    def profiling_functions(self) -> list[types_pb2.Function]:
+        """The profiler's hidden functions, with their instances."""
+        return [views.function(self.state, name) for name in sorted(self.state.functions)
+                if is_profiling(name)]
 
     def delete(self, name: str, now: float) -> FunctionChange:
         self._advance(now)
+        _visible(name)
         return intents.delete(self.state, name)
 
     def scale(self, name: str, delta: int, now: float, *, reason: str = "", source: str = "",
               instance_ids: Iterable[str] = ()) -> FunctionChange:
         """Change the replica count by `delta` within the function's bounds, or remove
         exactly `instance_ids` (then `delta` is their number, negated)."""
+        _visible(name)
         return intents.scale(self.state, name, delta, self._advance(now), reason=reason,
                              source=source, instance_ids=instance_ids)
 
@@ -268,6 +400,9 @@ class SchedulerCore:
         calls: list[AgentCall] = []
         for instance_id in plan.stop:
             calls += self._lifecycle.stop(self.state.instances[instance_id], "scaled in", now)
+        hidden = is_profiling(name)
+        if hidden and function.status.consecutive_failures:
+            return calls  # a profiling instance that failed is the profiler's to report
         if not backoff.may_start(function.status, now):
             return calls  # recent failures: let the cause clear before trying again
         res = function.spec.resources
@@ -277,12 +412,24 @@ class SchedulerCore:
             instance = types_pb2.Instance(
                 id=self._new_id(name), function=name, state=S.INSTANCE_STATE_PENDING,
                 created_at=created, updated_at=now_timestamp(now),
+                message="profiling" if function.status.awaiting_profile else "",
                 quota=types_pb2.Quota(sm_request=res.sm_request, sm_limit=res.sm_limit,
                                       memory_limit_mib=res.memory_mib))
             self.state.add(instance)
+        if function.status.awaiting_profile:
+            return calls  # placed once the profile sizes it
         ready_nodes = self._heartbeats.nodes.ready()
+        if hidden and GPU_MODEL_LABEL in function.spec.labels:
+            model = function.spec.labels[GPU_MODEL_LABEL]
+            ready_nodes = [n for n in ready_nodes
+                           if any(g.model == model for g in self._gpus_of(n))]
         for instance in self.state.instances_of(name):
             if instance.state == S.INSTANCE_STATE_PENDING:
+                if not instance.quota.sm_request:
+                    # Created while the function waited for its profile: now it is sized.
+                    instance.quota.CopyFrom(types_pb2.Quota(
+                        sm_request=res.sm_request, sm_limit=res.sm_limit,
+                        memory_limit_mib=res.memory_mib))
                 start = self._lifecycle.place(function.spec, instance, ready_nodes, now)
                 if start is not None:
                     calls.append(start)
@@ -316,11 +463,23 @@ class SchedulerCore:
     # ---- reading -----------------------------------------------------------------------
 
     def function(self, name: str) -> types_pb2.Function:
-        """A function with its current deployment's instances (a copy)."""
+        """A function with its current deployment's instances (a copy); the profiler's
+        hidden ones are not functions (NotFound)."""
+        _visible(name)
         return views.function(self.state, name)
 
     def functions(self) -> list[types_pb2.Function]:
-        return [self.function(name) for name in sorted(self.state.functions)]
+        """Every user function (the profiler's hidden ones are `profiling_functions()`)."""
+        return [self.function(name) for name in sorted(self.state.functions)
+                if not is_profiling(name)]
+
+    def spec(self, name: str) -> types_pb2.FunctionSpec:
+        """What an invocation of `name` is served as: a function's spec, the profiler's
+        hidden ones included (the request path is how the profiler loads them)."""
+        stored = self.state.functions.get(name)
+        if stored is None:
+            raise NotFound(f"no function named {name!r}")
+        return stored.spec
 
     def route(self, name: str, exclude: Iterable[str] = ()) -> tuple[str, str]:
         """The ready instance an invocation should go to, as (id, endpoint): the least
@@ -344,6 +503,10 @@ class SchedulerCore:
         instance = self.state.instances.get(instance_id)
         return instance.node if instance is not None else ""
 
+    def _gpus_of(self, node_id: str) -> list[types_pb2.Gpu]:
+        node = self._heartbeats.nodes.node(node_id)
+        return list(node.gpus) if node is not None else []
+
     # ---- helpers -----------------------------------------------------------------------
 
     def _advance(self, now: float) -> float:
@@ -358,3 +521,9 @@ class SchedulerCore:
                  scaling: tuple[events_pb2.ScalingDecision, ...] = ()) -> Outcome:
         functions, instances = self.state.take_changes()
         return Outcome(tuple(calls), scaling, functions, instances)
+
+
+def _visible(name: str) -> None:
+    """User operations never reach the profiler's hidden functions."""
+    if is_profiling(name):
+        raise NotFound(f"no function named {name!r}")

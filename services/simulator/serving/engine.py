@@ -177,11 +177,13 @@ class Counters:
 
 class Simulation:
     """Build with a scenario, a system (see `systems.py`) and the stand-in profiles of its
-    functions (by function name), then `run()`."""
+    functions (by function name), then `run()`. `sizings` (by function name) replaces the
+    system's own sizing of those functions at the start (`--sizing profiler`: the profiler's
+    rules, `profiled.profiler_sizings`)."""
 
     def __init__(self, scenario: Scenario, system: Any, profiles: dict[str, Any], *,
                  overhead_ms: float = PROXY_OVERHEAD_MS, ticked: bool = False,
-                 record_shares: bool = False) -> None:
+                 record_shares: bool = False, sizings: dict[str, Sizing] | None = None) -> None:
         self.scenario = scenario
         self.system = system
         self.profiles = profiles
@@ -215,9 +217,10 @@ class Simulation:
             self.nodes[node] = make_arbitration(
                 self.schedule, node, gpus, ticked=ticked,
                 on_shares=self._record_shares if record_shares else None)
-        self.functions = {f.name: FunctionRuntime(self, f, system.sizing(f, profiles.get(f.name)),
-                                                  round(overhead_ms * MS), self.core.router)
-                          for f in scenario.functions}
+        sizings = sizings or {}
+        self.functions = {f.name: FunctionRuntime(
+            self, f, sizings.get(f.name) or system.sizing(f, profiles.get(f.name)),
+            round(overhead_ms * MS), self.core.router) for f in scenario.functions}
         self._function_list = [self.functions[f.name] for f in scenario.functions]
         self._jobs: dict[str, TrainingJob] = {t.name: t for t in scenario.training}
         # The simulated node agents' truth: what runs on each GPU.
@@ -293,7 +296,8 @@ class Simulation:
                 resources=S.Resources(sm_request=job.quota.request, sm_limit=job.quota.limit,
                                       memory_mib=job.quota.memory_mib, gpus_per_instance=job.gpus),
                 replicas=S.Replicas(min=1, max=1),
-                runtime_options={"host_ms": f"{job.host_ms:g}", "batch": str(job.batch)})
+                runtime_options={"host_ms": f"{job.host_ms:g}", "batch": str(job.batch),
+                                 "slowdown": f"{job.slowdown:g}"})
         function = self.functions[name]
         sizing, spec = function.sizing, function.spec
         return S.FunctionSpec(
@@ -302,7 +306,7 @@ class Simulation:
             resources=S.Resources(sm_request=sizing.request, sm_limit=sizing.limit,
                                   memory_mib=sizing.memory_mib),
             replicas=S.Replicas(min=spec.replicas_min, max=spec.replicas_max),
-            max_batch=sizing.max_batch)
+            max_batch=sizing.max_batch, runtime_options={"slowdown": f"{spec.slowdown:g}"})
 
     def _deploy(self) -> None:
         """Deploy in the scenario's order: the first mention of a function deploys it with
@@ -364,7 +368,7 @@ class Simulation:
             instance = InferenceInstance(
                 self, function, call.instance_id, call.node, gpus, quota.sm_request,
                 quota.sm_limit, quota.memory_limit_mib, spec.max_batch, load_model(spec.model),
-                now_ns)
+                now_ns, slowdown=function.spec.slowdown)
             function.instances[instance.id] = instance
         self.instances[instance.id] = instance
         for uuid in gpus:

@@ -108,9 +108,12 @@ class _Instance:
 class InferenceInstance(_Instance):
     def __init__(self, sim: Scheduler, function: FunctionRuntime, instance_id: str, node: str,
                  gpus: tuple[str, ...], request: float, limit: float, memory_mib: int,
-                 max_batch: int, perf: PerfModel, now_ns: int) -> None:
+                 max_batch: int, perf: PerfModel, now_ns: int, slowdown: float = 1.0) -> None:
         super().__init__(sim, instance_id, node, gpus, request, limit, memory_mib, perf)
         self.function = function
+        # The sim runtime's `slowdown` option: every batch takes this factor longer than the
+        # tables say (the worker's own estimate knows it, as a measuring worker's would).
+        self.slowdown = slowdown
         self.max_batch = max_batch
         self.queue: BatchQueue[int] = BatchQueue(function.slo_s, max_batch, self._estimate_s,
                                                  now_ns / NS)
@@ -125,7 +128,7 @@ class InferenceInstance(_Instance):
     def _full_cost_s(self, batch: int) -> float:
         cost = self._cost_s.get(batch)
         if cost is None:
-            cost = self._cost_s[batch] = self.perf.full_gpu_cost_s(batch)
+            cost = self._cost_s[batch] = self.perf.full_gpu_cost_s(batch) * self.slowdown
         return cost
 
     def _estimate_s(self, batch: int, share: float) -> float:
@@ -229,7 +232,7 @@ class TrainingInstance(_Instance):
         super().__init__(sim, instance_id, node, gpus, job.quota.request, job.quota.limit,
                          job.quota.memory_mib, perf)
         self.job = job
-        self.step_work_ns = max(1, round(job.step_gpu_s * NS))
+        self.step_work_ns = max(1, round(job.step_gpu_s * job.slowdown * NS))
         self.host_ns = round(job.host_ms * 1_000_000)
         self.iterations = 0
         self.step_started_ns = now_ns

@@ -5,7 +5,9 @@ model — the same `InferenceInstance` (the worker's batching decisions, the gat
 alone at a fixed share (request = limit), with the proxy overhead in every latency — never
 from the tables' columns below 100 %. For each share × maximum batch on a grid it holds the
 highest Poisson rate one instance sustains with ≥ 99 % of requests within the SLO:
-`capacity(share, max_batch)`. The helpers derive what systems' published rules need.
+`capacity(share, max_batch)`. The helpers derive what systems' published rules need. A
+function whose batches run slower than the tables say (the sim runtime option `slowdown`)
+is measured at that slowdown, as its sim worker runs it.
 
 Profiles are deterministic (fixed seed, fixed request count), so they are cached on disk
 (`$DILU_CACHE_DIR`, default `~/.cache/dilu`), keyed by the function's parameters and a
@@ -52,6 +54,7 @@ class StandInProfile:
     shares: tuple[float, ...]
     batches: tuple[int, ...]
     capacity_rps: tuple[tuple[float, ...], ...]  # [share][batch]
+    slowdown: float = 1.0
 
     # ---- the curve ---------------------------------------------------------------------
 
@@ -84,23 +87,24 @@ class StandInProfile:
     def lone_batch_share(self, batch: int = 1) -> float | None:
         """The smallest share (to 0.01) at which a lone batch, arriving at an idle
         instance, meets the SLO (time-slicing: a tight SLO needs a high share while it runs)."""
-        return lone_batch_share(self.model, self.slo_ms, self.overhead_ms, batch)
+        return lone_batch_share(self.model, self.slo_ms, self.overhead_ms, batch, self.slowdown)
 
     def gpu_s_per_request(self, batch: int) -> float:
         """Whole-GPU seconds one request costs in a batch of `batch`."""
-        return load_model(self.model).full_gpu_cost_s(batch) / batch
+        return load_model(self.model).full_gpu_cost_s(batch) * self.slowdown / batch
 
     def efficient_batch(self) -> int:
         """b*: the batch with the least GPU time per request among those a whole GPU runs
         within the SLO (1 when none does)."""
         perf = load_model(self.model)
         feasible = [b for b in self.batches
-                    if perf.full_gpu_cost_s(b) * 1000 + self.overhead_ms <= self.slo_ms]
+                    if perf.full_gpu_cost_s(b) * self.slowdown * 1000 + self.overhead_ms <= self.slo_ms]
         return min(feasible or [1], key=self.gpu_s_per_request)
 
 
-def lone_batch_share(model: str, slo_ms: float, overhead_ms: float, batch: int = 1) -> float | None:
-    work = max(1, round(load_model(model).full_gpu_cost_s(batch) * NS))
+def lone_batch_share(model: str, slo_ms: float, overhead_ms: float, batch: int = 1,
+                     slowdown: float = 1.0) -> float | None:
+    work = max(1, round(load_model(model).full_gpu_cost_s(batch) * slowdown * NS))
     for hundredths in range(1, 101):
         share = hundredths / 100
         run = PacedRun(0, NS, work, page_params(share, share, share, 0))
@@ -151,19 +155,20 @@ class _Solo:
 
 
 def meets_slo(model: str, slo_ms: float, overhead_ms: float, share: float, max_batch: int,
-              rate_rps: float, unit_arrivals: np.ndarray) -> bool:
+              rate_rps: float, unit_arrivals: np.ndarray, slowdown: float = 1.0) -> bool:
     """Whether one instance at `share` keeps ≥ 99 % of a Poisson stream at `rate_rps`
     within the SLO. `unit_arrivals` is a rate-1 stream (seconds), scaled to the rate."""
     allowed = int((1 - TARGET) * len(unit_arrivals))
     solo = _Solo(slo_ms, overhead_ms, allowed)
     instance = InferenceInstance(solo, solo, "solo", "node", ("gpu",), share, share, 0, max_batch,  # type: ignore[arg-type]
-                                 load_model(model), 0)
+                                 load_model(model), 0, slowdown=slowdown)
     instance.state = "ready"
     times = np.round(unit_arrivals / rate_rps * NS).astype(np.int64).tolist()
     return solo.replay(instance, times)
 
 
-def measure_profile(model: str, slo_ms: float, overhead_ms: float) -> StandInProfile:
+def measure_profile(model: str, slo_ms: float, overhead_ms: float,
+                    slowdown: float = 1.0) -> StandInProfile:
     """The capacity grid: at every grid point the rate is searched from its neighbours'
     (the same share's smaller batch, else the smaller share's) and narrowed by bisection."""
     perf = load_model(model)
@@ -173,7 +178,7 @@ def measure_profile(model: str, slo_ms: float, overhead_ms: float) -> StandInPro
         row: list[float] = []
         for j, batch in enumerate(BATCHES):
             # No instance beats full batches back to back at its share.
-            bound = batch / (perf.full_gpu_cost_s(batch) / share)
+            bound = batch / (perf.full_gpu_cost_s(batch) * slowdown / share)
             # A neighbour is a close guess; without one, search in coarse steps.
             guess, step = bound / 4, 2.0
             if j and row[j - 1] > 0:
@@ -182,11 +187,11 @@ def measure_profile(model: str, slo_ms: float, overhead_ms: float) -> StandInPro
                 guess, step = rows[i - 1][j] * share / SHARES[i - 1], 1.3
 
             def meets(rate: float, share: float = share, batch: int = batch) -> bool:
-                return meets_slo(model, slo_ms, overhead_ms, share, batch, rate, unit)
+                return meets_slo(model, slo_ms, overhead_ms, share, batch, rate, unit, slowdown)
 
             row.append(round(_highest(meets, min(guess, bound), bound, step), 3))
         rows.append(tuple(row))
-    return StandInProfile(model, slo_ms, overhead_ms, SHARES, BATCHES, tuple(rows))
+    return StandInProfile(model, slo_ms, overhead_ms, SHARES, BATCHES, tuple(rows), slowdown)
 
 
 def _highest(meets: Callable[[float], bool], guess: float, bound: float, step: float) -> float:
@@ -240,16 +245,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DILU_CACHE_DIR", Path.home() / ".cache" / "dilu")) / "standin"
 
 
-def _key(model: str, slo_ms: float, overhead_ms: float) -> str:
-    raw = json.dumps([VERSION, model, slo_ms, overhead_ms, SHARES, BATCHES, REQUESTS, SEED,
-                      PRECISION, fingerprint()])
+def _key(model: str, slo_ms: float, overhead_ms: float, slowdown: float) -> str:
+    raw = json.dumps([VERSION, model, slo_ms, overhead_ms, slowdown, SHARES, BATCHES, REQUESTS,
+                      SEED, PRECISION, fingerprint()])
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def _measure_and_store(args: tuple[str, float, float]) -> StandInProfile:
-    model, slo_ms, overhead_ms = args
-    profile = measure_profile(model, slo_ms, overhead_ms)
-    path = cache_dir() / f"{_key(model, slo_ms, overhead_ms)}.json"
+def _measure_and_store(args: tuple[str, float, float, float]) -> StandInProfile:
+    model, slo_ms, overhead_ms, slowdown = args
+    profile = measure_profile(model, slo_ms, overhead_ms, slowdown)
+    path = cache_dir() / f"{_key(model, slo_ms, overhead_ms, slowdown)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(asdict(profile)))
@@ -257,41 +262,45 @@ def _measure_and_store(args: tuple[str, float, float]) -> StandInProfile:
     return profile
 
 
-def _cached(model: str, slo_ms: float, overhead_ms: float) -> StandInProfile | None:
-    path = cache_dir() / f"{_key(model, slo_ms, overhead_ms)}.json"
+def _cached(model: str, slo_ms: float, overhead_ms: float,
+            slowdown: float) -> StandInProfile | None:
+    path = cache_dir() / f"{_key(model, slo_ms, overhead_ms, slowdown)}.json"
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return StandInProfile(raw["model"], raw["slo_ms"], raw["overhead_ms"], tuple(raw["shares"]),
-                          tuple(raw["batches"]), tuple(tuple(r) for r in raw["capacity_rps"]))
+                          tuple(raw["batches"]), tuple(tuple(r) for r in raw["capacity_rps"]),
+                          raw.get("slowdown", 1.0))
 
 
-def profiles_for(wanted: Iterable[tuple[str, float]], overhead_ms: float,
-                 workers: int = 1) -> dict[tuple[str, float], StandInProfile]:
-    """Profiles for (model, SLO ms) pairs: from the cache, the rest measured (in up to
-    `workers` processes) and stored."""
-    result: dict[tuple[str, float], StandInProfile] = {}
+def profiles_for(wanted: Iterable[tuple[str, float, float]], overhead_ms: float,
+                 workers: int = 1) -> dict[tuple[str, float, float], StandInProfile]:
+    """Profiles for (model, SLO ms, slowdown) triples: from the cache, the rest measured
+    (in up to `workers` processes) and stored."""
+    result: dict[tuple[str, float, float], StandInProfile] = {}
     missing = []
-    for model, slo_ms in dict.fromkeys(wanted):
-        cached = _cached(model, slo_ms, overhead_ms)
+    for model, slo_ms, slowdown in dict.fromkeys(wanted):
+        cached = _cached(model, slo_ms, overhead_ms, slowdown)
         if cached is None:
-            missing.append((model, slo_ms, overhead_ms))
+            missing.append((model, slo_ms, overhead_ms, slowdown))
         else:
-            result[model, slo_ms] = cached
+            result[model, slo_ms, slowdown] = cached
     if missing and workers > 1:
         with ProcessPoolExecutor(min(workers, len(missing))) as pool:
             measured = list(pool.map(_measure_and_store, missing))
     else:
         measured = [_measure_and_store(m) for m in missing]
-    for (model, slo_ms, _), profile in zip(missing, measured, strict=True):
-        result[model, slo_ms] = profile
+    for (model, slo_ms, _, slowdown), profile in zip(missing, measured, strict=True):
+        result[model, slo_ms, slowdown] = profile
     return result
 
 
 def function_profiles(functions: Iterable[Any], overhead_ms: float,
                       workers: int = 1) -> dict[str, StandInProfile]:
-    """The stand-in profile of every function (objects with `name`, `model`, `slo_ms`)."""
+    """The stand-in profile of every function (objects with `name`, `model`, `slo_ms` and
+    optionally `slowdown`)."""
     functions = list(functions)
-    by_key = profiles_for(((f.model, f.slo_ms) for f in functions), overhead_ms, workers)
-    return {f.name: by_key[f.model, f.slo_ms] for f in functions}
+    keys = {f.name: (f.model, f.slo_ms, getattr(f, "slowdown", 1.0)) for f in functions}
+    by_key = profiles_for(keys.values(), overhead_ms, workers)
+    return {name: by_key[key] for name, key in keys.items()}

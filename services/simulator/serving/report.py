@@ -161,8 +161,8 @@ def summarize(sim: Simulation) -> SystemResult:
 
 def oracle(scenario: Scenario, overhead_ms: float) -> dict[str, bool]:
     """Per function: whether a lone request on a dedicated whole GPU meets its SLO."""
-    return {f.name: load_model(f.model).full_gpu_cost_s(1) * 1000 + overhead_ms <= f.slo_ms
-            for f in scenario.functions}
+    return {f.name: load_model(f.model).full_gpu_cost_s(1) * f.slowdown * 1000 + overhead_ms
+            <= f.slo_ms for f in scenario.functions}
 
 
 def oracle_attainment(scenario: Scenario, overhead_ms: float, requests: Mapping[str, int]) -> float:
@@ -199,7 +199,7 @@ def gpu_seconds_bound(scenario: Scenario, profiles: Mapping[str, StandInProfile]
         memory += function.replicas_min * perf.memory_mib(1)
         profile = profiles.get(function.name)
         batch = profile.efficient_batch() if profile is not None else 1
-        per_request.append(perf.full_gpu_cost_s(batch) / batch)
+        per_request.append(perf.full_gpu_cost_s(batch) * function.slowdown / batch)
     memory_gpus = math.ceil(round(memory / memory_total, 9))
     rates = expected_rates(scenario)
     demand = (np.asarray(per_request)[:, None] * rates).sum(axis=0) if len(per_request) else (

@@ -10,8 +10,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.simulator.serving.engine import PROXY_OVERHEAD_MS, Simulation
+from services.simulator.serving.engine import PROXY_OVERHEAD_MS, Simulation, Sizing
 from services.simulator.serving.profile import StandInProfile, function_profiles
+from services.simulator.serving.profiled import profiler_sizings
 from services.simulator.serving.report import (
     SystemResult,
     gpu_seconds_bound,
@@ -45,10 +46,17 @@ class ScenarioReport:
                 "systems": {r.system: r.to_json() for r in self.results}}
 
 
-def _replay(job: tuple[Scenario, str, dict[str, StandInProfile], float]) -> SystemResult:
-    scenario, system, profiles, overhead_ms = job
+SIZINGS = ("standin", "profiler")
+"""Where functions the scenario does not pin get their initial quota and batch: each
+system's own rule on the stand-in profile, or the profiler's rules measured on the same
+single-instance model (`profiled.profiler_sizings`)."""
+
+
+def _replay(job: tuple[Scenario, str, dict[str, StandInProfile], float,
+                       dict[str, Sizing] | None]) -> SystemResult:
+    scenario, system, profiles, overhead_ms, sizings = job
     return summarize(Simulation(scenario, make_system(system), profiles,
-                                overhead_ms=overhead_ms).run())
+                                overhead_ms=overhead_ms, sizings=sizings).run())
 
 
 def workers_default() -> int:
@@ -57,8 +65,11 @@ def workers_default() -> int:
 
 def run_all(scenarios: Sequence[Scenario], systems: Sequence[str], *,
             overhead_ms: float = PROXY_OVERHEAD_MS, workers: int | None = None,
-            log: Any = None) -> list[ScenarioReport]:
-    """Every system on every scenario; `workers` processes (default: the CPUs we may use)."""
+            log: Any = None, sizing: str = "standin") -> list[ScenarioReport]:
+    """Every system on every scenario; `workers` processes (default: the CPUs we may use).
+    `sizing`: one of `SIZINGS`."""
+    if sizing not in SIZINGS:
+        raise ValueError(f"unknown sizing {sizing!r}; known: {', '.join(SIZINGS)}")
     workers = workers or workers_default()
     for system in systems:
         make_system(system)  # unknown names fail before any work
@@ -66,7 +77,14 @@ def run_all(scenarios: Sequence[Scenario], systems: Sequence[str], *,
     profiles = {s.name: function_profiles(s.functions, overhead_ms, workers) for s in scenarios}
     if log is not None:
         log(f"stand-in profiles ready in {time.perf_counter() - began:.1f} s")
-    jobs = [(s, system, profiles[s.name], overhead_ms) for s in scenarios for system in systems]
+    sizings: dict[str, dict[str, Sizing] | None] = {s.name: None for s in scenarios}
+    if sizing == "profiler":
+        began = time.perf_counter()
+        sizings = {s.name: profiler_sizings(s.functions, overhead_ms, workers) for s in scenarios}
+        if log is not None:
+            log(f"profiler sizings ready in {time.perf_counter() - began:.1f} s")
+    jobs = [(s, system, profiles[s.name], overhead_ms, sizings[s.name])
+            for s in scenarios for system in systems]
     # The longest replays first, so the pool ends together.
     order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i][0]))
     results: dict[int, SystemResult] = {}

@@ -19,6 +19,7 @@ functions:
     replicas: {min: 1, max: 4, initial: 1}   # initial defaults to min
     quota: {request: 0.2, limit: 0.5, memory_mib: 3072}   # optional: else the system sizes it
     max_batch: 8                # optional, as quota
+    slowdown: 1.0               # the sim runtime option: batches take this factor longer
 training:
   - name: roberta-finetune
     model: roberta-large
@@ -26,6 +27,7 @@ training:
     quota: {request: 0.2, limit: 0.8, memory_mib: 16384}  # memory per GPU
     host_ms: 0                  # per step; `saturate`: the GPU part at the limit (see below)
     batch: 16                   # default 16
+    slowdown: 1.0               # as for functions: the GPU part takes this factor longer
 deploy: [resnet152, bert-base, roberta-finetune, resnet152]  # optional
 ```
 
@@ -47,6 +49,7 @@ from typing import Any
 import yaml
 
 from services.node_agent.worker.engines import sim_training_step_gpu_s
+from services.node_agent.worker.requirements import SLOWDOWN_RANGE
 from services.perf import SIM_MODELS, load_model
 from services.perf.traces import TRACES, load_trace
 
@@ -93,6 +96,9 @@ class ServedFunction:
     replicas_initial: int = 1
     quota: Quota | None = None
     max_batch: int | None = None
+    # The sim runtime option `slowdown` (>= 1): every batch takes this factor longer than
+    # the tables say, in the simulator as in a sim worker.
+    slowdown: float = 1.0
 
     def rate_at(self, t_s: float) -> float:
         """Requests per second offered at scenario time `t_s` (the trace wraps around)."""
@@ -110,10 +116,12 @@ class TrainingJob:
     quota: Quota
     host_ms: float
     batch: int = TRAINING_BATCH
+    slowdown: float = 1.0
 
     @property
     def step_gpu_s(self) -> float:
-        return sim_training_step_gpu_s(load_model(self.model), self.batch)
+        """The GPU part of a step on a whole GPU, slowdown included."""
+        return sim_training_step_gpu_s(load_model(self.model), self.batch) * self.slowdown
 
     @property
     def saturated_steps_per_s(self) -> float:
@@ -279,7 +287,8 @@ def _quota(fields: _Fields, raw: object, where: str, cluster: ClusterSpec,
 
 def _function(fields: _Fields, raw: object, where: str, cluster: ClusterSpec) -> ServedFunction:
     spec = fields.mapping(raw, where, {"name", "model", "slo_ms", "trace", "scale", "shift_s",
-                                       "trace_span_s", "replicas", "quota", "max_batch"})
+                                       "trace_span_s", "replicas", "quota", "max_batch",
+                                       "slowdown"})
     name = fields.text(spec, "name", where)
     model = _model(fields, spec, where)
     trace = fields.present(spec, "trace", where)
@@ -304,22 +313,29 @@ def _function(fields: _Fields, raw: object, where: str, cluster: ClusterSpec) ->
         trace_span_s=(fields.number(spec, "trace_span_s", where, low=0, high=1e12, low_open=True)
                       if spec.get("trace_span_s") is not None else None),
         replicas_min=low, replicas_max=high, replicas_initial=initial, quota=quota,
-        max_batch=max_batch)
+        max_batch=max_batch, slowdown=_slowdown(fields, spec, where))
 
 
 def _training(fields: _Fields, raw: object, where: str, cluster: ClusterSpec) -> TrainingJob:
-    spec = fields.mapping(raw, where, {"name", "model", "gpus", "quota", "host_ms", "batch"})
+    spec = fields.mapping(raw, where, {"name", "model", "gpus", "quota", "host_ms", "batch",
+                                       "slowdown"})
     name = fields.text(spec, "name", where)
     model = _model(fields, spec, where)
     gpus = fields.integer(spec, "gpus", where, low=1, high=cluster.gpus_per_node)
     quota = _quota(fields, fields.present(spec, "quota", where), f"{where}.quota", cluster, gpus)
     batch = fields.integer(spec, "batch", where, low=1, high=1024, default=TRAINING_BATCH)
+    slowdown = _slowdown(fields, spec, where)
     host = spec.get("host_ms", 0)
     if host == "saturate":
-        host_ms = sim_training_step_gpu_s(load_model(model), batch) / quota.limit * 1000
+        host_ms = sim_training_step_gpu_s(load_model(model), batch) * slowdown / quota.limit * 1000
     else:
         host_ms = fields.number(spec, "host_ms", where, low=0, high=3_600_000, default=0.0)
-    return TrainingJob(name, model, gpus, quota, host_ms, batch)
+    return TrainingJob(name, model, gpus, quota, host_ms, batch, slowdown)
+
+
+def _slowdown(fields: _Fields, raw: Mapping[str, Any], where: str) -> float:
+    low, high = SLOWDOWN_RANGE
+    return fields.number(raw, "slowdown", where, low=low, high=high, default=1.0)
 
 
 def _deploy(fields: _Fields, raw: object, functions: tuple[ServedFunction, ...],

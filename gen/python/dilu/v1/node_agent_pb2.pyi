@@ -205,3 +205,81 @@ class GetNodeStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeStatusResponse: _TypeAlias = GetNodeStatusResponse  # noqa: Y015
+
+@_typing.final
+class TuneInstanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    SHARE_CAP_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    max_batch: _builtins.int
+    """Largest batch the worker forms from now on, in [1, 4096] (inference only)."""
+    share_cap: _builtins.float
+    """The most the arbiter may give the instance, a fraction of one GPU in [0.01, 1]; 1
+    removes the cap.
+    """
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        max_batch: _builtins.int | None = ...,
+        share_cap: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "_share_cap", b"_share_cap", "max_batch", b"max_batch", "share_cap", b"share_cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch", "_share_cap", b"_share_cap", "instance_id", b"instance_id", "max_batch", b"max_batch", "share_cap", b"share_cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_batch: _TypeAlias = _typing.Literal["max_batch"]  # noqa: Y015
+    _WhichOneofArgType__max_batch: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch"]  # noqa: Y015
+    _WhichOneofReturnType__share_cap: _TypeAlias = _typing.Literal["share_cap"]  # noqa: Y015
+    _WhichOneofArgType__share_cap: _TypeAlias = _typing.Literal["_share_cap", b"_share_cap"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch) -> _WhichOneofReturnType__max_batch | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__share_cap) -> _WhichOneofReturnType__share_cap | None: ...
+
+Global___TuneInstanceRequest: _TypeAlias = TuneInstanceRequest  # noqa: Y015
+
+@_typing.final
+class TuneInstanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    SHARE_CAP_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SHARE_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ITERATIONS_FIELD_NUMBER: _builtins.int
+    LAST_LOG_LINE_FIELD_NUMBER: _builtins.int
+    max_batch: _builtins.int
+    """The knobs as they are now (0: the worker's own batch size is not known to the agent)."""
+    share_cap: _builtins.float
+    effective_share: _builtins.float
+    """The share the arbiter gives the instance now."""
+    memory_bytes: _builtins.int
+    """The worker's memory footprint at its max batch, bytes (what it checks its quota with)."""
+    requests: _builtins.int
+    """The worker's counters since it started."""
+    iterations: _builtins.int
+    last_log_line: _builtins.str
+    """The last line of the worker's log."""
+    def __init__(
+        self,
+        *,
+        max_batch: _builtins.int = ...,
+        share_cap: _builtins.float = ...,
+        effective_share: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        iterations: _builtins.int = ...,
+        last_log_line: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_share", b"effective_share", "iterations", b"iterations", "last_log_line", b"last_log_line", "max_batch", b"max_batch", "memory_bytes", b"memory_bytes", "requests", b"requests", "share_cap", b"share_cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TuneInstanceResponse: _TypeAlias = TuneInstanceResponse  # noqa: Y015

@@ -64,6 +64,11 @@ class NodeAgentServiceStub:
                 request_serializer=dilu_dot_v1_dot_node__agent__pb2.GetNodeStatusRequest.SerializeToString,
                 response_deserializer=dilu_dot_v1_dot_node__agent__pb2.GetNodeStatusResponse.FromString,
                 _registered_method=True)
+        self.TuneInstance = channel.unary_unary(
+                '/dilu.v1.NodeAgentService/TuneInstance',
+                request_serializer=dilu_dot_v1_dot_node__agent__pb2.TuneInstanceRequest.SerializeToString,
+                response_deserializer=dilu_dot_v1_dot_node__agent__pb2.TuneInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServiceServicer:
@@ -112,6 +117,19 @@ class NodeAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TuneInstance(self, request, context):
+        """Sets a running instance's knobs that are not part of its budget, and reads its
+        worker's counters: the largest batch its worker forms (relayed to the worker, which
+        refuses with FAILED_PRECONDITION a batch whose memory need exceeds the quota) and a cap
+        on its effective share (the arbiter gives it at most this, while its request, limit
+        and the room it holds on its GPUs stay as they are). The profiler visits many
+        (share, batch) points with one instance this way. A request that sets neither is a
+        read. NOT_FOUND for an instance not running here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +152,11 @@ def add_NodeAgentServiceServicer_to_server(servicer, server):
                     servicer.GetNodeStatus,
                     request_deserializer=dilu_dot_v1_dot_node__agent__pb2.GetNodeStatusRequest.FromString,
                     response_serializer=dilu_dot_v1_dot_node__agent__pb2.GetNodeStatusResponse.SerializeToString,
+            ),
+            'TuneInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.TuneInstance,
+                    request_deserializer=dilu_dot_v1_dot_node__agent__pb2.TuneInstanceRequest.FromString,
+                    response_serializer=dilu_dot_v1_dot_node__agent__pb2.TuneInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -254,6 +277,33 @@ class NodeAgentService:
             '/dilu.v1.NodeAgentService/GetNodeStatus',
             dilu_dot_v1_dot_node__agent__pb2.GetNodeStatusRequest.SerializeToString,
             dilu_dot_v1_dot_node__agent__pb2.GetNodeStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TuneInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dilu.v1.NodeAgentService/TuneInstance',
+            dilu_dot_v1_dot_node__agent__pb2.TuneInstanceRequest.SerializeToString,
+            dilu_dot_v1_dot_node__agent__pb2.TuneInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,15 @@ class NodeAgentServiceStub:
     """
     GetNodeStatus: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.GetNodeStatusRequest, _node_agent_pb2.GetNodeStatusResponse]
     """This node's GPUs and instances."""
+    TuneInstance: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.TuneInstanceRequest, _node_agent_pb2.TuneInstanceResponse]
+    """Sets a running instance's knobs that are not part of its budget, and reads its
+    worker's counters: the largest batch its worker forms (relayed to the worker, which
+    refuses with FAILED_PRECONDITION a batch whose memory need exceeds the quota) and a cap
+    on its effective share (the arbiter gives it at most this, while its request, limit
+    and the room it holds on its GPUs stay as they are). The profiler visits many
+    (share, batch) points with one instance this way. A request that sets neither is a
+    read. NOT_FOUND for an instance not running here.
+    """
 
 @_typing.type_check_only
 class NodeAgentServiceAsyncStub(NodeAgentServiceStub):
@@ -91,6 +100,15 @@ class NodeAgentServiceAsyncStub(NodeAgentServiceStub):
     """
     GetNodeStatus: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.GetNodeStatusRequest, _node_agent_pb2.GetNodeStatusResponse]  # type: ignore[assignment]
     """This node's GPUs and instances."""
+    TuneInstance: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.TuneInstanceRequest, _node_agent_pb2.TuneInstanceResponse]  # type: ignore[assignment]
+    """Sets a running instance's knobs that are not part of its budget, and reads its
+    worker's counters: the largest batch its worker forms (relayed to the worker, which
+    refuses with FAILED_PRECONDITION a batch whose memory need exceeds the quota) and a cap
+    on its effective share (the arbiter gives it at most this, while its request, limit
+    and the room it holds on its GPUs stay as they are). The profiler visits many
+    (share, batch) points with one instance this way. A request that sets neither is a
+    read. NOT_FOUND for an instance not running here.
+    """
 
 class NodeAgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """One per GPU node: runs worker processes for instances and enforces their quotas.
@@ -144,5 +162,20 @@ class NodeAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.GetNodeStatusResponse, _abc.Awaitable[_node_agent_pb2.GetNodeStatusResponse]]:
         """This node's GPUs and instances."""
+
+    @_abc_1.abstractmethod
+    def TuneInstance(
+        self,
+        request: _node_agent_pb2.TuneInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_agent_pb2.TuneInstanceResponse, _abc.Awaitable[_node_agent_pb2.TuneInstanceResponse]]:
+        """Sets a running instance's knobs that are not part of its budget, and reads its
+        worker's counters: the largest batch its worker forms (relayed to the worker, which
+        refuses with FAILED_PRECONDITION a batch whose memory need exceeds the quota) and a cap
+        on its effective share (the arbiter gives it at most this, while its request, limit
+        and the room it holds on its GPUs stay as they are). The profiler visits many
+        (share, batch) points with one instance this way. A request that sets neither is a
+        read. NOT_FOUND for an instance not running here.
+        """
 
 def add_NodeAgentServiceServicer_to_server(servicer: NodeAgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

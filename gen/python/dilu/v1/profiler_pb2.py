@@ -23,27 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from dilu.v1 import types_pb2 as dilu_dot_v1_dot_types__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64ilu/v1/profiler.proto\x12\x07\x64ilu.v1\x1a\x13\x64ilu/v1/types.proto\"`\n\x0cProfilePoint\x12\x12\n\nbatch_size\x18\x01 \x01(\x05\x12\x10\n\x08sm_share\x18\x02 \x01(\x01\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x16\n\x0ethroughput_rps\x18\x04 \x01(\x01\"\xb2\x01\n\x07Profile\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nsm_request\x18\x03 \x01(\x01\x12\x10\n\x08sm_limit\x18\x04 \x01(\x01\x12\x17\n\x0f\x62\x65st_batch_size\x18\x05 \x01(\x05\x12%\n\x06points\x18\x06 \x03(\x0b\x32\x15.dilu.v1.ProfilePoint\x12\x10\n\x08measured\x18\x07 \x01(\x05\x12\x0e\n\x06pruned\x18\x08 \x01(\x05\"A\n\x16ProfileFunctionRequest\x12\'\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\"<\n\x17ProfileFunctionResponse\x12!\n\x07profile\x18\x01 \x01(\x0b\x32\x10.dilu.v1.Profile\"%\n\x11GetProfileRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\"7\n\x12GetProfileResponse\x12!\n\x07profile\x18\x01 \x01(\x0b\x32\x10.dilu.v1.Profile2\xae\x01\n\x0fProfilerService\x12T\n\x0fProfileFunction\x12\x1f.dilu.v1.ProfileFunctionRequest\x1a .dilu.v1.ProfileFunctionResponse\x12\x45\n\nGetProfile\x12\x1a.dilu.v1.GetProfileRequest\x1a\x1b.dilu.v1.GetProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64ilu/v1/profiler.proto\x12\x07\x64ilu.v1\x1a\x13\x64ilu/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x02\n\nProfileKey\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.dilu.v1.FunctionKind\x12!\n\x07runtime\x18\x02 \x01(\x0e\x32\x10.dilu.v1.Runtime\x12\r\n\x05model\x18\x03 \x01(\t\x12@\n\x0fruntime_options\x18\x04 \x03(\x0b\x32\'.dilu.v1.ProfileKey.RuntimeOptionsEntry\x12\x11\n\tgpu_model\x18\x05 \x01(\t\x12\x16\n\x0eslo_latency_ms\x18\x06 \x01(\x01\x12\x16\n\x0eslo_percentile\x18\x07 \x01(\x01\x12\x17\n\x0f\x64\x65sign_rate_rps\x18\x08 \x01(\x01\x1a\x35\n\x13RuntimeOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x01\n\x0cProfilePoint\x12\x12\n\nbatch_size\x18\x01 \x01(\x05\x12\x10\n\x08sm_share\x18\x02 \x01(\x01\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x16\n\x0ethroughput_rps\x18\x04 \x01(\x01\x12\x11\n\tmeets_slo\x18\x05 \x01(\x08\x12\x12\n\nmemory_mib\x18\x06 \x01(\x03\x12\x0e\n\x06trials\x18\x07 \x01(\x05\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x0e\n\x06\x63hosen\x18\t \x01(\x08\"\xb4\x05\n\x07Profile\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nsm_request\x18\x03 \x01(\x01\x12\x10\n\x08sm_limit\x18\x04 \x01(\x01\x12\x17\n\x0f\x62\x65st_batch_size\x18\x05 \x01(\x05\x12%\n\x06points\x18\x06 \x03(\x0b\x32\x15.dilu.v1.ProfilePoint\x12\x10\n\x08measured\x18\x07 \x01(\x05\x12\x0e\n\x06pruned\x18\x08 \x01(\x05\x12 \n\x03key\x18\t \x01(\x0b\x32\x13.dilu.v1.ProfileKey\x12\x0e\n\x06key_id\x18\n \x01(\t\x12$\n\x05state\x18\x0b \x01(\x0e\x32\x15.dilu.v1.ProfileState\x12\x0f\n\x07message\x18\x0c \x01(\t\x12(\n\x07\x66\x61ilure\x18\r \x01(\x0e\x32\x17.dilu.v1.ProfileFailure\x12\x12\n\nmemory_mib\x18\x0e \x01(\x03\x12\x17\n\x0f\x64\x65sign_rate_rps\x18\x0f \x01(\x01\x12\x1d\n\x15\x63\x61pacity_at_limit_rps\x18\x10 \x01(\x01\x12\x14\n\x0c\x63hosen_share\x18\x11 \x01(\x01\x12\x1b\n\x13\x63hosen_capacity_rps\x18\x12 \x01(\x01\x12\x1a\n\x12\x66\x61stest_latency_ms\x18\x13 \x01(\x01\x12\x30\n\x0crequested_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x17 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x18 \x01(\x05\x12\x0f\n\x07seconds\x18\x19 \x01(\x01\x12\r\n\x05notes\x18\x1a \x03(\t\"\x8c\x01\n\x16ProfileFunctionRequest\x12\'\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x15.dilu.v1.FunctionSpec\x12\x17\n\x0f\x64\x65sign_rate_rps\x18\x02 \x01(\x01\x12\x11\n\tgpu_model\x18\x03 \x01(\t\x12\x0c\n\x04wait\x18\x04 \x01(\x08\x12\x0f\n\x07refresh\x18\x05 \x01(\x08\"<\n\x17ProfileFunctionResponse\x12!\n\x07profile\x18\x01 \x01(\x0b\x32\x10.dilu.v1.Profile\"E\n\x11GetProfileRequest\x12 \n\x03key\x18\x02 \x01(\x0b\x32\x13.dilu.v1.ProfileKeyJ\x04\x08\x01\x10\x02R\x08\x66unction\"7\n\x12GetProfileResponse\x12!\n\x07profile\x18\x01 \x01(\x0b\x32\x10.dilu.v1.Profile*\x95\x01\n\x0cProfileState\x12\x1d\n\x19PROFILE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14PROFILE_STATE_WANTED\x10\x01\x12\x19\n\x15PROFILE_STATE_RUNNING\x10\x02\x12\x17\n\x13PROFILE_STATE_READY\x10\x03\x12\x18\n\x14PROFILE_STATE_FAILED\x10\x04*\xca\x01\n\x0eProfileFailure\x12\x1f\n\x1bPROFILE_FAILURE_UNSPECIFIED\x10\x00\x12\"\n\x1ePROFILE_FAILURE_INFEASIBLE_SLO\x10\x01\x12\x1b\n\x17PROFILE_FAILURE_CRASHED\x10\x02\x12\x18\n\x14PROFILE_FAILURE_HUNG\x10\x03\x12\x1f\n\x1bPROFILE_FAILURE_INTERRUPTED\x10\x04\x12\x1b\n\x17PROFILE_FAILURE_INVALID\x10\x05\x32\xae\x01\n\x0fProfilerService\x12T\n\x0fProfileFunction\x12\x1f.dilu.v1.ProfileFunctionRequest\x1a .dilu.v1.ProfileFunctionResponse\x12\x45\n\nGetProfile\x12\x1a.dilu.v1.GetProfileRequest\x1a\x1b.dilu.v1.GetProfileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dilu.v1.profiler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROFILEPOINT']._serialized_start=56
-  _globals['_PROFILEPOINT']._serialized_end=152
-  _globals['_PROFILE']._serialized_start=155
-  _globals['_PROFILE']._serialized_end=333
-  _globals['_PROFILEFUNCTIONREQUEST']._serialized_start=335
-  _globals['_PROFILEFUNCTIONREQUEST']._serialized_end=400
-  _globals['_PROFILEFUNCTIONRESPONSE']._serialized_start=402
-  _globals['_PROFILEFUNCTIONRESPONSE']._serialized_end=462
-  _globals['_GETPROFILEREQUEST']._serialized_start=464
-  _globals['_GETPROFILEREQUEST']._serialized_end=501
-  _globals['_GETPROFILERESPONSE']._serialized_start=503
-  _globals['_GETPROFILERESPONSE']._serialized_end=558
-  _globals['_PROFILERSERVICE']._serialized_start=561
-  _globals['_PROFILERSERVICE']._serialized_end=735
+  _globals['_PROFILEKEY_RUNTIMEOPTIONSENTRY']._loaded_options = None
+  _globals['_PROFILEKEY_RUNTIMEOPTIONSENTRY']._serialized_options = b'8\001'
+  _globals['_PROFILESTATE']._serialized_start=1620
+  _globals['_PROFILESTATE']._serialized_end=1769
+  _globals['_PROFILEFAILURE']._serialized_start=1772
+  _globals['_PROFILEFAILURE']._serialized_end=1974
+  _globals['_PROFILEKEY']._serialized_start=90
+  _globals['_PROFILEKEY']._serialized_end=402
+  _globals['_PROFILEKEY_RUNTIMEOPTIONSENTRY']._serialized_start=349
+  _globals['_PROFILEKEY_RUNTIMEOPTIONSENTRY']._serialized_end=402
+  _globals['_PROFILEPOINT']._serialized_start=405
+  _globals['_PROFILEPOINT']._serialized_end=589
+  _globals['_PROFILE']._serialized_start=592
+  _globals['_PROFILE']._serialized_end=1284
+  _globals['_PROFILEFUNCTIONREQUEST']._serialized_start=1287
+  _globals['_PROFILEFUNCTIONREQUEST']._serialized_end=1427
+  _globals['_PROFILEFUNCTIONRESPONSE']._serialized_start=1429
+  _globals['_PROFILEFUNCTIONRESPONSE']._serialized_end=1489
+  _globals['_GETPROFILEREQUEST']._serialized_start=1491
+  _globals['_GETPROFILEREQUEST']._serialized_end=1560
+  _globals['_GETPROFILERESPONSE']._serialized_start=1562
+  _globals['_GETPROFILERESPONSE']._serialized_end=1617
+  _globals['_PROFILERSERVICE']._serialized_start=1977
+  _globals['_PROFILERSERVICE']._serialized_end=2151
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,9 @@ from collections import abc as _abc
 from dilu.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +21,136 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ProfileState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProfileStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProfileState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROFILE_STATE_UNSPECIFIED: _ProfileState.ValueType  # 0
+    PROFILE_STATE_WANTED: _ProfileState.ValueType  # 1
+    """Asked for; no profiler has started it yet."""
+    PROFILE_STATE_RUNNING: _ProfileState.ValueType  # 2
+    """A profiler measures it now (`owner`); `message` says how far it got or what it waits for."""
+    PROFILE_STATE_READY: _ProfileState.ValueType  # 3
+    """Measured: the figures below size the function."""
+    PROFILE_STATE_FAILED: _ProfileState.ValueType  # 4
+    """Gave up: `failure` and `message` say why. Not retried until asked (`refresh`)."""
+
+class ProfileState(_ProfileState, metaclass=_ProfileStateEnumTypeWrapper): ...
+
+PROFILE_STATE_UNSPECIFIED: ProfileState.ValueType  # 0
+PROFILE_STATE_WANTED: ProfileState.ValueType  # 1
+"""Asked for; no profiler has started it yet."""
+PROFILE_STATE_RUNNING: ProfileState.ValueType  # 2
+"""A profiler measures it now (`owner`); `message` says how far it got or what it waits for."""
+PROFILE_STATE_READY: ProfileState.ValueType  # 3
+"""Measured: the figures below size the function."""
+PROFILE_STATE_FAILED: ProfileState.ValueType  # 4
+"""Gave up: `failure` and `message` say why. Not retried until asked (`refresh`)."""
+Global___ProfileState: _TypeAlias = ProfileState  # noqa: Y015
+
+class _ProfileFailure:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProfileFailureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProfileFailure.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROFILE_FAILURE_UNSPECIFIED: _ProfileFailure.ValueType  # 0
+    PROFILE_FAILURE_INFEASIBLE_SLO: _ProfileFailure.ValueType  # 1
+    """No point of the grid meets the SLO; `fastest_latency_ms` is the fastest measured."""
+    PROFILE_FAILURE_CRASHED: _ProfileFailure.ValueType  # 2
+    """The function's worker exited while profiled; `message` carries its last log line."""
+    PROFILE_FAILURE_HUNG: _ProfileFailure.ValueType  # 3
+    """The function stopped answering while profiled."""
+    PROFILE_FAILURE_INTERRUPTED: _ProfileFailure.ValueType  # 4
+    """Its profilers were stopped mid-run too often (3 times)."""
+    PROFILE_FAILURE_INVALID: _ProfileFailure.ValueType  # 5
+    """The spec cannot run as asked (e.g. it does not fit a GPU's memory)."""
+
+class ProfileFailure(_ProfileFailure, metaclass=_ProfileFailureEnumTypeWrapper): ...
+
+PROFILE_FAILURE_UNSPECIFIED: ProfileFailure.ValueType  # 0
+PROFILE_FAILURE_INFEASIBLE_SLO: ProfileFailure.ValueType  # 1
+"""No point of the grid meets the SLO; `fastest_latency_ms` is the fastest measured."""
+PROFILE_FAILURE_CRASHED: ProfileFailure.ValueType  # 2
+"""The function's worker exited while profiled; `message` carries its last log line."""
+PROFILE_FAILURE_HUNG: ProfileFailure.ValueType  # 3
+"""The function stopped answering while profiled."""
+PROFILE_FAILURE_INTERRUPTED: ProfileFailure.ValueType  # 4
+"""Its profilers were stopped mid-run too often (3 times)."""
+PROFILE_FAILURE_INVALID: ProfileFailure.ValueType  # 5
+"""The spec cannot run as asked (e.g. it does not fit a GPU's memory)."""
+Global___ProfileFailure: _TypeAlias = ProfileFailure  # noqa: Y015
+
+@_typing.final
+class ProfileKey(_message.Message):
+    """Everything a profile depends on; its id (`Profile.key_id`) is a hash of these fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RuntimeOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KIND_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RUNTIME_OPTIONS_FIELD_NUMBER: _builtins.int
+    GPU_MODEL_FIELD_NUMBER: _builtins.int
+    SLO_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    SLO_PERCENTILE_FIELD_NUMBER: _builtins.int
+    DESIGN_RATE_RPS_FIELD_NUMBER: _builtins.int
+    kind: _types_pb2.FunctionKind.ValueType
+    """Training and inference measure different things."""
+    runtime: _types_pb2.Runtime.ValueType
+    model: _builtins.str
+    gpu_model: _builtins.str
+    """As the node agents report it (Gpu.model), e.g. "NVIDIA A100-SXM4-40GB (simulated)"."""
+    slo_latency_ms: _builtins.float
+    """The latency SLO, ms; 0 for training."""
+    slo_percentile: _builtins.float
+    """The SLO's percentile (99 unless the spec says otherwise); 0 for training."""
+    design_rate_rps: _builtins.float
+    """The rate the request is sized for; 0: the default (70 % of the capacity at the limit)."""
+    @_builtins.property
+    def runtime_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        kind: _types_pb2.FunctionKind.ValueType = ...,
+        runtime: _types_pb2.Runtime.ValueType = ...,
+        model: _builtins.str = ...,
+        runtime_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        gpu_model: _builtins.str = ...,
+        slo_latency_ms: _builtins.float = ...,
+        slo_percentile: _builtins.float = ...,
+        design_rate_rps: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["design_rate_rps", b"design_rate_rps", "gpu_model", b"gpu_model", "kind", b"kind", "model", b"model", "runtime", b"runtime", "runtime_options", b"runtime_options", "slo_latency_ms", b"slo_latency_ms", "slo_percentile", b"slo_percentile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileKey: _TypeAlias = ProfileKey  # noqa: Y015
+
 @_typing.final
 class ProfilePoint(_message.Message):
     """One measured point of a profile."""
@@ -29,10 +161,28 @@ class ProfilePoint(_message.Message):
     SM_SHARE_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     THROUGHPUT_RPS_FIELD_NUMBER: _builtins.int
+    MEETS_SLO_FIELD_NUMBER: _builtins.int
+    MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    CHOSEN_FIELD_NUMBER: _builtins.int
     batch_size: _builtins.int
     sm_share: _builtins.float
     latency_ms: _builtins.float
+    """Inference: the SLO percentile's latency at the capacity, or a lone batch's latency
+    where no rate meets the SLO. Training: one step.
+    """
     throughput_rps: _builtins.float
+    """Inference: the capacity (the highest Poisson rate served with the SLO percentile of
+    requests within the SLO). Training: steps per second.
+    """
+    meets_slo: _builtins.bool
+    memory_mib: _builtins.int
+    trials: _builtins.int
+    """Load trials at this point, and their instance time, seconds."""
+    seconds: _builtins.float
+    chosen: _builtins.bool
+    """The point the search chose."""
     def __init__(
         self,
         *,
@@ -40,10 +190,15 @@ class ProfilePoint(_message.Message):
         sm_share: _builtins.float = ...,
         latency_ms: _builtins.float = ...,
         throughput_rps: _builtins.float = ...,
+        meets_slo: _builtins.bool = ...,
+        memory_mib: _builtins.int = ...,
+        trials: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        chosen: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "latency_ms", b"latency_ms", "sm_share", b"sm_share", "throughput_rps", b"throughput_rps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "chosen", b"chosen", "latency_ms", b"latency_ms", "meets_slo", b"meets_slo", "memory_mib", b"memory_mib", "seconds", b"seconds", "sm_share", b"sm_share", "throughput_rps", b"throughput_rps", "trials", b"trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -51,7 +206,7 @@ Global___ProfilePoint: _TypeAlias = ProfilePoint  # noqa: Y015
 
 @_typing.final
 class Profile(_message.Message):
-    """Outcome of profiling one function."""
+    """A function's profile: the measured curve and the sizing derived from it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -63,18 +218,71 @@ class Profile(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     MEASURED_FIELD_NUMBER: _builtins.int
     PRUNED_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    DESIGN_RATE_RPS_FIELD_NUMBER: _builtins.int
+    CAPACITY_AT_LIMIT_RPS_FIELD_NUMBER: _builtins.int
+    CHOSEN_SHARE_FIELD_NUMBER: _builtins.int
+    CHOSEN_CAPACITY_RPS_FIELD_NUMBER: _builtins.int
+    FASTEST_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     function: _builtins.str
+    """The function whose request started the run (a label: the key is what counts)."""
     model: _builtins.str
     sm_request: _builtins.float
-    """Smallest share meeting the SLO at the chosen batch size."""
+    """Smallest share whose capacity at the best batch covers the design rate (training:
+    the smallest share keeping 98 % of the full GPU's throughput).
+    """
     sm_limit: _builtins.float
-    """Share beyond which throughput stops paying for itself."""
+    """Smallest share at which a lone batch of the best size, arriving after an idle gap,
+    meets the SLO under the gate (at least the request; training: as the request).
+    """
     best_batch_size: _builtins.int
     measured: _builtins.int
-    """Configurations the search measured, and those it pruned without measuring."""
+    """Points measured, and grid points the search settled without measuring them."""
     pruned: _builtins.int
+    key_id: _builtins.str
+    state: Global___ProfileState.ValueType
+    message: _builtins.str
+    failure: Global___ProfileFailure.ValueType
+    memory_mib: _builtins.int
+    """The worker's memory footprint at the best batch, MiB."""
+    design_rate_rps: _builtins.float
+    capacity_at_limit_rps: _builtins.float
+    chosen_share: _builtins.float
+    """The search's choice: the share of the highest capacity per share (with the best batch)."""
+    chosen_capacity_rps: _builtins.float
+    fastest_latency_ms: _builtins.float
+    """The fastest latency measured (the error of an infeasible SLO names it), ms."""
+    owner: _builtins.str
+    """The profiler run working on it (RUNNING), and how many runs it took."""
+    attempts: _builtins.int
+    seconds: _builtins.float
+    """Instance time of the measurement, seconds."""
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfilePoint]: ...
+    @_builtins.property
+    def key(self) -> Global___ProfileKey: ...
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the sizing rules had to deviate (e.g. a limit raised), in words."""
+
     def __init__(
         self,
         *,
@@ -86,10 +294,28 @@ class Profile(_message.Message):
         points: _abc.Iterable[Global___ProfilePoint] | None = ...,
         measured: _builtins.int = ...,
         pruned: _builtins.int = ...,
+        key: Global___ProfileKey | None = ...,
+        key_id: _builtins.str = ...,
+        state: Global___ProfileState.ValueType = ...,
+        message: _builtins.str = ...,
+        failure: Global___ProfileFailure.ValueType = ...,
+        memory_mib: _builtins.int = ...,
+        design_rate_rps: _builtins.float = ...,
+        capacity_at_limit_rps: _builtins.float = ...,
+        chosen_share: _builtins.float = ...,
+        chosen_capacity_rps: _builtins.float = ...,
+        fastest_latency_ms: _builtins.float = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "key", b"key", "requested_at", b"requested_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_batch_size", b"best_batch_size", "function", b"function", "measured", b"measured", "model", b"model", "points", b"points", "pruned", b"pruned", "sm_limit", b"sm_limit", "sm_request", b"sm_request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "best_batch_size", b"best_batch_size", "capacity_at_limit_rps", b"capacity_at_limit_rps", "chosen_capacity_rps", b"chosen_capacity_rps", "chosen_share", b"chosen_share", "design_rate_rps", b"design_rate_rps", "failure", b"failure", "fastest_latency_ms", b"fastest_latency_ms", "finished_at", b"finished_at", "function", b"function", "key", b"key", "key_id", b"key_id", "measured", b"measured", "memory_mib", b"memory_mib", "message", b"message", "model", b"model", "notes", b"notes", "owner", b"owner", "points", b"points", "pruned", b"pruned", "requested_at", b"requested_at", "seconds", b"seconds", "sm_limit", b"sm_limit", "sm_request", b"sm_request", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -100,16 +326,36 @@ class ProfileFunctionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FUNCTION_FIELD_NUMBER: _builtins.int
+    DESIGN_RATE_RPS_FIELD_NUMBER: _builtins.int
+    GPU_MODEL_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    REFRESH_FIELD_NUMBER: _builtins.int
+    design_rate_rps: _builtins.float
+    """Requests/s the request is sized for; 0: 70 % of the capacity at the limit."""
+    gpu_model: _builtins.str
+    """The GPU model to profile on (Gpu.model); empty: the model most GPUs of the ready
+    nodes have.
+    """
+    wait: _builtins.bool
+    """Answer only once the profile is ready or failed — or, a second before the call's
+    deadline, with the state it is in then (GetProfile follows it further).
+    """
+    refresh: _builtins.bool
+    """Measure again even when a profile (or a failure) is stored."""
     @_builtins.property
     def function(self) -> _types_pb2.FunctionSpec: ...
     def __init__(
         self,
         *,
         function: _types_pb2.FunctionSpec | None = ...,
+        design_rate_rps: _builtins.float = ...,
+        gpu_model: _builtins.str = ...,
+        wait: _builtins.bool = ...,
+        refresh: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["design_rate_rps", b"design_rate_rps", "function", b"function", "gpu_model", b"gpu_model", "refresh", b"refresh", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,16 +385,17 @@ Global___ProfileFunctionResponse: _TypeAlias = ProfileFunctionResponse  # noqa: 
 class GetProfileRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    FUNCTION_FIELD_NUMBER: _builtins.int
-    function: _builtins.str
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___ProfileKey: ...
     def __init__(
         self,
         *,
-        function: _builtins.str = ...,
+        key: Global___ProfileKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

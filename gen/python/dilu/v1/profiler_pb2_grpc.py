@@ -26,8 +26,12 @@ if _version_not_supported:
 
 
 class ProfilerServiceStub:
-    """Multi-factor profiling: finds a function's SM request, SM limit and best batch size
-    for its SLO with a pruning search.
+    """Multi-factor profiling: measures a function on a hidden instance (a whole free GPU, asked
+    of the scheduler) at many (SM share, maximum batch) points and derives its batch size,
+    SM request, SM limit and memory. Profiles live in JetStream KV (bucket dilu-profiles)
+    under the id of their ProfileKey; a run in progress lives there too (state WANTED or
+    RUNNING), so that a second request for the same key joins it, the scheduler sizes a
+    Deploy from it, and a profiler that restarts finds what its predecessor left.
     """
 
     def __init__(self, channel):
@@ -49,19 +53,29 @@ class ProfilerServiceStub:
 
 
 class ProfilerServiceServicer:
-    """Multi-factor profiling: finds a function's SM request, SM limit and best batch size
-    for its SLO with a pruning search.
+    """Multi-factor profiling: measures a function on a hidden instance (a whole free GPU, asked
+    of the scheduler) at many (SM share, maximum batch) points and derives its batch size,
+    SM request, SM limit and memory. Profiles live in JetStream KV (bucket dilu-profiles)
+    under the id of their ProfileKey; a run in progress lives there too (state WANTED or
+    RUNNING), so that a second request for the same key joins it, the scheduler sizes a
+    Deploy from it, and a profiler that restarts finds what its predecessor left.
     """
 
     def ProfileFunction(self, request, context):
-        """Profiles a function (running it at chosen shares and batch sizes) and stores the result.
+        """Profiles a function (its kind, runtime, model, runtime options and SLO; its name only
+        labels the run) on the given GPU model, or joins the run for the same key. Answers at
+        once with the profile's state unless `wait` is set. A stored profile is answered as
+        it is unless `refresh`. Failures of a waited-for run: FAILED_PRECONDITION when no share
+        meets the SLO (naming the fastest latency measured) or the function crashed or hung
+        while profiled (with its last log line); RESOURCE_EXHAUSTED when the profiler's queue
+        is full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProfile(self, request, context):
-        """A stored profile.
+        """A profile (stored, in progress or failed) by its key. NOT_FOUND when there is none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,8 +103,12 @@ def add_ProfilerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ProfilerService:
-    """Multi-factor profiling: finds a function's SM request, SM limit and best batch size
-    for its SLO with a pruning search.
+    """Multi-factor profiling: measures a function on a hidden instance (a whole free GPU, asked
+    of the scheduler) at many (SM share, maximum batch) points and derives its batch size,
+    SM request, SM limit and memory. Profiles live in JetStream KV (bucket dilu-profiles)
+    under the id of their ProfileKey; a run in progress lives there too (state WANTED or
+    RUNNING), so that a second request for the same key joins it, the scheduler sizes a
+    Deploy from it, and a profiler that restarts finds what its predecessor left.
     """
 
     @staticmethod

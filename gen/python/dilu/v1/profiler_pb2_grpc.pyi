@@ -27,8 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ProfilerServiceStub:
-    """Multi-factor profiling: finds a function's SM request, SM limit and best batch size
-    for its SLO with a pruning search.
+    """Multi-factor profiling: measures a function on a hidden instance (a whole free GPU, asked
+    of the scheduler) at many (SM share, maximum batch) points and derives its batch size,
+    SM request, SM limit and memory. Profiles live in JetStream KV (bucket dilu-profiles)
+    under the id of their ProfileKey; a run in progress lives there too (state WANTED or
+    RUNNING), so that a second request for the same key joins it, the scheduler sizes a
+    Deploy from it, and a profiler that restarts finds what its predecessor left.
     """
 
     @_typing.overload
@@ -36,25 +40,47 @@ class ProfilerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProfilerServiceAsyncStub: ...
     ProfileFunction: _grpc.UnaryUnaryMultiCallable[_profiler_pb2.ProfileFunctionRequest, _profiler_pb2.ProfileFunctionResponse]
-    """Profiles a function (running it at chosen shares and batch sizes) and stores the result."""
+    """Profiles a function (its kind, runtime, model, runtime options and SLO; its name only
+    labels the run) on the given GPU model, or joins the run for the same key. Answers at
+    once with the profile's state unless `wait` is set. A stored profile is answered as
+    it is unless `refresh`. Failures of a waited-for run: FAILED_PRECONDITION when no share
+    meets the SLO (naming the fastest latency measured) or the function crashed or hung
+    while profiled (with its last log line); RESOURCE_EXHAUSTED when the profiler's queue
+    is full.
+    """
     GetProfile: _grpc.UnaryUnaryMultiCallable[_profiler_pb2.GetProfileRequest, _profiler_pb2.GetProfileResponse]
-    """A stored profile."""
+    """A profile (stored, in progress or failed) by its key. NOT_FOUND when there is none."""
 
 @_typing.type_check_only
 class ProfilerServiceAsyncStub(ProfilerServiceStub):
-    """Multi-factor profiling: finds a function's SM request, SM limit and best batch size
-    for its SLO with a pruning search.
+    """Multi-factor profiling: measures a function on a hidden instance (a whole free GPU, asked
+    of the scheduler) at many (SM share, maximum batch) points and derives its batch size,
+    SM request, SM limit and memory. Profiles live in JetStream KV (bucket dilu-profiles)
+    under the id of their ProfileKey; a run in progress lives there too (state WANTED or
+    RUNNING), so that a second request for the same key joins it, the scheduler sizes a
+    Deploy from it, and a profiler that restarts finds what its predecessor left.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ProfileFunction: _aio.UnaryUnaryMultiCallable[_profiler_pb2.ProfileFunctionRequest, _profiler_pb2.ProfileFunctionResponse]  # type: ignore[assignment]
-    """Profiles a function (running it at chosen shares and batch sizes) and stores the result."""
+    """Profiles a function (its kind, runtime, model, runtime options and SLO; its name only
+    labels the run) on the given GPU model, or joins the run for the same key. Answers at
+    once with the profile's state unless `wait` is set. A stored profile is answered as
+    it is unless `refresh`. Failures of a waited-for run: FAILED_PRECONDITION when no share
+    meets the SLO (naming the fastest latency measured) or the function crashed or hung
+    while profiled (with its last log line); RESOURCE_EXHAUSTED when the profiler's queue
+    is full.
+    """
     GetProfile: _aio.UnaryUnaryMultiCallable[_profiler_pb2.GetProfileRequest, _profiler_pb2.GetProfileResponse]  # type: ignore[assignment]
-    """A stored profile."""
+    """A profile (stored, in progress or failed) by its key. NOT_FOUND when there is none."""
 
 class ProfilerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Multi-factor profiling: finds a function's SM request, SM limit and best batch size
-    for its SLO with a pruning search.
+    """Multi-factor profiling: measures a function on a hidden instance (a whole free GPU, asked
+    of the scheduler) at many (SM share, maximum batch) points and derives its batch size,
+    SM request, SM limit and memory. Profiles live in JetStream KV (bucket dilu-profiles)
+    under the id of their ProfileKey; a run in progress lives there too (state WANTED or
+    RUNNING), so that a second request for the same key joins it, the scheduler sizes a
+    Deploy from it, and a profiler that restarts finds what its predecessor left.
     """
 
     @_abc_1.abstractmethod
@@ -63,7 +89,14 @@ class ProfilerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _profiler_pb2.ProfileFunctionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_profiler_pb2.ProfileFunctionResponse, _abc.Awaitable[_profiler_pb2.ProfileFunctionResponse]]:
-        """Profiles a function (running it at chosen shares and batch sizes) and stores the result."""
+        """Profiles a function (its kind, runtime, model, runtime options and SLO; its name only
+        labels the run) on the given GPU model, or joins the run for the same key. Answers at
+        once with the profile's state unless `wait` is set. A stored profile is answered as
+        it is unless `refresh`. Failures of a waited-for run: FAILED_PRECONDITION when no share
+        meets the SLO (naming the fastest latency measured) or the function crashed or hung
+        while profiled (with its last log line); RESOURCE_EXHAUSTED when the profiler's queue
+        is full.
+        """
 
     @_abc_1.abstractmethod
     def GetProfile(
@@ -71,6 +104,6 @@ class ProfilerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _profiler_pb2.GetProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_profiler_pb2.GetProfileResponse, _abc.Awaitable[_profiler_pb2.GetProfileResponse]]:
-        """A stored profile."""
+        """A profile (stored, in progress or failed) by its key. NOT_FOUND when there is none."""
 
 def add_ProfilerServiceServicer_to_server(servicer: ProfilerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

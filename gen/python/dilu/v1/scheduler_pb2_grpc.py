@@ -76,6 +76,21 @@ class SchedulerServiceStub:
                 request_serializer=dilu_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=dilu_dot_v1_dot_scheduler__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.StartProfiling = channel.unary_unary(
+                '/dilu.v1.SchedulerService/StartProfiling',
+                request_serializer=dilu_dot_v1_dot_scheduler__pb2.StartProfilingRequest.SerializeToString,
+                response_deserializer=dilu_dot_v1_dot_scheduler__pb2.StartProfilingResponse.FromString,
+                _registered_method=True)
+        self.StopProfiling = channel.unary_unary(
+                '/dilu.v1.SchedulerService/StopProfiling',
+                request_serializer=dilu_dot_v1_dot_scheduler__pb2.StopProfilingRequest.SerializeToString,
+                response_deserializer=dilu_dot_v1_dot_scheduler__pb2.StopProfilingResponse.FromString,
+                _registered_method=True)
+        self.ListProfiling = channel.unary_unary(
+                '/dilu.v1.SchedulerService/ListProfiling',
+                request_serializer=dilu_dot_v1_dot_scheduler__pb2.ListProfilingRequest.SerializeToString,
+                response_deserializer=dilu_dot_v1_dot_scheduler__pb2.ListProfilingResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -139,6 +154,32 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartProfiling(self, request, context):
+        """For the profiler: starts a hidden profiling instance of `function` on a whole free GPU
+        (request = limit = 1.0; memory as the spec asks). Its name must start with
+        "profiling-" (a prefix users may not deploy under); it is kept like a function of one
+        replica but never listed with the functions, never scaled, and never restarted once
+        its instance failed. While no GPU is free its instance is pending with the reason.
+        Invoke routes to it by name. Idempotent per name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopProfiling(self, request, context):
+        """Stops a profiling instance and forgets it; an unknown name succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiling(self, request, context):
+        """The profiling instances, as functions (for `dilu status` and the profiler's clean-up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +222,21 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=dilu_dot_v1_dot_scheduler__pb2.ListNodesRequest.FromString,
                     response_serializer=dilu_dot_v1_dot_scheduler__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'StartProfiling': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartProfiling,
+                    request_deserializer=dilu_dot_v1_dot_scheduler__pb2.StartProfilingRequest.FromString,
+                    response_serializer=dilu_dot_v1_dot_scheduler__pb2.StartProfilingResponse.SerializeToString,
+            ),
+            'StopProfiling': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopProfiling,
+                    request_deserializer=dilu_dot_v1_dot_scheduler__pb2.StopProfilingRequest.FromString,
+                    response_serializer=dilu_dot_v1_dot_scheduler__pb2.StopProfilingResponse.SerializeToString,
+            ),
+            'ListProfiling': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiling,
+                    request_deserializer=dilu_dot_v1_dot_scheduler__pb2.ListProfilingRequest.FromString,
+                    response_serializer=dilu_dot_v1_dot_scheduler__pb2.ListProfilingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +457,87 @@ class SchedulerService:
             '/dilu.v1.SchedulerService/ListNodes',
             dilu_dot_v1_dot_scheduler__pb2.ListNodesRequest.SerializeToString,
             dilu_dot_v1_dot_scheduler__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartProfiling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dilu.v1.SchedulerService/StartProfiling',
+            dilu_dot_v1_dot_scheduler__pb2.StartProfilingRequest.SerializeToString,
+            dilu_dot_v1_dot_scheduler__pb2.StartProfilingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopProfiling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dilu.v1.SchedulerService/StopProfiling',
+            dilu_dot_v1_dot_scheduler__pb2.StopProfilingRequest.SerializeToString,
+            dilu_dot_v1_dot_scheduler__pb2.StopProfilingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dilu.v1.SchedulerService/ListProfiling',
+            dilu_dot_v1_dot_scheduler__pb2.ListProfilingRequest.SerializeToString,
+            dilu_dot_v1_dot_scheduler__pb2.ListProfilingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,18 @@ class SchedulerServiceStub:
     """Runs one request on a ready instance (least outstanding requests) and returns its answer."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]
     """Registered nodes, their GPUs and what is allocated on them."""
+    StartProfiling: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.StartProfilingRequest, _scheduler_pb2.StartProfilingResponse]
+    """For the profiler: starts a hidden profiling instance of `function` on a whole free GPU
+    (request = limit = 1.0; memory as the spec asks). Its name must start with
+    "profiling-" (a prefix users may not deploy under); it is kept like a function of one
+    replica but never listed with the functions, never scaled, and never restarted once
+    its instance failed. While no GPU is free its instance is pending with the reason.
+    Invoke routes to it by name. Idempotent per name.
+    """
+    StopProfiling: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.StopProfilingRequest, _scheduler_pb2.StopProfilingResponse]
+    """Stops a profiling instance and forgets it; an unknown name succeeds."""
+    ListProfiling: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListProfilingRequest, _scheduler_pb2.ListProfilingResponse]
+    """The profiling instances, as functions (for `dilu status` and the profiler's clean-up)."""
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -75,6 +87,18 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Runs one request on a ready instance (least outstanding requests) and returns its answer."""
     ListNodes: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListNodesRequest, _scheduler_pb2.ListNodesResponse]  # type: ignore[assignment]
     """Registered nodes, their GPUs and what is allocated on them."""
+    StartProfiling: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.StartProfilingRequest, _scheduler_pb2.StartProfilingResponse]  # type: ignore[assignment]
+    """For the profiler: starts a hidden profiling instance of `function` on a whole free GPU
+    (request = limit = 1.0; memory as the spec asks). Its name must start with
+    "profiling-" (a prefix users may not deploy under); it is kept like a function of one
+    replica but never listed with the functions, never scaled, and never restarted once
+    its instance failed. While no GPU is free its instance is pending with the reason.
+    Invoke routes to it by name. Idempotent per name.
+    """
+    StopProfiling: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.StopProfilingRequest, _scheduler_pb2.StopProfilingResponse]  # type: ignore[assignment]
+    """Stops a profiling instance and forgets it; an unknown name succeeds."""
+    ListProfiling: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListProfilingRequest, _scheduler_pb2.ListProfilingResponse]  # type: ignore[assignment]
+    """The profiling instances, as functions (for `dilu status` and the profiler's clean-up)."""
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Entry point of Dilu: deploys functions, places their instances on GPUs, keeps the
@@ -144,5 +168,35 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ListNodesResponse, _abc.Awaitable[_scheduler_pb2.ListNodesResponse]]:
         """Registered nodes, their GPUs and what is allocated on them."""
+
+    @_abc_1.abstractmethod
+    def StartProfiling(
+        self,
+        request: _scheduler_pb2.StartProfilingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.StartProfilingResponse, _abc.Awaitable[_scheduler_pb2.StartProfilingResponse]]:
+        """For the profiler: starts a hidden profiling instance of `function` on a whole free GPU
+        (request = limit = 1.0; memory as the spec asks). Its name must start with
+        "profiling-" (a prefix users may not deploy under); it is kept like a function of one
+        replica but never listed with the functions, never scaled, and never restarted once
+        its instance failed. While no GPU is free its instance is pending with the reason.
+        Invoke routes to it by name. Idempotent per name.
+        """
+
+    @_abc_1.abstractmethod
+    def StopProfiling(
+        self,
+        request: _scheduler_pb2.StopProfilingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.StopProfilingResponse, _abc.Awaitable[_scheduler_pb2.StopProfilingResponse]]:
+        """Stops a profiling instance and forgets it; an unknown name succeeds."""
+
+    @_abc_1.abstractmethod
+    def ListProfiling(
+        self,
+        request: _scheduler_pb2.ListProfilingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListProfilingResponse, _abc.Awaitable[_scheduler_pb2.ListProfilingResponse]]:
+        """The profiling instances, as functions (for `dilu status` and the profiler's clean-up)."""
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -126,6 +126,12 @@ class _FunctionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Functio
     its worker cannot run). It is still retried, every 30 s, so it recovers on its own
     once the cause clears; an instance that stays ready for a minute makes it ok again.
     """
+    FUNCTION_STATE_PROFILING: _FunctionState.ValueType  # 4
+    """Left to its profile, which is being measured: nothing is placed yet."""
+    FUNCTION_STATE_PROFILE_FAILED: _FunctionState.ValueType  # 5
+    """Its profile failed (`last_error` says why): nothing is placed. Not retried by itself;
+    a ProfileFunction with `refresh` that succeeds sizes and places it.
+    """
 
 class FunctionState(_FunctionState, metaclass=_FunctionStateEnumTypeWrapper):
     """Whether a function's instances start and stay up."""
@@ -141,6 +147,12 @@ FUNCTION_STATE_DEGRADED: FunctionState.ValueType  # 3
 """Five or more failures in a row: the cause is probably the function itself (a spec
 its worker cannot run). It is still retried, every 30 s, so it recovers on its own
 once the cause clears; an instance that stays ready for a minute makes it ok again.
+"""
+FUNCTION_STATE_PROFILING: FunctionState.ValueType  # 4
+"""Left to its profile, which is being measured: nothing is placed yet."""
+FUNCTION_STATE_PROFILE_FAILED: FunctionState.ValueType  # 5
+"""Its profile failed (`last_error` says why): nothing is placed. Not retried by itself;
+a ProfileFunction with `refresh` that succeeds sizes and places it.
 """
 Global___FunctionState: _TypeAlias = FunctionState  # noqa: Y015
 
@@ -204,14 +216,16 @@ class Resources(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     GPUS_PER_INSTANCE_FIELD_NUMBER: _builtins.int
     sm_request: _builtins.float
-    """Guaranteed SM share per GPU, in [0.01, 1]. Unset: the profile decides (refused until
-    the profiler is built).
+    """Guaranteed SM share per GPU, in [0.01, 1]. Unset: the profile decides (the function is
+    profiled before it is placed).
     """
     sm_limit: _builtins.float
-    """Ceiling the instance may borrow up to, in [sm_request, 1]. Unset means sm_request."""
+    """Ceiling the instance may borrow up to, in [sm_request, 1]. Unset: sm_request when that
+    is set, else the profile decides.
+    """
     memory_mib: _builtins.int
     """GPU memory per GPU, MiB; never over-subscribed. Signed so a negative value is reported,
-    not wrapped. Unset: the profile decides (refused until the profiler is built).
+    not wrapped. Unset: the profile decides.
     """
     gpus_per_instance: _builtins.int
     """GPUs per instance; 0 means 1. Training may ask for several (placed all or nothing)."""
@@ -495,6 +509,8 @@ class FunctionStatus(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     NEXT_RETRY_AT_FIELD_NUMBER: _builtins.int
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    PROFILE_KEY_ID_FIELD_NUMBER: _builtins.int
+    AWAITING_PROFILE_FIELD_NUMBER: _builtins.int
     desired_replicas: _builtins.int
     """Instances the scheduler keeps."""
     ready_replicas: _builtins.int
@@ -503,6 +519,12 @@ class FunctionStatus(_message.Message):
     """Why the latest instance failed; empty when the function is ok."""
     consecutive_failures: _builtins.int
     """Failures in a row (reset by an instance that stays ready for a minute)."""
+    profile_key_id: _builtins.str
+    """The id of the profile (dilu.v1.Profile.key_id) that sizes the resources the spec left
+    unset; empty when the spec set them all.
+    """
+    awaiting_profile: _builtins.bool
+    """Still waiting for that profile: no instance is placed meanwhile."""
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instance]:
         """Instances of this deployment: the live ones, and the last few that failed, were lost
@@ -526,10 +548,12 @@ class FunctionStatus(_message.Message):
         last_error: _builtins.str = ...,
         next_retry_at: _timestamp_pb2.Timestamp | None = ...,
         consecutive_failures: _builtins.int = ...,
+        profile_key_id: _builtins.str = ...,
+        awaiting_profile: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_retry_at", b"next_retry_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "created_at", b"created_at", "desired_replicas", b"desired_replicas", "instances", b"instances", "last_error", b"last_error", "next_retry_at", b"next_retry_at", "ready_replicas", b"ready_replicas", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_profile", b"awaiting_profile", "consecutive_failures", b"consecutive_failures", "created_at", b"created_at", "desired_replicas", b"desired_replicas", "instances", b"instances", "last_error", b"last_error", "next_retry_at", b"next_retry_at", "profile_key_id", b"profile_key_id", "ready_replicas", b"ready_replicas", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64ilu/v1/worker.proto\x12\x07\x64ilu.v1\"5\n\x0cInferRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"^\n\rInferResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x32G\n\rWorkerService\x12\x36\n\x05Infer\x12\x15.dilu.v1.InferRequest\x1a\x16.dilu.v1.InferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64ilu/v1/worker.proto\x12\x07\x64ilu.v1\"5\n\x0cInferRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"^\n\rInferResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"\'\n\x12SetMaxBatchRequest\x12\x11\n\tmax_batch\x18\x01 \x01(\x05\">\n\x13SetMaxBatchResponse\x12\x11\n\tmax_batch\x18\x01 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x32\x91\x01\n\rWorkerService\x12\x36\n\x05Infer\x12\x15.dilu.v1.InferRequest\x1a\x16.dilu.v1.InferResponse\x12H\n\x0bSetMaxBatch\x12\x1b.dilu.v1.SetMaxBatchRequest\x1a\x1c.dilu.v1.SetMaxBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERREQUEST']._serialized_end=86
   _globals['_INFERRESPONSE']._serialized_start=88
   _globals['_INFERRESPONSE']._serialized_end=182
-  _globals['_WORKERSERVICE']._serialized_start=184
-  _globals['_WORKERSERVICE']._serialized_end=255
+  _globals['_SETMAXBATCHREQUEST']._serialized_start=184
+  _globals['_SETMAXBATCHREQUEST']._serialized_end=223
+  _globals['_SETMAXBATCHRESPONSE']._serialized_start=225
+  _globals['_SETMAXBATCHRESPONSE']._serialized_end=287
+  _globals['_WORKERSERVICE']._serialized_start=290
+  _globals['_WORKERSERVICE']._serialized_end=435
 # @@protoc_insertion_point(module_scope)

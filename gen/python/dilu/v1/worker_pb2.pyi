@@ -67,3 +67,46 @@ class InferResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InferResponse: _TypeAlias = InferResponse  # noqa: Y015
+
+@_typing.final
+class SetMaxBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    max_batch: _builtins.int
+    """In [1, 4096]."""
+    def __init__(
+        self,
+        *,
+        max_batch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMaxBatchRequest: _TypeAlias = SetMaxBatchRequest  # noqa: Y015
+
+@_typing.final
+class SetMaxBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    max_batch: _builtins.int
+    memory_bytes: _builtins.int
+    """The model's memory footprint at that batch, bytes."""
+    def __init__(
+        self,
+        *,
+        max_batch: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMaxBatchResponse: _TypeAlias = SetMaxBatchResponse  # noqa: Y015

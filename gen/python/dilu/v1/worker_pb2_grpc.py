@@ -40,6 +40,11 @@ class WorkerServiceStub:
                 request_serializer=dilu_dot_v1_dot_worker__pb2.InferRequest.SerializeToString,
                 response_deserializer=dilu_dot_v1_dot_worker__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.SetMaxBatch = channel.unary_unary(
+                '/dilu.v1.WorkerService/SetMaxBatch',
+                request_serializer=dilu_dot_v1_dot_worker__pb2.SetMaxBatchRequest.SerializeToString,
+                response_deserializer=dilu_dot_v1_dot_worker__pb2.SetMaxBatchResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -53,6 +58,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMaxBatch(self, request, context):
+        """Changes the largest batch the worker forms, from its next batch on. Only its node
+        agent calls it (relaying NodeAgentService.TuneInstance). FAILED_PRECONDITION when the
+        model's memory need at that batch exceeds the instance's memory quota.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Infer,
                     request_deserializer=dilu_dot_v1_dot_worker__pb2.InferRequest.FromString,
                     response_serializer=dilu_dot_v1_dot_worker__pb2.InferResponse.SerializeToString,
+            ),
+            'SetMaxBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMaxBatch,
+                    request_deserializer=dilu_dot_v1_dot_worker__pb2.SetMaxBatchRequest.FromString,
+                    response_serializer=dilu_dot_v1_dot_worker__pb2.SetMaxBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class WorkerService:
             '/dilu.v1.WorkerService/Infer',
             dilu_dot_v1_dot_worker__pb2.InferRequest.SerializeToString,
             dilu_dot_v1_dot_worker__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMaxBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dilu.v1.WorkerService/SetMaxBatch',
+            dilu_dot_v1_dot_worker__pb2.SetMaxBatchRequest.SerializeToString,
+            dilu_dot_v1_dot_worker__pb2.SetMaxBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

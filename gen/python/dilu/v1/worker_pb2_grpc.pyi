@@ -35,6 +35,11 @@ class WorkerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> WorkerServiceAsyncStub: ...
     Infer: _grpc.UnaryUnaryMultiCallable[_worker_pb2.InferRequest, _worker_pb2.InferResponse]
     """Runs one request (the worker batches concurrent requests)."""
+    SetMaxBatch: _grpc.UnaryUnaryMultiCallable[_worker_pb2.SetMaxBatchRequest, _worker_pb2.SetMaxBatchResponse]
+    """Changes the largest batch the worker forms, from its next batch on. Only its node
+    agent calls it (relaying NodeAgentService.TuneInstance). FAILED_PRECONDITION when the
+    model's memory need at that batch exceeds the instance's memory quota.
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -43,6 +48,11 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Infer: _aio.UnaryUnaryMultiCallable[_worker_pb2.InferRequest, _worker_pb2.InferResponse]  # type: ignore[assignment]
     """Runs one request (the worker batches concurrent requests)."""
+    SetMaxBatch: _aio.UnaryUnaryMultiCallable[_worker_pb2.SetMaxBatchRequest, _worker_pb2.SetMaxBatchResponse]  # type: ignore[assignment]
+    """Changes the largest batch the worker forms, from its next batch on. Only its node
+    agent calls it (relaying NodeAgentService.TuneInstance). FAILED_PRECONDITION when the
+    model's memory need at that batch exceeds the instance's memory quota.
+    """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by each worker process on its endpoint; the scheduler's Invoke forwards to it."""
@@ -54,5 +64,16 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_worker_pb2.InferResponse, _abc.Awaitable[_worker_pb2.InferResponse]]:
         """Runs one request (the worker batches concurrent requests)."""
+
+    @_abc_1.abstractmethod
+    def SetMaxBatch(
+        self,
+        request: _worker_pb2.SetMaxBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.SetMaxBatchResponse, _abc.Awaitable[_worker_pb2.SetMaxBatchResponse]]:
+        """Changes the largest batch the worker forms, from its next batch on. Only its node
+        agent calls it (relaying NodeAgentService.TuneInstance). FAILED_PRECONDITION when the
+        model's memory need at that batch exceeds the instance's memory quota.
+        """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
