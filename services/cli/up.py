@@ -63,6 +63,8 @@ class StackOptions:
     peer_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PEER_PORTS))
     # More flags for the node agent (e.g. --worker-uids), and environment for every child.
     agent_flags: tuple[str, ...] = ()
+    # More flags for the profiler (e.g. a smaller grid).
+    profiler_flags: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -190,7 +192,7 @@ def running_stack(options: StackOptions) -> Iterator[RunningStack]:
                            # Pages live under the state dir, so two stacks on one host never
                            # share them.
                            "--runtime-dir", str(options.state_dir / "run"), *options.agent_flags),
-        "profiler": spec("profiler", options.profiler_port),
+        "profiler": spec("profiler", options.profiler_port, *options.profiler_flags),
         "scaler": spec("scaler", options.scaler_port),
     }
     stack = RunningStack(nats, ServiceLauncher(options.state_dir, "", dict(options.env)), specs,

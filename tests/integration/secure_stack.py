@@ -27,6 +27,9 @@ from services.common.security.nats_access import inbox_prefix
 from services.common.security.tls import TlsFiles, channel_credentials, client_context
 
 WORKER_IDS = "61000-61099"
+# A profile measures two points (batches 1 and 2 at the whole GPU) in a few seconds.
+PROFILER_FLAGS = ("--shares", "1", "--batches", "1,2", "--trial-requests", "20",
+                  "--warmup-requests", "2", "--training-shares", "0.5,1")
 
 
 def unprivileged_python() -> tuple[str, dict[str, str]] | None:
@@ -106,7 +109,8 @@ class SecureStack:
 
 @contextmanager
 def secure_stack(state_dir: Path, *, isolate: bool = True) -> Iterator[SecureStack]:
-    """`dilu up --secure` on free ports (the agent "local", heartbeats 5 Hz); workers under
+    """`dilu up --secure` on free ports (the agent "local", heartbeats 5 Hz, the profiler on
+    a small grid); workers under
     their own uids when `isolate` and this machine allows it."""
     worker = unprivileged_python() if isolate else None
     flags: tuple[str, ...] = ("--heartbeat-interval-s", "0.2")
@@ -123,7 +127,7 @@ def secure_stack(state_dir: Path, *, isolate: bool = True) -> Iterator[SecureSta
                            node_agent_port=0, profiler_port=0, scaler_port=0,
                            metrics_ports=dict.fromkeys(DEFAULT_METRICS_PORTS, 0),
                            peer_ports=dict.fromkeys(DEFAULT_PEER_PORTS, 0), secure=True,
-                           agent_flags=flags, env=env)
+                           agent_flags=flags, profiler_flags=PROFILER_FLAGS, env=env)
     try:
         with running_stack(options) as stack:
             assert stack.credentials is not None

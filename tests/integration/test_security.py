@@ -28,6 +28,8 @@ from dilu.events.v1 import events_pb2
 from dilu.v1 import (
     node_agent_pb2,
     node_agent_pb2_grpc,
+    profiler_pb2,
+    profiler_pb2_grpc,
     scaler_pb2,
     scaler_pb2_grpc,
     scheduler_pb2,
@@ -561,6 +563,68 @@ def test_the_scaler_acts_over_the_peer_ports_and_only_it_may(
     assert f'permissions violation for publish to "$kv.{LEASE_BUCKET}.{LEASE_KEY}"' in \
         " ".join(errors).lower()
     operator.DeleteFunction(scheduler_pb2.DeleteFunctionRequest(name="co-scaled"), timeout=30)
+
+
+def test_the_profiler_profiles_over_the_peer_ports_and_only_it_may(
+        secure: SecureStack, capsys: pytest.CaptureFixture[str]):
+    """The live profiler in a secure stack: a Deploy left to its profile makes the
+    scheduler write a WANTED record (its NATS user may), the profiler runs its hidden
+    instance through the scheduler's peer port and tunes it on the agent's (which relays
+    the batch to the worker over mutual TLS), and the function is placed with the figures.
+    The profiling RPCs and TuneInstance are the profiler's and the operator's alone."""
+    alice = _token(secure, capsys, "--role", "deployer", "--namespace", "team-p", "--name", "alice-p")
+    listing = scheduler_pb2.ListProfilingRequest()
+    tune = node_agent_pb2.TuneInstanceRequest(instance_id="none", max_batch=2)
+    assert _code(lambda: _sched(secure, alice).ListProfiling(listing, timeout=10)) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    as_alice = node_agent_pb2_grpc.NodeAgentServiceStub(
+        secure.channel(secure.address("node-agent"), AGENT, token=alice))
+    assert _code(lambda: as_alice.TuneInstance(tune, timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+    for identity, allowed in (("dilu-profiler", True), ("dilu-scaler", False), (SCHEDULER, False)):
+        sched = scheduler_pb2_grpc.SchedulerServiceStub(
+            secure.channel(secure.peer_address("scheduler"), SCHEDULER, identity=identity))
+        agent = node_agent_pb2_grpc.NodeAgentServiceStub(
+            secure.channel(secure.peer_address("node-agent"), AGENT, identity=identity))
+        assert _code(lambda s=sched: s.ListProfiling(listing, timeout=10)) == (
+            grpc.StatusCode.OK if allowed else grpc.StatusCode.PERMISSION_DENIED), identity
+        assert _code(lambda a=agent: a.TuneInstance(tune, timeout=10)) == (
+            grpc.StatusCode.NOT_FOUND if allowed else grpc.StatusCode.PERMISSION_DENIED), identity
+
+    unsized = S.FunctionSpec(name="profiled-p", namespace="team-p", kind=S.FUNCTION_KIND_INFERENCE,
+                             runtime=S.RUNTIME_SIM, model="resnet152", slo=S.Slo(latency_ms=100))
+    _sched(secure, alice).Deploy(scheduler_pb2.DeployRequest(function=unsized), timeout=30)
+    operator = _sched(secure)
+    function = assert_eventually(lambda: (f := operator.GetFunction(scheduler_pb2.GetFunctionRequest(
+        name="profiled-p"), timeout=5).function).status.ready_replicas == 1 and f,
+        timeout=90, message="profiled-p profiled and placed")
+    assert function.status.profile_key_id
+    ready = _ready(function)
+    assert ready.quota.sm_request > 0 and function.spec.max_batch in (1, 2)
+    profile = asyncio.run(_profile_of(secure, function.status.profile_key_id))
+    assert profile.state == profiler_pb2.PROFILE_STATE_READY and profile.measured >= 1
+    assert profile.best_batch_size == function.spec.max_batch and profile.function == "profiled-p"
+    # The profiler's certificate tunes a running instance: the agent relays the batch to the
+    # worker over mutual TLS with its own certificate.
+    agent = node_agent_pb2_grpc.NodeAgentServiceStub(
+        secure.channel(secure.peer_address("node-agent"), AGENT, identity="dilu-profiler"))
+    for batch in (1, function.spec.max_batch):
+        tuned = agent.TuneInstance(node_agent_pb2.TuneInstanceRequest(
+            instance_id=ready.id, max_batch=batch), timeout=10)
+        assert tuned.max_batch == batch
+    as_deployer = profiler_pb2_grpc.ProfilerServiceStub(
+        secure.channel(secure.address("profiler"), "dilu-profiler", token=alice))
+    seen = as_deployer.GetProfile(profiler_pb2.GetProfileRequest(key=profile.key), timeout=10).profile
+    assert seen.key_id == profile.key_id and seen.function == ""  # no function's name
+
+
+async def _profile_of(stack: SecureStack, key_id: str) -> profiler_pb2.Profile:
+    """The record in the profiles bucket, read as the operator."""
+    bus = await stack.bus_as("dilu-operator")
+    try:
+        entry = await (await bus.jetstream().key_value(subjects.PROFILES_BUCKET)).get(key_id)
+        return profiler_pb2.Profile.FromString(entry.value or b"")
+    finally:
+        await bus.close()
 
 
 def test_no_refusal_left_a_traceback(secure: SecureStack):
