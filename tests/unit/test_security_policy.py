@@ -156,3 +156,23 @@ def test_the_scaler_may_call_exactly_what_it_acts_through():
     allowed = {m for m in DECLARED if may_call(SCALER, m).allowed}
     assert allowed == {S + "ListFunctions", S + "ListNodes", S + "ScaleOut", S + "ScaleIn",
                        N + "SetQuota"}
+
+
+def test_the_profiler_may_call_exactly_what_its_live_runs_call():
+    """Its hidden instances (StartProfiling, StopProfiling, ListProfiling), their load
+    (Invoke), the nodes, and the agents' knobs (TuneInstance, SetQuota, GetNodeStatus);
+    TuneInstance and the profiling RPCs are no one else's but the operator's."""
+    allowed = {m for m in DECLARED if may_call(PROFILER, m).allowed}
+    assert {S + "StartProfiling", S + "StopProfiling", S + "ListProfiling", S + "Invoke",
+            S + "ListNodes", N + "TuneInstance"} <= allowed
+    assert not allowed & {N + "StartInstance", N + "StopInstance", "/dilu.v1.WorkerService/SetMaxBatch"}
+    only_theirs = {S + "StartProfiling", S + "StopProfiling", S + "ListProfiling", N + "TuneInstance"}
+    for caller in (ALICE, BOB, SCHEDULER, SCALER, AGENT_N1, WORKER_N1):
+        assert not any(may_call(caller, m).allowed for m in only_theirs), caller.principal
+    assert all(may_call(OPERATOR, m).allowed for m in only_theirs)
+
+
+def test_a_profile_is_read_by_its_key_which_no_namespace_owns():
+    request = profiler_pb2.GetProfileRequest(key=profiler_pb2.ProfileKey(model="resnet152"))
+    assert decide(ALICE, "/dilu.v1.ProfilerService/GetProfile", request).allowed
+    assert not may_call(BOB, "/dilu.v1.ProfilerService/GetProfile").allowed
