@@ -252,6 +252,16 @@ def test_a_function_whose_minimum_is_zero_goes_to_zero_after_its_keep_alive() ->
     assert [a for a in back if isinstance(a, ScaleOut)] == [ScaleOut("f", 1, back[0].reason)]  # type: ignore[union-attr]
 
 
+def test_an_instance_that_never_saw_a_request_is_kept_for_a_keep_alive_after_it_arrives() -> None:
+    # A function at zero whose first instance the scheduler just started (scale from zero),
+    # or one a restarted scaler sees first: no request is known, and it is not idle yet.
+    w = world(job=False, replicas=(0, 2), settings=replace(SETTINGS, keep_alive_s=20.0))
+    w.add("f", "g0", 0.2, 0.3)
+    steps = settle(w, 0, 30)
+    gone = [k + 1 for k, acts in enumerate(steps) if any(isinstance(a, ScaleIn) for a in acts)]
+    assert gone == [1 + 20]  # first seen at the decision of t = 1
+
+
 def test_training_never_goes_below_its_floor_and_gets_its_room_back() -> None:
     w = world()
     w.add("f", "g0", 0.2, 0.3)

@@ -125,8 +125,12 @@ def decide(context: Context, state: CoscaleState, now_s: float,
         cluster = _Cluster.of(context, shares, granted, most,
                               {iid: want.busy for iid, want in wants.items()})
         for name, f in context.functions.items():
+            # The keep-alive also runs from the newest instance's arrival: one just started
+            # (from zero, or seen first by a restarted scaler) has had no chance to serve.
+            arrived_s = max((instance_memory[i.id].since_s or now_s for i in f.instances
+                             if i.id in instance_memory), default=-math.inf)
             actions, functions[name] = _horizontal(f, functions[name], loads[name], curves[name],
-                                                   cluster, context, now_s, settings)
+                                                   cluster, context, now_s, settings, arrived_s)
             horizontal += actions
     return lowering + raising + horizontal, CoscaleState(functions, instance_memory)
 
@@ -432,7 +436,8 @@ class _Cluster:
 
 def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curve,
                 cluster: _Cluster, context: Context, now_s: float,
-                settings: CoscaleSettings) -> tuple[list[Action], FunctionMemory]:
+                settings: CoscaleSettings,
+                arrived_s: float = -math.inf) -> tuple[list[Action], FunctionMemory]:
     live = [i for i in f.instances if i.state in (READY, STARTING)]
     count = len(live) + memory.asked
     miss = 1 - settings.slo_target
@@ -452,7 +457,8 @@ def _horizontal(f: FunctionContext, memory: FunctionMemory, load: _Load, c: Curv
 
     # To zero after the keep-alive, and back from it.
     if f.replicas_min == 0:
-        idle_for = now_s - (memory.last_request_s if memory.last_request_s is not None else -math.inf)
+        last_request = memory.last_request_s if memory.last_request_s is not None else -math.inf
+        idle_for = now_s - max(last_request, arrived_s)
         if live and idle_for >= settings.keep_alive_s and load.held_rps == 0 and f.queued == 0:
             return ([ScaleIn(f.name, i.id, f"{f.name}: no request for {idle_for:.0f} s "
                              f"(keep-alive {settings.keep_alive_s:.0f} s): to zero")
