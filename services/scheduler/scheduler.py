@@ -42,7 +42,7 @@ from services.common.channels import ChannelPool
 from services.common.clock import SYSTEM_CLOCK, Clock
 from services.common.errors import DiluError, PeerError, Unavailable
 from services.common.loops import every
-from services.common.profiling import key_id
+from services.common.profiling import is_profiling, key_id
 from services.common.security.identity import node_agent_identity, worker_identity
 from services.common.security.tls import TlsFiles
 from services.common.timestamps import now_timestamp
@@ -209,6 +209,10 @@ class Scheduler:
             except Unavailable:
                 if failure is not None:
                     raise failure from None
+                if is_profiling(request.function):
+                    # A hidden function's instances are the profiler's: no hold, no scale
+                    # from zero; this UNAVAILABLE is how the profiler learns of a crash.
+                    raise
                 instance_id, endpoint = await self._hold(request.function, timeout_s)
             self.core.router.begin(instance_id)
             try:
